@@ -1,0 +1,10 @@
+"""scenecomp: layer-based sequential scene composition.
+
+A background generator paints a canvas from noise; a foreground generator then
+adds objects one at a time, each placed by a mask and a category. Inference
+imports neither Hydra nor Lightning.
+"""
+from scenecomp.layout import Layout, LayoutError
+
+__all__ = ["Layout", "LayoutError"]
+__version__ = "0.1.0"
