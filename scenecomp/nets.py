@@ -1,0 +1,297 @@
+"""The networks: generators, discriminators, and the tensor ops they share.
+
+Every network is a plain ``nn.Module`` that describes itself (``z_dim``,
+``resolution``, ``num_categories``) and keeps its constructor arguments in
+``init_kwargs``, so a bundle can rebuild it without restating the architecture.
+Images are ``[B,3,H,W]`` in [-1,1]; masks are ``[B,1,H,W]`` floats in {0,1}.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+
+def _levels(resolution: int, smallest: int) -> int:
+    """Number of 2x steps between ``smallest`` and ``resolution`` (a power of two)."""
+    levels = math.log2(resolution / smallest)
+    if resolution < 2 * smallest or levels != int(levels):
+        raise ValueError(f"resolution must be a power of two >= {2 * smallest}, got {resolution}")
+    return int(levels)
+
+
+def composite(canvas: torch.Tensor, painted: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``m * painted + (1 - m) * canvas`` for binary masks, exact outside the mask.
+
+    ``torch.where`` rather than the blend: outside the mask the canvas comes
+    through bit for bit, whatever ``painted`` holds there (even inf or nan).
+    """
+    return torch.where(mask > 0.5, painted, canvas)
+
+
+def layout_map(masks: torch.Tensor, categories: torch.Tensor, num_categories: int) -> torch.Tensor:
+    """One-hot semantic map of a layout, objects painted in order (later ones on top).
+
+    masks ``[B,K,1,H,W]``, categories ``[B,K]`` -> ``[B,C,H,W]``; padded objects
+    have empty masks and so leave no trace.
+    """
+    B, K, _, H, W = masks.shape
+    seg = masks.new_zeros(B, num_categories, H, W)
+    onehot = F.one_hot(categories.clamp(min=0), num_categories).to(masks.dtype)  # [B,K,C]
+    for k in range(K):
+        m = masks[:, k]
+        seg = seg * (1 - m) + m * onehot[:, k, :, None, None]
+    return seg
+
+
+def crop_objects(images: torch.Tensor, masks: torch.Tensor, size: int, margin: float = 0.15) -> torch.Tensor:
+    """Square crops around each mask's bounding box, resampled to ``size``.
+
+    images ``[B,C,H,W]`` (any channels, e.g. image ⊕ mask), masks ``[B,1,H,W]``
+    -> ``[B,C,size,size]``. ``F.grid_sample`` with an affine grid stands in for
+    torchvision's ``roi_align``, which is unavailable here. An empty mask crops
+    the whole image.
+    """
+    B, _, H, W = images.shape
+    ys = torch.linspace(-1 + 1 / H, 1 - 1 / H, H, device=images.device)
+    xs = torch.linspace(-1 + 1 / W, 1 - 1 / W, W, device=images.device)
+    inside = masks[:, 0] > 0.5
+    big = torch.tensor(4.0, device=images.device)
+    any_x, any_y = inside.any(1), inside.any(2)  # [B,W], [B,H]
+    x0 = torch.where(any_x, xs, big).amin(1) - 1 / W
+    x1 = torch.where(any_x, xs, -big).amax(1) + 1 / W
+    y0 = torch.where(any_y, ys[None], big).amin(1) - 1 / H
+    y1 = torch.where(any_y, ys[None], -big).amax(1) + 1 / H
+    empty = ~inside.flatten(1).any(1)
+    x0, y0 = torch.where(empty, -1.0, x0), torch.where(empty, -1.0, y0)
+    x1, y1 = torch.where(empty, 1.0, x1), torch.where(empty, 1.0, y1)
+    half = torch.maximum(x1 - x0, y1 - y0) * (0.5 + margin)
+    theta = torch.zeros(B, 2, 3, device=images.device, dtype=images.dtype)
+    theta[:, 0, 0] = half
+    theta[:, 1, 1] = half
+    theta[:, 0, 2] = (x0 + x1) / 2
+    theta[:, 1, 2] = (y0 + y1) / 2
+    grid = F.affine_grid(theta, [B, images.shape[1], size, size], align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+# ----------------------------------------------------------------------------- generators
+
+
+class Modulated(nn.Module):
+    """Conv whose input is scaled and shifted per pixel by a conditioning map (SPADE without the norm).
+
+    There is deliberately no normalisation: instance norm would erase the
+    global brightness that carries a scene's light.
+    """
+
+    def __init__(self, cin: int, cout: int, cond: int, hidden: int = 16):
+        super().__init__()
+        # the 3x3 conv sees object edges; 1x1 heads keep the cost low at full resolution
+        self.shared = nn.Sequential(nn.Conv2d(cond, hidden, 3, padding=1), nn.ReLU())
+        self.gamma = nn.Conv2d(hidden, cin, 1)
+        self.beta = nn.Conv2d(hidden, cin, 1)
+        self.conv = nn.Conv2d(cin, cout, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        c = self.shared(F.interpolate(cond, size=x.shape[-2:], mode="nearest"))
+        return self.conv(F.leaky_relu(x * (1 + self.gamma(c)) + self.beta(c), 0.2))
+
+
+class LayoutBlock(nn.Module):
+    """2x upsampling residual block conditioned on a semantic map."""
+
+    def __init__(self, cin: int, cout: int, cond: int):
+        super().__init__()
+        self.conv1 = Modulated(cin, cout, cond)
+        self.conv2 = Modulated(cout, cout, cond)
+        self.skip = nn.Conv2d(cin, cout, 1, bias=False)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(x, scale_factor=2, mode="nearest")
+        return self.skip(x) + self.conv2(self.conv1(x, cond), cond)
+
+
+class LayoutGenerator(nn.Module):
+    """Noise and an optional semantic map -> image; the background generator and the single-shot baseline.
+
+    ``forward(z [B,z_dim], layout [B,C,H,W] or None) -> [B,3,H,W]``.
+    As the background generator it is the paper's one trunk with two heads:
+    with a layout (head A) it paints a whole scene and is trained
+    adversarially on real photos; with ``layout=None`` (head B, the only one
+    used when composing) the conditioning map is empty, and it is trained to
+    agree with head A outside the object masks, so it learns backgrounds
+    without ever seeing a background-only image. As the single-shot baseline
+    (SPADE-style) only head A is trained and used.
+    """
+
+    def __init__(self, z_dim: int = 64, num_categories: int = 5, resolution: int = 64,
+                 channels: int = 32, max_channels: int = 256):
+        super().__init__()
+        self.init_kwargs = dict(z_dim=z_dim, num_categories=num_categories, resolution=resolution,
+                                channels=channels, max_channels=max_channels)
+        self.z_dim, self.num_categories, self.resolution = z_dim, num_categories, resolution
+        n = _levels(resolution, 4)
+        widths = [min(channels * 2 ** (n - i), max_channels) for i in range(n + 1)]  # 4x4 ... res
+        self.fc = nn.Linear(z_dim, widths[0] * 16)
+        self.blocks = nn.ModuleList(LayoutBlock(widths[i], widths[i + 1], num_categories) for i in range(n))
+        self.to_rgb = nn.Conv2d(widths[-1], 3, 3, padding=1)
+
+    def forward(self, z: torch.Tensor, layout: torch.Tensor | None = None) -> torch.Tensor:
+        B = z.shape[0]
+        if layout is None:
+            layout = z.new_zeros(B, self.num_categories, 4, 4)  # empty map: head B
+        x = self.fc(z).view(B, -1, 4, 4)
+        for block in self.blocks:
+            x = block(x, layout)
+        return torch.tanh(self.to_rgb(F.leaky_relu(x, 0.2)))
+
+
+class FiLM(nn.Module):
+    """Per-channel scale and shift from a style vector."""
+
+    def __init__(self, style: int, channels: int):
+        super().__init__()
+        self.affine = nn.Linear(style, 2 * channels)
+        nn.init.zeros_(self.affine.weight)
+        nn.init.zeros_(self.affine.bias)
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        gamma, beta = self.affine(w)[:, :, None, None].chunk(2, dim=1)
+        return x * (1 + gamma) + beta
+
+
+class ForegroundGenerator(nn.Module):
+    """Paints one object into a canvas: a U-Net inpainter conditioned on category and noise.
+
+    ``forward(z [B,z_dim], category [B] long, mask [B,1,H,W], hole [B,3,H,W]) -> [B,3,H,W]``
+    where ``hole`` is the canvas with the object's region blanked. The encoder
+    sees the whole canvas, and a pooled summary of it joins the noise and the
+    category embedding in the style that modulates the decoder: that is how
+    the object picks up the scene's light and colour. Use
+    :func:`composite` to place the result; only pixels inside the mask count.
+    """
+
+    def __init__(self, z_dim: int = 64, num_categories: int = 5, resolution: int = 64,
+                 channels: int = 32, max_channels: int = 128, embed_dim: int = 16):
+        super().__init__()
+        self.init_kwargs = dict(z_dim=z_dim, num_categories=num_categories, resolution=resolution,
+                                channels=channels, max_channels=max_channels, embed_dim=embed_dim)
+        self.z_dim, self.num_categories, self.resolution = z_dim, num_categories, resolution
+        n = _levels(resolution, 8)
+        widths = [min(channels * 2 ** i, max_channels) for i in range(n + 1)]  # res ... 8x8
+        self.embed = nn.Embedding(num_categories, embed_dim)
+        self.stem = nn.Conv2d(3 + 1 + embed_dim, widths[0], 3, padding=1)
+        self.down = nn.ModuleList(nn.Conv2d(widths[i], widths[i + 1], 4, stride=2, padding=1) for i in range(n))
+        style = 2 * widths[-1]
+        self.mapping = nn.Sequential(nn.Linear(z_dim + embed_dim + widths[-1], style), nn.LeakyReLU(0.2),
+                                     nn.Linear(style, style), nn.LeakyReLU(0.2))
+        self.mid = nn.Conv2d(widths[-1], widths[-1], 3, padding=1)
+        self.mid_film = FiLM(style, widths[-1])
+        # decoder, 8x8 -> res: upsample, concatenate the encoder's skip, conv, modulate
+        self.up = nn.ModuleList(nn.Conv2d(widths[i + 1] + widths[i], widths[i], 3, padding=1)
+                                for i in reversed(range(n)))
+        self.up_film = nn.ModuleList(FiLM(style, widths[i]) for i in reversed(range(n)))
+        self.to_rgb = nn.Conv2d(widths[0], 3, 3, padding=1)
+
+    def forward(self, z: torch.Tensor, category: torch.Tensor, mask: torch.Tensor, hole: torch.Tensor) -> torch.Tensor:
+        e = self.embed(category)
+        x = torch.cat([hole * (1 - mask), mask, e[:, :, None, None] * mask], dim=1)
+        x = F.leaky_relu(self.stem(x), 0.2)
+        skips = [x]
+        for conv in self.down:
+            x = F.leaky_relu(conv(x), 0.2)
+            skips.append(x)
+        w = self.mapping(torch.cat([z, e, x.mean(dim=(2, 3))], dim=1))
+        x = F.leaky_relu(self.mid_film(self.mid(x), w), 0.2)
+        for conv, film, skip in zip(self.up, self.up_film, reversed(skips[:-1])):
+            x = F.interpolate(x, scale_factor=2, mode="nearest")
+            x = F.leaky_relu(film(conv(torch.cat([x, skip], dim=1)), w), 0.2)
+        return torch.tanh(self.to_rgb(x))
+
+
+# ----------------------------------------------------------------------------- discriminators
+
+
+def _sn_conv(cin: int, cout: int, k: int = 3, stride: int = 1) -> nn.Module:
+    return spectral_norm(nn.Conv2d(cin, cout, k, stride=stride, padding=(k - 1) // 2 if stride == 1 else 1))
+
+
+def minibatch_stddev(x: torch.Tensor, group: int = 4) -> torch.Tensor:
+    """Append the feature standard deviation across a group of samples as one channel (StyleGAN's guard against mode collapse)."""
+    B, C, H, W = x.shape
+    g = math.gcd(group, B)
+    std = x.view(g, -1, C, H, W).var(dim=0, unbiased=False).add(1e-8).sqrt().mean(dim=(1, 2, 3))  # [B/g]
+    return torch.cat([x, std.repeat(g)[:, None, None, None].expand(B, 1, H, W)], dim=1)
+
+
+class DownStack(nn.Module):
+    """Spectral-norm conv stack halving the resolution down to 4x4; returns every stage's features."""
+
+    def __init__(self, cin: int, resolution: int, channels: int, max_channels: int):
+        super().__init__()
+        n = _levels(resolution, 4)
+        widths = [min(channels * 2 ** i, max_channels) for i in range(n + 1)]
+        self.stem = _sn_conv(cin, widths[0])
+        self.blocks = nn.ModuleList(
+            nn.Sequential(_sn_conv(widths[i], widths[i]), nn.LeakyReLU(0.2),
+                          _sn_conv(widths[i], widths[i + 1], 4, stride=2), nn.LeakyReLU(0.2))
+            for i in range(n))
+        self.out_channels = widths[-1]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        feats = [F.leaky_relu(self.stem(x), 0.2)]
+        for block in self.blocks:
+            feats.append(block(feats[-1]))
+        return feats
+
+
+class GlobalDiscriminator(nn.Module):
+    """Scores a whole image together with its layout.
+
+    ``forward(image [B,3,H,W], layout [B,C,H,W]) -> (score [B], features)``;
+    the features serve feature matching.
+    """
+
+    def __init__(self, num_categories: int = 5, resolution: int = 64, channels: int = 32,
+                 max_channels: int = 256, mbstd: bool = True):
+        super().__init__()
+        self.init_kwargs = dict(num_categories=num_categories, resolution=resolution, channels=channels,
+                                max_channels=max_channels, mbstd=mbstd)
+        self.mbstd = mbstd
+        self.trunk = DownStack(3 + num_categories, resolution, channels, max_channels)
+        c = self.trunk.out_channels
+        self.head = nn.Sequential(_sn_conv(c + int(mbstd), c), nn.LeakyReLU(0.2))
+        self.fc = spectral_norm(nn.Linear(c * 16, 1))
+
+    def forward(self, image: torch.Tensor, layout: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        feats = self.trunk(torch.cat([image, layout], dim=1))
+        x = minibatch_stddev(feats[-1]) if self.mbstd else feats[-1]
+        x = self.head(x)
+        return self.fc(x.flatten(1)).squeeze(1), feats
+
+
+class ObjectDiscriminator(nn.Module):
+    """Scores an object crop with its mask, projected on its category.
+
+    ``forward(crop [B,4,S,S] (image ⊕ mask), category [B]) -> (score [B], features)``
+    """
+
+    def __init__(self, num_categories: int = 5, crop_size: int = 32, channels: int = 32,
+                 max_channels: int = 256):
+        super().__init__()
+        self.init_kwargs = dict(num_categories=num_categories, crop_size=crop_size, channels=channels,
+                                max_channels=max_channels)
+        self.crop_size = crop_size
+        self.trunk = DownStack(4, crop_size, channels, max_channels)
+        c = self.trunk.out_channels
+        self.fc = spectral_norm(nn.Linear(c, 1))
+        self.embed = spectral_norm(nn.Embedding(num_categories, c))
+
+    def forward(self, crop: torch.Tensor, category: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        feats = self.trunk(crop)
+        h = feats[-1].sum(dim=(2, 3))
+        return self.fc(h).squeeze(1) + (self.embed(category) * h).sum(1), feats

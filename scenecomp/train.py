@@ -1,0 +1,127 @@
+"""``scenecomp-train``: Hydra configuration in, Lightning checkpoints and bundles out.
+
+Examples::
+
+    scenecomp-train experiment=tiny                      # both stages on CPU in seconds
+    scenecomp-train experiment=shapes64                  # the default model's recipe
+    scenecomp-train experiment=shapes64 model=spade_baseline   # the single-shot baseline, same budget
+    scenecomp-train experiment=tiny trainer=ddp trainer.devices=2   # 2 processes (CPU gloo, or GPUs)
+    scenecomp-train experiment=shapes64 trainer=gpu compile=true
+    scenecomp-train experiment=shapes64 ckpt_path=outputs/.../checkpoints/last.ckpt   # resume
+
+Writes, in the run folder (``hydra.run.dir``): ``checkpoints/`` (Lightning),
+``previews/`` (PNG grids of fixed seeds), ``metrics.csv``, and
+``composer.pt`` (background + foreground stages) or ``baseline.pt``: plain
+data that loads with ``torch.load(weights_only=True)``.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from scenecomp.compose import bundle_dict, save_bundle
+from scenecomp.data import DataError, SceneDataModule
+from scenecomp.training import PreviewGrid, SceneGAN
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot train; raised before any training starts."""
+
+
+def prepare_shapes(data: DictConfig) -> None:
+    """Generate the Shapes splits named by ``data.generate`` when they are missing."""
+    from scenecomp.shapes import write_dataset
+
+    for split in ("train", "val"):
+        count = data.generate.get(f"{split}_count")
+        path = data.get(split)
+        if count and path and not Path(path).exists():
+            folder = Path(path).parent if str(path).endswith(".json") else Path(path)
+            seed = data.generate.seed + (0 if split == "train" else 1)  # disjoint scenes for the held-out split
+            print(f"generating {count} Shapes scenes into {folder} (seed {seed})")
+            write_dataset(folder, count=count, size=data.generate.size, seed=seed)
+
+
+def build(cfg: DictConfig) -> tuple[SceneDataModule, SceneGAN, L.Trainer]:
+    """Data, model and trainer from a composed config, all checked before training."""
+    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
+    data_cfg.pop("generate", None)
+    if cfg.data.get("generate"):
+        prepare_shapes(cfg.data)
+    datamodule = SceneDataModule(**data_cfg).check()
+    if data_cfg["categories"] is None:  # record the resolved names, as the model does (Lightning compares them)
+        data_cfg["categories"] = datamodule.categories
+        datamodule = SceneDataModule(**data_cfg).check()
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    try:
+        model = SceneGAN(categories=datamodule.categories, resolution=cfg.data.resolution, **model_cfg)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"model: {e}") from None
+    if cfg.compile:
+        for name in ("g_bg", "g_fg", "g_base"):
+            if hasattr(model, name):
+                setattr(model, name, torch.compile(getattr(model, name)))
+    out = Path(cfg.out)
+    callbacks = [
+        L.pytorch.callbacks.ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, save_top_k=0,
+                                            every_n_train_steps=cfg.checkpoint_every * model.optimizer_steps_per_batch),
+        PreviewGrid(str(out / "previews"), every=cfg.preview_every),
+    ]
+    loggers = [L.pytorch.loggers.CSVLogger(out, name="", version="")]
+    try:
+        import tensorboard  # noqa: F401
+
+        loggers.append(L.pytorch.loggers.TensorBoardLogger(out, name="tb", version=""))
+    except ImportError:
+        pass
+    trainer = L.Trainer(**OmegaConf.to_container(cfg.trainer, resolve=True), default_root_dir=out,
+                        max_steps=cfg.steps * model.optimizer_steps_per_batch, callbacks=callbacks,
+                        logger=loggers, log_every_n_steps=cfg.log_every * model.optimizer_steps_per_batch,
+                        num_sanity_val_steps=0, limit_val_batches=0, enable_model_summary=False)
+    return datamodule, model, trainer
+
+
+def write_bundles(model: SceneGAN, out: Path) -> list[Path]:
+    """``composer.pt`` from the EMA generators of the layered stages, ``baseline.pt`` from the baseline's."""
+    written = []
+    if hasattr(model, "g_bg_ema") and hasattr(model, "g_fg_ema"):
+        save_bundle(out / "composer.pt", bundle_dict(model.categories, background=model.g_bg_ema,
+                                                     foreground=model.g_fg_ema))
+        written.append(out / "composer.pt")
+    if hasattr(model, "g_base_ema"):
+        save_bundle(out / "baseline.pt", bundle_dict(model.categories, baseline=model.g_base_ema))
+        written.append(out / "baseline.pt")
+    return written
+
+
+def run(cfg: DictConfig) -> list[Path]:
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule, model, trainer = build(cfg)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    if not trainer.is_global_zero:
+        return []
+    written = write_bundles(model, Path(cfg.out))
+    for path in written:
+        print(f"wrote {path}")
+    return written
+
+
+CONF = str(Path(__file__).resolve().parent.parent / "conf")  # the repository's conf/ (editable install)
+
+
+@hydra.main(version_base="1.3", config_path=CONF, config_name="train")
+def main(cfg: DictConfig) -> None:
+    try:
+        run(cfg)
+    except (ConfigError, DataError) as e:
+        print(f"scenecomp-train: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

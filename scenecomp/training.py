@@ -1,0 +1,319 @@
+"""Training: the losses, the EMA, and one LightningModule that trains the enabled stages.
+
+Stages (any subset, trained side by side on every batch, since they are
+independent: the foreground stage learns on real images, not on the
+background generator's output):
+
+- ``background``: G_bg's layout head A against a global discriminator on real
+  images, and its noise-only head B pulled towards head A outside the objects.
+- ``foreground``: one object of a real image is blanked and G_fg repaints it in
+  context, judged by a global and an object discriminator.
+- ``baseline``: a single-shot SPADE-style generator (the same network as G_bg,
+  head A only) with its own global discriminator: the comparison the paper makes.
+
+Each stage has a generator and a discriminator optimiser, so Lightning's
+``global_step`` advances by two per stage per batch.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from scenecomp.compose import paint_layers
+from scenecomp.nets import (ForegroundGenerator, GlobalDiscriminator, LayoutGenerator, ObjectDiscriminator,
+                            composite, crop_objects, layout_map)
+
+STAGES = ("background", "foreground", "baseline")
+
+
+# ----------------------------------------------------------------------------- losses
+
+
+def d_hinge(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    return F.relu(1 - real).mean() + F.relu(1 + fake).mean()
+
+
+def g_hinge(fake: torch.Tensor) -> torch.Tensor:
+    return -fake.mean()
+
+
+def r1_penalty(real_score: torch.Tensor, real_input: torch.Tensor) -> torch.Tensor:
+    (grad,) = torch.autograd.grad(real_score.sum(), real_input, create_graph=True)
+    return grad.pow(2).flatten(1).sum(1).mean()
+
+
+def feature_matching(real_feats: list[torch.Tensor], fake_feats: list[torch.Tensor]) -> torch.Tensor:
+    """L1 between the batch-mean discriminator features of real and fake."""
+    return sum(F.l1_loss(f.mean(0), r.detach().mean(0)) for r, f in zip(real_feats, fake_feats))
+
+
+def agreement(head_b: torch.Tensor, head_a: torch.Tensor, outside: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference of head B from (detached) head A where ``outside`` is 1."""
+    diff = (head_b - head_a.detach()).abs() * outside
+    return diff.sum() / (outside.sum() * head_b.shape[1]).clamp(min=1)
+
+
+@torch.no_grad()
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p, 1 - decay)
+    for e, b in zip(ema.buffers(), model.buffers()):
+        e.copy_(b)
+
+
+def visible_masks(masks: torch.Tensor) -> torch.Tensor:
+    """Each object's mask less what later objects cover: ``[B,K,1,H,W]`` -> same."""
+    covered = torch.zeros_like(masks[:, 0])
+    out = torch.empty_like(masks)
+    for k in reversed(range(masks.shape[1])):
+        out[:, k] = masks[:, k] * (1 - covered)
+        covered = torch.maximum(covered, masks[:, k])
+    return out
+
+
+# ----------------------------------------------------------------------------- the module
+
+
+class SceneGAN(L.LightningModule):
+    """Trains the stages named in ``stages`` with manual optimisation and EMA generators.
+
+    Every argument is a plain value (Hydra passes them from ``conf/model``);
+    the network sizes are the constructor arguments of the networks in
+    :mod:`scenecomp.nets`.
+    """
+
+    def __init__(self, categories: list[str], resolution: int = 64, z_dim: int = 64,
+                 stages: list[str] = ("background", "foreground"),
+                 background: dict | None = None, foreground: dict | None = None,
+                 global_disc: dict | None = None, object_disc: dict | None = None,
+                 lr_g: float = 2e-4, lr_d: float = 2e-4, betas: tuple[float, float] = (0.0, 0.99),
+                 agreement_weight: float = 10.0, object_weight: float = 1.0, fm_weight: float = 0.0,
+                 r1_gamma: float = 0.0, ema_decay: float = 0.999, min_visible: float = 0.003):
+        super().__init__()
+        unknown = set(stages) - set(STAGES)
+        if unknown or not stages:
+            raise ValueError(f"stages must be a non-empty subset of {list(STAGES)}, got {list(stages)}")
+        self.save_hyperparameters()
+        self.automatic_optimization = False
+        self.categories, self.resolution, self.z_dim = list(categories), resolution, z_dim
+        self.stages = list(stages)
+        C = len(self.categories)
+        common = dict(num_categories=C, resolution=resolution)
+        if "background" in self.stages:
+            self.g_bg = LayoutGenerator(z_dim=z_dim, **common, **(background or {}))
+            self.d_bg = GlobalDiscriminator(**common, **(global_disc or {}))
+            self.g_bg_ema = copy.deepcopy(self.g_bg).eval().requires_grad_(False)
+        if "foreground" in self.stages:
+            self.g_fg = ForegroundGenerator(z_dim=z_dim, **common, **(foreground or {}))
+            self.d_fg = GlobalDiscriminator(**common, **(global_disc or {}))
+            self.d_obj = ObjectDiscriminator(num_categories=C, crop_size=resolution // 2, **(object_disc or {}))
+            self.g_fg_ema = copy.deepcopy(self.g_fg).eval().requires_grad_(False)
+        if "baseline" in self.stages:
+            self.g_base = LayoutGenerator(z_dim=z_dim, **common, **(background or {}))
+            self.d_base = GlobalDiscriminator(**common, **(global_disc or {}))
+            self.g_base_ema = copy.deepcopy(self.g_base).eval().requires_grad_(False)
+        self.preview: dict | None = None
+
+    @property
+    def optimizer_steps_per_batch(self) -> int:
+        return 2 * len(self.stages)
+
+    def configure_optimizers(self):
+        def adam(params, lr):
+            return torch.optim.Adam(params, lr=lr, betas=tuple(self.hparams.betas))
+
+        opts = []
+        for stage in self.stages:
+            if stage == "background":
+                opts += [adam(self.g_bg.parameters(), self.hparams.lr_g), adam(self.d_bg.parameters(), self.hparams.lr_d)]
+            elif stage == "foreground":
+                opts += [adam(self.g_fg.parameters(), self.hparams.lr_g),
+                         adam([*self.d_fg.parameters(), *self.d_obj.parameters()], self.hparams.lr_d)]
+            else:
+                opts += [adam(self.g_base.parameters(), self.hparams.lr_g), adam(self.d_base.parameters(), self.hparams.lr_d)]
+        return opts
+
+    # ------------------------------------------------------------------ steps
+
+    def _step(self, g_opt, d_opt, d_loss_fn, g_loss_fn) -> dict:
+        """One discriminator then one generator update; the loss functions return (loss, logs)."""
+        self.toggle_optimizer(d_opt)
+        d_loss, logs = d_loss_fn()
+        d_opt.zero_grad(set_to_none=True)
+        self.manual_backward(d_loss)
+        d_opt.step()
+        self.untoggle_optimizer(d_opt)
+        self.toggle_optimizer(g_opt)
+        g_loss, g_logs = g_loss_fn()
+        g_opt.zero_grad(set_to_none=True)
+        self.manual_backward(g_loss)
+        g_opt.step()
+        self.untoggle_optimizer(g_opt)
+        return {**logs, **g_logs}
+
+    def _d_loss(self, disc, real_in: tuple, fake_in: tuple, prefix: str):
+        """Hinge loss (plus R1 when enabled) for ``disc(*inputs)``; the first input is the image."""
+        r1_on = self.hparams.r1_gamma > 0
+        real_img = real_in[0].detach().requires_grad_(r1_on)
+        real_s, _ = disc(real_img, *real_in[1:])
+        fake_s, _ = disc(fake_in[0].detach(), *fake_in[1:])
+        loss = d_hinge(real_s, fake_s)
+        logs = {f"{prefix}/d": loss.detach(), f"{prefix}/d_real": real_s.mean().detach(),
+                f"{prefix}/d_fake": fake_s.mean().detach()}
+        if r1_on:
+            r1 = r1_penalty(real_s, real_img)
+            loss = loss + self.hparams.r1_gamma / 2 * r1
+            logs[f"{prefix}/r1"] = r1.detach()
+        return loss, logs
+
+    def _g_loss(self, disc, real_in: tuple, fake_in: tuple) -> torch.Tensor:
+        """Hinge generator loss, plus feature matching when enabled."""
+        fake_s, fake_f = disc(*fake_in)
+        loss = g_hinge(fake_s)
+        if self.hparams.fm_weight > 0:
+            with torch.no_grad():
+                _, real_f = disc(*real_in)
+            loss = loss + self.hparams.fm_weight * feature_matching(real_f, fake_f)
+        return loss
+
+    def _layout_stage(self, g, d, ema, g_opt, d_opt, x, seg, union, prefix, agreement_weight):
+        z = torch.randn(x.shape[0], self.z_dim, device=x.device)
+
+        def d_loss():
+            with torch.no_grad():
+                fake = g(z, seg)
+            return self._d_loss(d, (x, seg), (fake, seg), prefix)
+
+        def g_loss():
+            fake = g(z, seg)
+            loss = self._g_loss(d, (x, seg), (fake, seg))
+            logs = {f"{prefix}/g": loss.detach()}
+            if agreement_weight > 0:
+                agree = agreement(g(z, None), fake, 1 - union)
+                loss = loss + agreement_weight * agree
+                logs[f"{prefix}/agree"] = agree.detach()
+            return loss, logs
+
+        logs = self._step(g_opt, d_opt, d_loss, g_loss)
+        ema_update(ema, g, self.hparams.ema_decay)
+        return logs
+
+    def _foreground_stage(self, g_opt, d_opt, x, seg, masks, cats, valid):
+        """Blank one visible object per image and repaint it; other objects stay in the canvas."""
+        hp = self.hparams
+        vis = visible_masks(masks)
+        eligible = valid & (vis.flatten(2).mean(2) >= hp.min_visible)
+        rows = eligible.any(1).nonzero().squeeze(1)
+        if rows.numel() == 0:
+            return {}
+        idx = torch.multinomial(eligible[rows].float(), 1).squeeze(1)
+        x, seg = x[rows], seg[rows]
+        m, c = vis[rows, idx], cats[rows, idx]
+        z = torch.randn(rows.numel(), self.z_dim, device=x.device)
+        S = self.d_obj.crop_size
+
+        def fake_image():
+            return composite(x, self.g_fg(z, c, m, x * (1 - m)), m)
+
+        def crops(img):
+            return crop_objects(torch.cat([img, m], 1), m, S), c
+
+        def d_loss():
+            with torch.no_grad():
+                fake = fake_image()
+            lg, logs = self._d_loss(self.d_fg, (x, seg), (fake, seg), "fg_global")
+            lo, logs_o = self._d_loss(self.d_obj, crops(x), crops(fake), "fg_object")
+            return lg + lo, {**logs, **logs_o}
+
+        def g_loss():
+            fake = fake_image()
+            lg = self._g_loss(self.d_fg, (x, seg), (fake, seg))
+            lo = self._g_loss(self.d_obj, crops(x), crops(fake))
+            return lg + hp.object_weight * lo, {"fg_global/g": lg.detach(), "fg_object/g": lo.detach()}
+
+        logs = self._step(g_opt, d_opt, d_loss, g_loss)
+        ema_update(self.g_fg_ema, self.g_fg, hp.ema_decay)
+        return logs
+
+    def training_step(self, batch, batch_idx):
+        x, masks, cats, valid = batch["image"], batch["masks"], batch["categories"], batch["valid"]
+        masks = masks * valid[:, :, None, None, None]
+        seg = layout_map(masks, cats, len(self.categories))
+        union = masks.amax(1)
+        if self.preview is None:
+            self.preview = {k: v[:8].detach().clone() for k, v in batch.items() if torch.is_tensor(v)}
+        opts = iter(self.optimizers())
+        logs = {}
+        for stage in self.stages:
+            g_opt, d_opt = next(opts), next(opts)
+            if stage == "background":
+                logs |= self._layout_stage(self.g_bg, self.d_bg, self.g_bg_ema, g_opt, d_opt, x, seg, union,
+                                           "bg", self.hparams.agreement_weight)
+            elif stage == "foreground":
+                logs |= self._foreground_stage(g_opt, d_opt, x, seg, masks, cats, valid)
+            else:
+                logs |= self._layout_stage(self.g_base, self.d_base, self.g_base_ema, g_opt, d_opt, x, seg, union,
+                                           "base", 0.0)
+        self.log_dict(logs, prog_bar=False, sync_dist=False)
+        self.log("batches", float(self.global_step // self.optimizer_steps_per_batch), prog_bar=True)
+
+    # ------------------------------------------------------------------ previews and bundles
+
+    @torch.no_grad()
+    def preview_grid(self) -> np.ndarray:
+        """Rows of fixed-seed samples from the EMA generators, uint8 ``[H',W',3]``.
+
+        Rows: real images; background head A and head B (background stage);
+        one object repainted in a real image (foreground stage); a full
+        composition, background then each object (both stages); baseline.
+        """
+        p = self.preview
+        x, masks, cats = p["image"], p["masks"] * p["valid"][:, :, None, None, None], p["categories"]
+        B, K = cats.shape
+        gen = torch.Generator().manual_seed(0)
+        z = torch.randn(B, self.z_dim, generator=gen).to(x.device)
+        zk = torch.randn(B, K, self.z_dim, generator=gen).to(x.device)
+        seg = layout_map(masks, cats, len(self.categories))
+        rows = [x]
+        if "background" in self.stages:
+            rows += [self.g_bg_ema(z, seg), self.g_bg_ema(z)]
+        if "foreground" in self.stages:
+            top = masks.flatten(2).amax(2).cumsum(1).argmax(1)  # each image's last real object: never covered
+            m = masks[torch.arange(B), top]
+            c = cats[torch.arange(B), top]
+            rows.append(composite(x, self.g_fg_ema(z, c, m, x * (1 - m)), m))
+            if "background" in self.stages:
+                rows.append(paint_layers(self.g_bg_ema, self.g_fg_ema, z, zk, masks, cats)[-1])
+        if "baseline" in self.stages:
+            rows.append(self.g_base_ema(z, seg))
+        grid = torch.cat([torch.cat(list(r), dim=2) for r in rows], dim=1)  # [3, rows*H, B*W]
+        return ((grid.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+
+    def save_preview(self, folder: Path) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"step_{self.global_step // self.optimizer_steps_per_batch:07d}.png"
+        img = Image.fromarray(self.preview_grid())
+        img.resize((img.width * 2, img.height * 2), Image.NEAREST).save(path)
+        return path
+
+
+class PreviewGrid(L.Callback):
+    """Saves :meth:`SceneGAN.preview_grid` as PNG every ``every`` batches and at the end (rank 0 only)."""
+
+    def __init__(self, folder: str, every: int = 200):
+        self.folder, self.every = Path(folder), every
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        batches = trainer.global_step // module.optimizer_steps_per_batch
+        if trainer.is_global_zero and self.every > 0 and batches % self.every == 0:
+            module.save_preview(self.folder)
+
+    def on_train_end(self, trainer, module):
+        if trainer.is_global_zero and module.preview is not None:
+            module.save_preview(self.folder)
