@@ -1,5 +1,279 @@
-"""Layout files: a canvas size, a background seed and objects in paint order."""
+"""Layout files: a canvas size, a background seed and objects in paint order.
+
+A layout file (JSON, version 1; see DESIGN.md, "Layout file")::
+
+    {"size": [64, 64],                       # [height, width] in pixels
+     "background": {"seed": 0},              # optional
+     "objects": [                            # paint order: back to front
+       {"category": "tree", "polygon": [[10, 60], [20, 20], [30, 60]], "seed": 3},
+       {"category": "house", "bbox": [34, 30, 20, 22]},       # [x, y, w, h]
+       {"category": "sun", "mask": "sun.png"},                # relative to this file
+       {"category": "rock", "rle": {"size": [64, 64], "counts": "..."}}]}
+
+Coordinates are pixels, x right, y down; a pixel is inside a polygon or box
+when its centre is. A COCO instances JSON is also a source of layouts, one per
+image. Bad input raises `LayoutError`, whose message names the file, the
+object index and the problem.
+"""
 from __future__ import annotations
+
+import difflib
+import json
+import math
+import numbers
+import os
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+SHAPE_KINDS = ("polygon", "bbox", "mask", "rle")
+_TOP_KEYS = {"version", "size", "background", "objects"}
+_OBJECT_KEYS = {"category", "seed", *SHAPE_KINDS}
+
+
+class LayoutError(ValueError):
+    """Bad layout input. The message names the file (or '<layout>'), the
+    object index when relevant, and the problem, e.g.
+    ``scene.json: object 2: polygon needs at least 3 points, got 2``.
+    """
+
+    def __init__(self, problem: str, path=None, index=None, *, image: str | None = None):
+        self.problem = problem
+        self.path = path
+        self.index = index
+        self.image = image  # which image of a COCO file, when the layout came from one
+        where = [str(path) if path is not None else "<layout>"]
+        if image is not None:
+            where.append(image)
+        if index is not None:
+            where.append(f"object {index}")
+        super().__init__(": ".join([*where, problem]))
+
+
+@dataclass(frozen=True)
+class LayoutObject:
+    """One object: its category, exactly one shape, and an optional seed.
+
+    ``shape`` is one of ``{"polygon": [[x, y], ...]}``, ``{"bbox": [x, y, w, h]}``,
+    ``{"mask": "file.png"}`` or ``{"rle": {"size": [h, w], "counts": ...}}``.
+    """
+
+    category: str
+    shape: dict
+    seed: int | None = None
+
+
+@dataclass
+class Layout:
+    """A canvas size (height, width), objects in paint order, and seeds."""
+
+    size: tuple[int, int]
+    objects: list[LayoutObject]
+    background_seed: int | None = None
+    path: Path | None = None  # the file it came from; mask paths are relative to its folder
+    # (id, file_name) of the COCO image this layout was made from; gives `name`
+    # and error messages.
+    _image: tuple | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self):
+        self.size = (int(self.size[0]), int(self.size[1]))
+        self.objects = list(self.objects)
+        if self.path is not None:
+            self.path = Path(self.path)
+
+    @property
+    def name(self) -> str:
+        """Stem for output files: the layout file's stem, or
+        ``{json stem}_{image stem}`` for a layout taken from a COCO file."""
+        if self.path is None:
+            return "layout"
+        if self._image is not None:
+            return f"{self.path.stem}_{Path(self._image[1]).stem}"
+        return self.path.stem
+
+    @classmethod
+    def load(cls, path, categories=None) -> Layout:
+        """Read and validate a layout file (see `load_layouts` for COCO files)."""
+        path = Path(path)
+        data = _read_json(path)
+        if _is_coco(data):
+            raise LayoutError(f"this is a COCO instances file ({len(data['images'])} images), not a "
+                              "layout file; use load_layouts() or load_coco_layouts()", path)
+        return cls.from_dict(data, path, categories)
+
+    @classmethod
+    def from_dict(cls, d, path=None, categories=None) -> Layout:
+        """Validate a parsed layout file; ``path`` is where mask files are found
+        relative to (the working directory when None) and what errors name.
+
+        Each shape must cover at least one pixel at the layout's own size.
+        """
+        path = None if path is None else Path(path)
+        if not isinstance(d, dict):
+            raise LayoutError(f"top level must be a JSON object, got {_show(d)}", path)
+        unknown = sorted(set(d) - _TOP_KEYS)
+        if unknown:
+            raise LayoutError(f"unknown top-level key(s) {_names(unknown)}; allowed: "
+                              f"{_names(sorted(_TOP_KEYS))}", path)
+        if "version" in d and not (_is_int(d["version"]) and d["version"] == 1):
+            raise LayoutError(f"version must be 1, got {_show(d['version'])}", path)
+        if "size" not in d:
+            raise LayoutError("missing 'size' ([height, width] in pixels)", path)
+        try:
+            size = _check_size(d["size"])
+            background_seed = _check_background(d.get("background", {}))
+        except LayoutError as e:
+            raise LayoutError(e.problem, path) from None
+        if "objects" not in d:
+            raise LayoutError("missing 'objects' (a list, may be empty)", path)
+        if not isinstance(d["objects"], list):
+            raise LayoutError(f"objects must be a list, got {_show(d['objects'])}", path)
+
+        base_dir = path.parent if path is not None else None
+        objects = []
+        for i, raw in enumerate(d["objects"]):
+            try:
+                obj = _parse_object(raw)
+                # An object that covers no pixel is a mistake (e.g. coordinates
+                # for another canvas), never something to skip silently.
+                if not rasterize(obj.shape, size, base_dir=base_dir).any():
+                    kind = next(iter(obj.shape))
+                    raise LayoutError(f"{kind} is empty after rasterisation at size {list(size)} "
+                                      "(wholly off the canvas, or degenerate)")
+            except LayoutError as e:
+                raise LayoutError(e.problem, path, i) from None
+            objects.append(obj)
+
+        layout = cls(size, objects, background_seed, path)
+        if categories is not None:
+            layout.check_categories(categories)
+        return layout
+
+    def to_dict(self) -> dict:
+        """The layout file's content (version 1), ready for `json.dump`."""
+        d = {"version": 1, "size": list(self.size)}
+        if self.background_seed is not None:
+            d["background"] = {"seed": self.background_seed}
+        d["objects"] = []
+        for obj in self.objects:
+            entry = {"category": obj.category, **json.loads(json.dumps(obj.shape))}  # deep copy
+            if obj.seed is not None:
+                entry["seed"] = obj.seed
+            d["objects"].append(entry)
+        return d
+
+    def save(self, path) -> None:
+        """Write the layout file atomically: a reader sees the old file or the
+        new one, never half of one. Mask paths are rewritten relative to the
+        new file's folder so they still point at the same images."""
+        path = Path(path)
+        d = self.to_dict()
+        old_dir = self.path.parent if self.path is not None else Path(".")
+        for entry in d["objects"]:
+            if "mask" in entry and not Path(entry["mask"]).is_absolute():
+                target = os.path.abspath(old_dir / entry["mask"])
+                try:
+                    entry["mask"] = Path(os.path.relpath(target, os.path.abspath(path.parent))).as_posix()
+                except ValueError:  # another drive on Windows: no relative path exists
+                    entry["mask"] = Path(target).as_posix()
+        text = _layout_json(d)
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            with open(tmp, "x", encoding="utf-8") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def masks(self, size=None) -> np.ndarray:
+        """Object masks, float32 [N, H, W] in {0, 1}, in paint order, at ``size``
+        (height, width; default the layout's own). Coordinates scale from the
+        layout's size, so the same layout renders at any resolution."""
+        try:
+            out = self.size if size is None else _check_size(size, "masks size")
+        except LayoutError as e:
+            raise LayoutError(e.problem, self.path, image=self._image_label) from None
+        base_dir = self.path.parent if self.path is not None else None
+        result = np.zeros((len(self.objects), *out), np.float32)
+        for i, obj in enumerate(self.objects):
+            result[i] = rasterize(obj.shape, self.size, out, base_dir, path=self.path, index=i)
+        return result
+
+    def check_categories(self, categories) -> None:
+        """Raise LayoutError for the first object whose category is not in
+        ``categories`` (any iterable of names); the message lists the known ones."""
+        known = list(categories)
+        known_set = set(known)
+        for i, obj in enumerate(self.objects):
+            if obj.category not in known_set:
+                close = difflib.get_close_matches(obj.category, known, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                listed = ", ".join(known) if known else "(none)"
+                raise LayoutError(f"unknown category {obj.category!r}{hint}; known categories: {listed}",
+                                  self.path, i, image=self._image_label)
+
+    @property
+    def _image_label(self) -> str | None:
+        return None if self._image is None else f"image {self._image[0]} ({self._image[1]!r})"
+
+
+def rasterize(shape: dict, layout_size, out_size=None, base_dir=None, *, path=None, index=None) -> np.ndarray:
+    """Boolean mask [H, W] of one shape at ``out_size`` (default ``layout_size``).
+
+    Polygon and bbox coordinates are in the pixels of ``layout_size`` and scale
+    by out_size / layout_size; a pixel is inside when its centre is, so a box
+    [x, y, w, h] with integer values covers exactly w*h pixels. Mask images and
+    RLEs of another size are first scaled to ``layout_size``, then to
+    ``out_size``, nearest neighbour. Relative mask paths are resolved against
+    ``base_dir`` (default: the working directory). Parts off the canvas are
+    clipped; the result may be empty. ``path`` and ``index`` only label errors.
+    """
+    try:
+        size = _check_size(layout_size, "layout_size")
+        out = size if out_size is None else _check_size(out_size, "out_size")
+        kind, value = _check_shape(shape)
+        if kind in ("polygon", "bbox"):
+            if kind == "bbox":
+                x, y, w, h = value
+                value = [[x, y], [x + w, y], [x + w, y + h], [x, y + h]]
+            scale = np.array([out[1] / size[1], out[0] / size[0]])
+            return _fill_polygon(np.asarray(value, np.float64) * scale, out)
+        at_size = _read_mask(value, base_dir) if kind == "mask" else _decode_rle(value)
+        return _resize_nearest(_resize_nearest(at_size, size), out)
+    except LayoutError as e:
+        raise LayoutError(e.problem, path, index) from None
+
+
+def load_layouts(path, categories=None) -> list[Layout]:
+    """Layouts from one file: a layout file gives one, a COCO instances JSON
+    (one with "images" and "annotations") gives one per image."""
+    path = Path(path)
+    data = _read_json(path)
+    if _is_coco(data):
+        return _coco_layouts(data, path, categories)
+    return [Layout.from_dict(data, path, categories)]
+
+
+def load_coco_layouts(path, categories=None) -> list[Layout]:
+    """One layout per image of a COCO instances JSON, in image id order.
+
+    Objects are in `order_annotations` order, each as ``{"rle": ...}`` with
+    compressed counts (polygons and uncompressed crowd RLEs are converted);
+    sizes are the images' (height, width). Seeds are left unset.
+    """
+    path = Path(path)
+    data = _read_json(path)
+    if not _is_coco(data):
+        raise LayoutError("not a COCO instances file: needs 'images' and 'annotations' lists", path)
+    return _coco_layouts(data, path, categories)
 
 
 def order_annotations(annotations: list[dict], info: dict | None) -> list[dict]:
@@ -14,3 +288,347 @@ def order_annotations(annotations: list[dict], info: dict | None) -> list[dict]:
     if (info or {}).get("paint_order") == "annotation_order":
         return list(annotations)
     return sorted(annotations, key=lambda a: -float(a.get("area", 0.0)))
+
+
+# --- reading and validating --------------------------------------------------
+# Validators raise LayoutError with the problem only; their callers know the
+# file and the object index and re-raise with them.
+
+def _read_json(path: Path):
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise LayoutError("file not found", path) from None
+    except IsADirectoryError:
+        raise LayoutError("is a directory, not a JSON file", path) from None
+    except OSError as e:
+        raise LayoutError(f"cannot read file: {e.strerror}", path) from None
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise LayoutError(f"malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}", path) from None
+    except UnicodeDecodeError:
+        raise LayoutError("not UTF-8 text", path) from None
+
+
+def _is_coco(data) -> bool:
+    return isinstance(data, dict) and isinstance(data.get("images"), list) \
+        and isinstance(data.get("annotations"), list)
+
+
+def _parse_object(raw) -> LayoutObject:
+    if not isinstance(raw, dict):
+        raise LayoutError(f'must be an object like {{"category": "tree", "bbox": [x, y, w, h]}}, got {_show(raw)}')
+    unknown = [k for k in raw if k not in _OBJECT_KEYS]
+    if unknown:
+        raise LayoutError(f"unknown key(s) {_names(unknown)}; allowed: category, seed and one shape "
+                          f"of {_names(SHAPE_KINDS)}")
+    if "category" not in raw:
+        raise LayoutError("missing 'category'")
+    category = raw["category"]
+    if not isinstance(category, str) or not category:
+        raise LayoutError(f"category must be a non-empty string, got {_show(category)}")
+    kind, value = _check_shape({k: raw[k] for k in raw if k in SHAPE_KINDS})
+    seed = _check_seed(raw["seed"], "seed") if "seed" in raw else None
+    return LayoutObject(category, {kind: value}, seed)
+
+
+def _check_background(background) -> int | None:
+    if not isinstance(background, dict):
+        raise LayoutError(f'background must be an object like {{"seed": 0}}, got {_show(background)}')
+    unknown = [k for k in background if k != "seed"]
+    if unknown:
+        raise LayoutError(f"background: unknown key(s) {_names(unknown)}; allowed: 'seed'")
+    return _check_seed(background["seed"], "background seed") if "seed" in background else None
+
+
+def _check_seed(seed, what: str) -> int:
+    # torch.Generator.manual_seed takes at most 64 bits.
+    if not (_is_int(seed) and 0 <= seed < 2**64):
+        raise LayoutError(f"{what} must be a non-negative integer, got {_show(seed)}")
+    return int(seed)
+
+
+def _check_size(size, what: str = "size") -> tuple[int, int]:
+    if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(_is_int(v) and v > 0 for v in size)):
+        raise LayoutError(f"{what} must be [height, width], two positive integers, got {_show(size)}")
+    return int(size[0]), int(size[1])
+
+
+def _check_shape(shape) -> tuple[str, object]:
+    """(kind, normalised value) of a shape dict with exactly one known key."""
+    if not isinstance(shape, dict):
+        raise LayoutError(f"shape must be a dict with one of {_names(SHAPE_KINDS)}, got {_show(shape)}")
+    unknown = [k for k in shape if k not in SHAPE_KINDS]
+    if unknown:
+        raise LayoutError(f"unknown shape key(s) {_names(unknown)}; use one of {_names(SHAPE_KINDS)}")
+    if not shape:
+        raise LayoutError(f"no shape; give one of {_names(SHAPE_KINDS)}")
+    if len(shape) > 1:
+        raise LayoutError(f"more than one shape ({_names(shape)}); give exactly one of {_names(SHAPE_KINDS)}")
+    kind, value = next(iter(shape.items()))
+    if kind == "polygon":
+        return kind, _check_polygon(value)
+    if kind == "bbox":
+        return kind, _check_bbox(value)
+    if kind == "mask":
+        if not isinstance(value, (str, os.PathLike)) or not os.fspath(value):
+            raise LayoutError(f"mask must be a PNG file name, got {_show(value)}")
+        return kind, os.fspath(value)
+    return kind, _check_rle(value)
+
+
+def _check_polygon(polygon) -> list[list[float]]:
+    if not isinstance(polygon, (list, tuple, np.ndarray)):
+        raise LayoutError(f"polygon must be a list of [x, y] points, got {_show(polygon)}")
+    points = []
+    for j, p in enumerate(polygon):
+        if not (isinstance(p, (list, tuple, np.ndarray)) and len(p) == 2 and all(map(_is_number, p))):
+            raise LayoutError(f"polygon point {j} must be [x, y], two finite numbers, got {_show(p)}")
+        points.append([_plain(v) for v in p])
+    if len(points) < 3:
+        raise LayoutError(f"polygon needs at least 3 points, got {len(points)}")
+    return points
+
+
+def _check_bbox(bbox) -> list[float]:
+    if not (isinstance(bbox, (list, tuple, np.ndarray)) and len(bbox) == 4):
+        raise LayoutError(f"bbox must be [x, y, width, height], got {_show(bbox)}")
+    if not all(map(_is_number, bbox)):
+        raise LayoutError(f"bbox values must be finite numbers, got {_show(bbox)}")
+    if not (bbox[2] > 0 and bbox[3] > 0):
+        raise LayoutError(f"bbox width and height must be positive, got width {bbox[2]}, height {bbox[3]}")
+    return [_plain(v) for v in bbox]
+
+
+def _check_rle(rle) -> dict:
+    """A COCO RLE with counts that cover its size exactly.
+
+    pycocotools rejects counts that overrun the mask but not ones that fall
+    short (the rest of its buffer is left uninitialised), so both are checked here.
+    """
+    if not (isinstance(rle, dict) and set(rle) == {"size", "counts"}):
+        raise LayoutError(f'rle must be {{"size": [height, width], "counts": ...}}, got {_show(rle)}')
+    h, w = _check_size(rle["size"], "rle size")
+    counts = rle["counts"]
+    if isinstance(counts, bytes):  # pycocotools' own output
+        counts = counts.decode("ascii", errors="replace")
+    if isinstance(counts, str):
+        runs = _rle_string_runs(counts)
+    elif isinstance(counts, list) and all(_is_int(c) and c >= 0 for c in counts):
+        runs = counts = [int(c) for c in counts]
+    else:
+        raise LayoutError("rle counts must be a compressed string or a list of non-negative integers")
+    if sum(runs) != h * w:
+        raise LayoutError(f"rle counts cover {sum(runs)} pixels, but its size {[h, w]} has {h * w}")
+    return {"size": [h, w], "counts": counts}
+
+
+def _rle_string_runs(s: str) -> list[int]:
+    """Run lengths of a compressed COCO RLE string (pycocotools' rleFrString):
+    5 bits per character, a continuation bit, a sign bit, and runs after the
+    third stored as differences to the run two before."""
+    runs, i = [], 0
+    while i < len(s):
+        value, shift, more = 0, 0, True
+        while more:
+            if i == len(s):
+                raise LayoutError("rle counts string is truncated")
+            c = ord(s[i]) - 48
+            if not 0 <= c < 64:
+                raise LayoutError(f"rle counts string has an invalid character {s[i]!r}")
+            value |= (c & 0x1F) << shift
+            more = c & 0x20
+            i += 1
+            shift += 5
+            if not more and c & 0x10:
+                value -= 1 << shift
+        if len(runs) > 2:
+            value += runs[-2]
+        if value < 0:
+            raise LayoutError("rle counts string decodes to a negative run length")
+        runs.append(value)
+    return runs
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _plain(v):
+    """A JSON-ready Python number (numpy scalars in, int or float out)."""
+    return int(v) if isinstance(v, numbers.Integral) else float(v)
+
+
+def _show(value, limit: int = 60) -> str:
+    """A value as the user wrote it (JSON), shortened for messages."""
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _names(keys) -> str:
+    return ", ".join(repr(k) for k in keys)
+
+
+# --- rasterising ---------------------------------------------------------------
+
+def _fill_polygon(points: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Pixels whose centre lies inside the polygon (even-odd rule).
+
+    Edges are half-open (a centre exactly on a left or top edge is inside, on
+    a right or bottom edge outside), so a box with integer corners covers
+    exactly w*h pixels and shapes that touch share no pixel. cv2.fillPoly
+    is not used: it always fills the pixels the outline passes through, so
+    a 4x4 square would cover 5x5 pixels.
+    """
+    height, width = size
+    x0, y0 = points[:, 0:1], points[:, 1:2]  # [E, 1]: edge starts
+    x1, y1 = np.roll(x0, -1, axis=0), np.roll(y0, -1, axis=0)  # edge ends
+    yc = np.arange(height) + 0.5  # row centres
+    crosses = (y0 <= yc) != (y1 <= yc)  # [E, H]; never true for a horizontal edge
+    with np.errstate(divide="ignore", invalid="ignore"):
+        xs = np.where(crosses, x0 + (yc - y0) * (x1 - x0) / (y1 - y0), np.inf)
+    xs = np.sort(xs, axis=0)  # each row: an even number of crossings, then inf
+    if len(xs) % 2:
+        xs = np.vstack([xs, np.full((1, height), np.inf)])
+    # Inside between crossing pairs; column j is in [a, b) when a <= j + 0.5 < b.
+    starts = np.clip(np.ceil(xs[0::2] - 0.5), 0, width).astype(np.intp)
+    ends = np.clip(np.ceil(xs[1::2] - 0.5), 0, width).astype(np.intp)
+    rows = np.broadcast_to(np.arange(height), starts.shape)
+    edges = np.zeros((height, width + 1), np.int32)
+    np.add.at(edges, (rows, starts), 1)
+    np.add.at(edges, (rows, ends), -1)
+    return np.cumsum(edges[:, :width], axis=1) > 0
+
+
+def _resize_nearest(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize that samples the source at each target pixel's centre."""
+    h, w = mask.shape
+    if (h, w) == tuple(size):
+        return mask
+    rows = ((np.arange(size[0]) + 0.5) * h / size[0]).astype(np.intp)
+    cols = ((np.arange(size[1]) + 0.5) * w / size[1]).astype(np.intp)
+    return mask[rows[:, None], cols]
+
+
+def _read_mask(name: str, base_dir) -> np.ndarray:
+    """A mask image as bool [h, w]: a pixel is inside when any channel is nonzero
+    (palette images: when its palette index is nonzero)."""
+    file = Path(base_dir if base_dir is not None else ".") / name
+    try:
+        with Image.open(file) as image:
+            pixels = np.asarray(image)
+    except FileNotFoundError:
+        raise LayoutError(f"mask file {name!r} not found (looked for {file})") from None
+    except (OSError, ValueError) as e:
+        raise LayoutError(f"mask file {name!r} is not a readable image ({e})") from None
+    return pixels.any(axis=2) if pixels.ndim == 3 else pixels != 0
+
+
+def _decode_rle(rle: dict) -> np.ndarray:
+    h, w = rle["size"]
+    counts = rle["counts"]
+    if isinstance(counts, list):
+        coco = mask_utils.frPyObjects({"size": [h, w], "counts": counts}, h, w)
+    else:
+        coco = {"size": [h, w], "counts": counts.encode("ascii")}
+    return mask_utils.decode(coco).astype(bool)
+
+
+# --- COCO ----------------------------------------------------------------------
+
+def _coco_layouts(data: dict, path: Path, categories) -> list[Layout]:
+    names = {}
+    for j, cat in enumerate(data.get("categories") or []):
+        if not (isinstance(cat, dict) and _is_int(cat.get("id")) and isinstance(cat.get("name"), str)):
+            raise LayoutError(f"categories[{j}] needs an integer 'id' and a string 'name', got {_show(cat)}", path)
+        names[cat["id"]] = cat["name"]
+
+    images = {}
+    for j, image in enumerate(data["images"]):
+        ok = isinstance(image, dict) and isinstance(image.get("id"), (int, str)) \
+            and isinstance(image.get("file_name"), str)
+        if not ok or image["id"] in images:
+            raise LayoutError(f"images[{j}] needs a unique 'id' and a 'file_name', got {_show(image)}", path)
+        try:
+            _check_size([image.get("height"), image.get("width")], "height and width")
+        except LayoutError as e:
+            raise LayoutError(f"images[{j}] (id {image['id']}): {e.problem}", path) from None
+        images[image["id"]] = image
+
+    per_image = {image_id: [] for image_id in images}
+    for j, ann in enumerate(data["annotations"]):
+        if not isinstance(ann, dict) or ann.get("image_id") not in per_image:
+            raise LayoutError(f"annotations[{j}] refers to no image in 'images'", path)
+        if ann.get("category_id") not in names:
+            raise LayoutError(f"annotations[{j}] (id {ann.get('id')}): unknown category_id "
+                              f"{_show(ann.get('category_id'))}; the file's categories have ids "
+                              f"{sorted(names)}", path)
+        per_image[ann["image_id"]].append(ann)
+
+    info = data.get("info") if isinstance(data.get("info"), dict) else None
+    layouts = []
+    for image_id in sorted(images, key=lambda i: (isinstance(i, str), i)):
+        image = images[image_id]
+        size = (image["height"], image["width"])
+        objects = []
+        for i, ann in enumerate(order_annotations(per_image[image_id], info)):
+            try:
+                rle = _coco_rle(ann.get("segmentation"), size)
+            except LayoutError as e:
+                raise LayoutError(f"annotation {ann.get('id')}: {e.problem}", path, i,
+                                  image=f"image {image_id} ({image['file_name']!r})") from None
+            objects.append(LayoutObject(names[ann["category_id"]], {"rle": rle}))
+        layout = Layout(size, objects, path=path, _image=(image_id, image["file_name"]))
+        if categories is not None:
+            layout.check_categories(categories)
+        layouts.append(layout)
+    return layouts
+
+
+def _coco_rle(segmentation, size: tuple[int, int]) -> dict:
+    """A COCO segmentation (polygons, RLE or crowd RLE) as a compressed RLE with str counts."""
+    h, w = size
+    if isinstance(segmentation, dict):
+        rle = _check_rle(segmentation)
+        if isinstance(rle["counts"], list):
+            rle = mask_utils.frPyObjects(rle, *rle["size"])
+    elif isinstance(segmentation, list) and segmentation:
+        polygons = []
+        for part in segmentation:
+            if not (isinstance(part, list) and len(part) % 2 == 0 and all(map(_is_number, part))):
+                raise LayoutError(f"segmentation polygon must be a flat list [x1, y1, x2, y2, ...], "
+                                  f"got {_show(part)}")
+            # Real COCO has a few parts with fewer than 3 points: they enclose
+            # nothing, and pycocotools would read a 4-number part as a box.
+            if len(part) >= 6:
+                polygons.append([float(v) for v in part])
+        if not polygons:
+            raise LayoutError("segmentation has no polygon with at least 3 points")
+        rle = mask_utils.merge(mask_utils.frPyObjects(polygons, h, w))
+    else:
+        raise LayoutError(f"segmentation must be a list of polygons or an RLE, got {_show(segmentation)}")
+
+    counts = rle["counts"]
+    rle = {"size": [int(v) for v in rle["size"]],
+           "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts}
+    empty = (mask_utils.area(rle) == 0 if rle["size"] == [h, w]
+             else not rasterize({"rle": rle}, size).any())
+    if empty:
+        raise LayoutError(f"segmentation is empty at the image's size {[h, w]}")
+    return rle
+
+
+def _layout_json(d: dict) -> str:
+    """A layout file's text with one object per line: easy to read and diff."""
+    head = [f"  {json.dumps(k)}: {json.dumps(v, allow_nan=False)}" for k, v in d.items() if k != "objects"]
+    objects = ",\n".join(f"    {json.dumps(o, allow_nan=False)}" for o in d["objects"])
+    head.append(f'  "objects": [\n{objects}\n  ]' if objects else '  "objects": []')
+    return "{\n" + ",\n".join(head) + "\n}\n"
