@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from scenecomp.compose import bundle_dict, save_bundle
 from scenecomp.data import DataError, SceneDataModule
-from scenecomp.training import PreviewGrid, SceneGAN
+from scenecomp.training import PreviewGrid, RankChecksums, SceneGAN
 
 
 class ConfigError(ValueError):
@@ -72,6 +72,8 @@ def build(cfg: DictConfig) -> tuple[SceneDataModule, SceneGAN, L.Trainer]:
                                             every_n_train_steps=cfg.checkpoint_every * model.optimizer_steps_per_batch),
         PreviewGrid(str(out / "previews"), every=cfg.preview_every),
     ]
+    if cfg.rank_checksums:
+        callbacks.append(RankChecksums(str(out / "rank_checksums")))
     loggers = [L.pytorch.loggers.CSVLogger(out, name="", version="")]
     try:
         import tensorboard  # noqa: F401

@@ -317,3 +317,25 @@ class PreviewGrid(L.Callback):
     def on_train_end(self, trainer, module):
         if trainer.is_global_zero and module.preview is not None:
             module.save_preview(self.folder)
+
+
+class RankChecksums(L.Callback):
+    """At the end of training every rank writes a SHA-256 of each network's weights to
+    ``folder/rank{N}.json``: under DDP all ranks must agree, and this shows whether they do."""
+
+    def __init__(self, folder: str):
+        self.folder = Path(folder)
+
+    def on_train_end(self, trainer, module):
+        import hashlib
+        import json
+
+        sums = {}
+        for name, net in module.named_children():
+            h = hashlib.sha256()
+            for key, value in sorted(net.state_dict().items()):
+                h.update(key.encode())
+                h.update(value.detach().cpu().contiguous().numpy().tobytes())
+            sums[name] = h.hexdigest()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / f"rank{trainer.global_rank}.json").write_text(json.dumps(sums, indent=1))

@@ -1,0 +1,88 @@
+"""Networks: shapes at 64 and 128, exact compositing, crops, layout maps."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from scenecomp.nets import (ForegroundGenerator, GlobalDiscriminator, LayoutGenerator, ObjectDiscriminator,
+                            composite, crop_objects, layout_map)
+
+
+@pytest.mark.parametrize("res", [64, 128])
+def test_shapes_at_resolution(res):
+    torch.manual_seed(0)
+    B, C = 2, 5
+    g_bg = LayoutGenerator(z_dim=16, num_categories=C, resolution=res, channels=4, max_channels=16)
+    g_fg = ForegroundGenerator(z_dim=16, num_categories=C, resolution=res, channels=4, max_channels=16, embed_dim=4)
+    d = GlobalDiscriminator(num_categories=C, resolution=res, channels=4, max_channels=16)
+    d_obj = ObjectDiscriminator(num_categories=C, crop_size=res // 2, channels=4, max_channels=16)
+    z = torch.randn(B, 16)
+    mask = torch.zeros(B, 1, res, res)
+    mask[:, :, res // 4: res // 2, res // 4: res // 2] = 1
+    cat = torch.tensor([0, 4])
+    canvas = g_bg(z)
+    assert canvas.shape == (B, 3, res, res) and canvas.abs().max() <= 1
+    seg = torch.zeros(B, C, res, res)
+    assert g_bg(z, seg).shape == (B, 3, res, res)
+    fg = g_fg(z, cat, mask, canvas * (1 - mask))
+    assert fg.shape == (B, 3, res, res) and fg.abs().max() <= 1
+    score, feats = d(canvas, seg)
+    assert score.shape == (B,) and feats[-1].shape[-1] == 4
+    crop = crop_objects(torch.cat([canvas, mask], 1), mask, res // 2)
+    assert crop.shape == (B, 4, res // 2, res // 2)
+    assert d_obj(crop, cat)[0].shape == (B,)
+    assert g_bg.resolution == g_fg.resolution == res and g_fg.z_dim == 16 and g_fg.num_categories == C
+
+
+def test_unsupported_resolution_is_a_clear_error():
+    with pytest.raises(ValueError, match="power of two"):
+        ForegroundGenerator(resolution=96)
+    with pytest.raises(ValueError, match="power of two"):
+        LayoutGenerator(resolution=2)
+
+
+def test_composite_is_exact_outside_the_mask():
+    torch.manual_seed(0)
+    canvas = torch.rand(2, 3, 16, 16) * 2 - 1
+    painted = torch.full_like(canvas, float("nan"))  # even garbage outside must not leak
+    mask = (torch.rand(2, 1, 16, 16) > 0.5).float()
+    out = composite(canvas, painted, mask)
+    outside = mask.expand_as(canvas) == 0
+    assert torch.equal(out[outside], canvas[outside])
+    assert torch.isnan(out[~outside]).all()
+
+
+def test_foreground_generator_ignores_pixels_under_the_hole():
+    """What lies under the object's region must not matter: G_fg blanks it itself."""
+    torch.manual_seed(0)
+    g = ForegroundGenerator(z_dim=8, num_categories=3, resolution=16, channels=4, max_channels=8, embed_dim=4)
+    mask = torch.zeros(1, 1, 16, 16)
+    mask[..., 4:10, 4:10] = 1
+    a = torch.rand(1, 3, 16, 16)
+    b = a.clone()
+    b[..., 4:10, 4:10] = -5
+    z, c = torch.randn(1, 8), torch.tensor([1])
+    assert torch.equal(g(z, c, mask, a), g(z, c, mask, b))
+
+
+def test_crop_objects_frames_the_box():
+    img = torch.zeros(1, 1, 64, 64)
+    img[..., 10:20, 30:50] = 1  # a 20 wide, 10 high box
+    crop = crop_objects(img, img, 32, margin=0.0)[0, 0]
+    assert crop.mean().item() == pytest.approx(0.5, abs=0.03)  # square crop of side 20: half of it is the box
+    assert crop[:, 16].sum().item() == pytest.approx(16, abs=1.5)
+    empty = crop_objects(img, torch.zeros(1, 1, 64, 64), 32, margin=0.0)
+    assert empty.mean().item() == pytest.approx(img.mean().item(), abs=0.02)  # empty mask: whole image
+
+
+def test_layout_map_paints_later_objects_on_top():
+    masks = torch.zeros(1, 3, 1, 8, 8)
+    masks[0, 0, 0, :, :4] = 1
+    masks[0, 1, 0, :, 2:6] = 1  # covers part of object 0
+    cats = torch.tensor([[2, 0, 1]])  # object 2 is padding (empty mask)
+    seg = layout_map(masks, cats, 3)
+    assert seg.shape == (1, 3, 8, 8)
+    assert seg[0, 2, :, :2].eq(1).all() and seg[0, 2, :, 2:].eq(0).all()
+    assert seg[0, 0, :, 2:6].eq(1).all()
+    assert seg[0, 1].eq(0).all()
+    assert seg.sum(1).max() == 1

@@ -1,0 +1,155 @@
+"""Training: every config composes and builds, the tiny experiment trains and writes a loadable
+bundle, resume continues, DDP on 2 CPU processes keeps ranks identical, bad configs fail early."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from conftest import compose_config
+from scenecomp.data import DataError
+from scenecomp.train import CONF, ConfigError, build, run
+from scenecomp.training import SceneGAN
+
+CATEGORIES = ["tree", "house", "sun", "cloud", "rock"]
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (Path(CONF) / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("experiment", group_options("experiment"))
+@pytest.mark.parametrize("model", group_options("model"))
+def test_every_model_and_experiment_config_builds(experiment, model, tmp_path):
+    cfg = compose_config([f"experiment={experiment}", f"model={model}", f"out={tmp_path}"])
+    module = SceneGAN(categories=CATEGORIES, resolution=cfg.data.resolution,
+                      **OmegaConf.to_container(cfg.model, resolve=True))
+    assert module.optimizer_steps_per_batch == 2 * len(cfg.model.stages)
+    assert set(OmegaConf.to_container(cfg.data)) >= {"train", "resolution", "batch_size"}
+
+
+@pytest.mark.parametrize("trainer", group_options("trainer"))
+def test_every_trainer_config_instantiates(trainer, tmp_path):
+    cfg = compose_config([f"trainer={trainer}", f"out={tmp_path}"])
+    kwargs = OmegaConf.to_container(cfg.trainer)
+    if kwargs["accelerator"] == "gpu" and not torch.cuda.is_available():
+        kwargs["accelerator"] = "cpu"  # the rest of the config must still be valid Trainer arguments
+        kwargs["precision"] = "bf16-mixed"
+    if "ddp" in str(kwargs.get("strategy")):
+        kwargs.update(accelerator="cpu", devices=1)
+    L.Trainer(**kwargs, default_root_dir=tmp_path, logger=False)
+
+
+def test_tiny_experiment_writes_a_bundle_that_loads_without_hydra_or_lightning(tiny_config, tmp_path):
+    cfg = tiny_config()
+    written = run(cfg)
+    out = Path(cfg.out)
+    assert written == [out / "composer.pt"]
+    assert sorted(p.name for p in (out / "previews").glob("*.png"))[-1] == "step_0000006.png"
+    assert (out / "checkpoints" / "last.ckpt").exists() and (out / "metrics.csv").exists()
+    code = f"""
+import sys, torch
+data = torch.load({str(out / 'composer.pt')!r}, weights_only=True)
+assert data["format"] == "scenecomp-bundle" and data["categories"] == {CATEGORIES!r}, data.keys()
+from scenecomp.compose import build_network
+g_bg, g_fg = build_network(data, "background"), build_network(data, "foreground")
+assert g_bg.resolution == 32 and g_fg.z_dim == 16
+img = g_bg(torch.randn(1, 16))
+assert img.shape == (1, 3, 32, 32)
+assert "hydra" not in sys.modules and "lightning" not in sys.modules, [m for m in sys.modules if m.startswith(("hydra", "lightning"))]
+print("ok")
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr
+
+
+def test_bundle_holds_the_ema_weights(tiny_config):
+    cfg = tiny_config("steps=3")
+    datamodule, model, trainer = build(cfg)
+    trainer.fit(model, datamodule=datamodule)
+    from scenecomp.train import write_bundles
+    from scenecomp.compose import load_bundle
+
+    (path,) = write_bundles(model, Path(cfg.out))
+    data = load_bundle(path)
+    for name, ema in (("background", model.g_bg_ema), ("foreground", model.g_fg_ema)):
+        saved = data["networks"][name]["state_dict"]
+        assert all(torch.equal(saved[k], v) for k, v in ema.state_dict().items())
+    raw = model.g_fg.state_dict()
+    assert any(not torch.equal(data["networks"]["foreground"]["state_dict"][k], raw[k]) for k in raw)
+
+
+def test_resume_continues_from_the_saved_step(tiny_config, tmp_path):
+    first = tiny_config("steps=3", f"out={tmp_path / 'first'}")
+    run(first)
+    ckpt = Path(first.out) / "checkpoints" / "last.ckpt"
+    state = torch.load(ckpt, weights_only=False, map_location="cpu")
+    assert state["global_step"] == 3 * 4  # 2 stages x (G + D) per batch
+    resumed = tiny_config("steps=6", f"out={tmp_path / 'resumed'}", f"ckpt_path={ckpt}")
+    datamodule, model, trainer = build(resumed)
+    starts = []
+
+    class FirstStep(L.Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            if not starts:
+                starts.append(trainer.global_step)
+                ema = {k: v.clone() for k, v in module.g_fg_ema.state_dict().items()}
+                saved = {k[len("g_fg_ema."):]: v for k, v in state["state_dict"].items() if k.startswith("g_fg_ema.")}
+                assert all(torch.equal(ema[k], saved[k]) for k in saved)
+
+    trainer.callbacks.append(FirstStep())
+    trainer.fit(model, datamodule=datamodule, ckpt_path=resumed.ckpt_path)
+    assert starts == [12]
+    assert trainer.global_step == 24
+    assert len(trainer.optimizers[0].state) > 0  # Adam moments came back with the checkpoint
+
+
+def cli(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "scenecomp.train", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_ddp_on_two_cpu_processes_keeps_ranks_identical(tiny_shapes, tmp_path):
+    out = tmp_path / "ddp"
+    res = cli(["experiment=tiny", "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu",
+               f"data.train={tiny_shapes}", f"hydra.run.dir={out}", "rank_checksums=true"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    ranks = [json.loads((out / "rank_checksums" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0] == ranks[1] and "g_fg_ema" in ranks[0]
+    assert (out / "composer.pt").exists()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.categories=[tree,unicorn]", "unicorn"),
+    ("data.resolution=48", "power of two"),
+    ("data.train=does/not/exist.json", "does/not/exist.json"),
+])
+def test_bad_config_fails_before_training_with_a_clear_message(override, message, tiny_shapes, tmp_path):
+    res = cli(["experiment=tiny", f"data.train={tiny_shapes}", "data.generate=null", f"hydra.run.dir={tmp_path / 'r'}",
+               override], cwd=tmp_path, timeout=120)
+    assert res.returncode == 2
+    assert res.stderr.startswith("scenecomp-train: error:") and message in res.stderr
+    assert "Traceback" not in res.stderr
+    assert not (tmp_path / "r" / "checkpoints").exists()
+
+
+def test_empty_folder_is_a_clear_error(tiny_config, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError, match="empty"):
+        build(tiny_config(f"data.train={empty}", "data.generate=null"))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_tiny_experiment_on_gpu_with_bf16(tiny_config):
+    written = run(tiny_config("trainer=gpu"))
+    assert written and written[0].exists()
