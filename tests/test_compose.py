@@ -1,0 +1,493 @@
+"""Composition API: scenes, edits and their locality, the cache, batched rendering, seeds, bundles, errors.
+
+The networks are tiny and untrained but real. A fresh ForegroundGenerator
+ignores its noise (its FiLM layers start at zero), so the fixture gives those
+layers random weights: the output then depends on every seed.
+"""
+import json
+import re
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+import scenecomp.compose as compose
+from scenecomp import Composer, CompositionError, Layout, LayoutError, Scene
+from scenecomp.compose import (BundleError, bundle_dict, load_bundle, object_seed, paint_layers, save_bundle)
+from scenecomp.layout import LayoutObject
+from scenecomp.nets import FiLM, ForegroundGenerator, LayoutGenerator
+
+R = 16
+CATEGORIES = ["tree", "house", "sun"]
+
+
+def make_nets(seed=0):
+    torch.manual_seed(seed)
+    bg = LayoutGenerator(z_dim=8, num_categories=3, resolution=R, channels=4, max_channels=8)
+    fg = ForegroundGenerator(z_dim=8, num_categories=3, resolution=R, channels=4, max_channels=8, embed_dim=4)
+    for m in fg.modules():
+        if isinstance(m, FiLM):
+            torch.nn.init.normal_(m.affine.weight, std=0.5)
+    return bg, fg
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny networks run fastest on one thread, the more so on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def composer():
+    return Composer(*make_nets(), CATEGORIES)
+
+
+def box(x, y, w, h):
+    m = np.zeros((R, R), bool)
+    m[y:y + h, x:x + w] = True
+    return m
+
+
+BOXES = [box(1, 1, 8, 8), box(5, 4, 6, 7), box(9, 2, 5, 5), box(3, 9, 9, 5)]
+
+
+@pytest.fixture(scope="module")
+def scene(composer):
+    s = composer.background(3)
+    for i, (cat, m) in enumerate(zip(["tree", "house", "sun", "tree"], BOXES)):
+        s = s.add(cat, m, seed=10 + i)
+    return s
+
+
+def union(*masks):
+    return np.logical_or.reduce([np.asarray(m, bool) for m in masks])
+
+
+def assert_same_outside(a, b, inside):
+    outside = torch.from_numpy(~inside)
+    assert torch.equal(a[:, outside], b[:, outside])
+
+
+def count_calls(net):
+    calls = []
+    return calls, net.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+
+
+def rle(mask):
+    r = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [R, R], "counts": r["counts"].decode("ascii")}
+
+
+# ----------------------------------------------------------------------------- locality
+
+
+@pytest.mark.parametrize("k", range(4))
+@pytest.mark.parametrize("edit", [dict(seed=99), dict(category="next"), dict(mask=box(0, 10, 5, 5)),
+                                  dict(category="house", mask=box(10, 10, 6, 6), seed=5)])
+def test_replace_changes_nothing_outside_the_masks_of_objects_k_onward(scene, k, edit):
+    if edit.get("category") == "next":
+        edit = dict(category=CATEGORIES[(CATEGORIES.index(scene.objects[k].category) + 1) % 3])
+    new = scene.replace(k, **edit)
+    inside = union(*(o.mask for o in scene.objects[k:]), *(o.mask for o in new.objects[k:]))
+    assert_same_outside(new.image, scene.image, inside)
+    assert not torch.equal(new.image, scene.image)
+    for t in range(k + 1):  # the background and the canvases before object k: the same tensors
+        assert new._canvases[t] is scene._canvases[t]
+    others = [i for i in range(len(scene)) if i != k]
+    assert [new.objects[i].seed for i in others] == [scene.objects[i].seed for i in others]
+
+
+@pytest.mark.parametrize("k", range(4))
+@pytest.mark.parametrize("dx, dy, scale", [(2, 1, 1.0), (-3, 0, 1.0), (0, 0, 0.5), (1, -2, 1.5), (0.4, 0.6, 1.0)])
+def test_move_changes_nothing_outside_old_and_new_masks(scene, k, dx, dy, scale):
+    new = scene.move(k, dx, dy, scale)
+    inside = union(*(o.mask for o in scene.objects[k:]), *(o.mask for o in new.objects[k:]))
+    assert_same_outside(new.image, scene.image, inside)
+    assert torch.equal(new.steps[0], scene.steps[0])
+    assert new.objects[k].seed == scene.objects[k].seed and new.objects[k].category == scene.objects[k].category
+
+
+def test_move_shifts_and_scales_the_mask(scene):
+    moved = scene.move(2, dx=2, dy=3).objects[2].mask  # box(9, 2, 5, 5) -> box(11, 5, 5, 5)
+    assert np.array_equal(moved, box(11, 5, 5, 5))
+    assert np.array_equal(scene.move(2, dx=5).objects[2].mask, box(14, 2, 2, 5))  # clipped at the edge
+    assert np.array_equal(scene.move(0, scale=0.5).objects[0].mask, box(3, 3, 4, 4))  # about the box centre
+    assert np.array_equal(scene.move(0, scale=2.0).objects[0].mask, box(0, 0, 13, 13))
+    assert scene.move(0, 0, 0) is scene
+
+
+def test_remove_reorder_and_background_are_local_where_they_should_be(scene):
+    removed = scene.remove(1)
+    inside = union(*(o.mask for o in scene.objects[1:]))
+    assert_same_outside(removed.image, scene.image, inside)
+    assert len(removed) == 3 and [o.seed for o in removed.objects] == [10, 12, 13]
+    assert torch.equal(scene.remove(3).image, scene.steps[3])
+
+    swapped = scene.reorder(0, 2)
+    assert [o.seed for o in swapped.objects] == [11, 12, 10, 13]
+    assert [o.seed for o in scene.reorder(3, 0).objects] == [13, 10, 11, 12]
+    assert [o.seed for o in scene.reorder(0, -1).objects] == [11, 12, 13, 10]
+    assert_same_outside(swapped.image, scene.image, union(*BOXES))
+    assert scene.reorder(1, 1) is scene
+
+    other = scene.with_background(4)
+    assert not torch.equal(other.steps[0], scene.steps[0])
+    assert [o.seed for o in other.objects] == [o.seed for o in scene.objects]
+    assert torch.equal(other.with_background(3).image, scene.image)
+    assert scene.with_background(3) is scene
+
+
+def test_scenes_are_immutable(scene):
+    before = scene.image.clone()
+    scene.replace(0, seed=1).remove(2).move(1, 1, 1)
+    assert torch.equal(scene.image, before)
+    with pytest.raises(AttributeError, match="immutable"):
+        scene.foo = 1
+    scene.image.add_(1)  # a copy: the cache is untouched
+    scene.steps[0].add_(1)
+    assert torch.equal(scene.image, before)
+    with pytest.raises(ValueError, match="read-only"):
+        scene.objects[0].mask[0, 0] = True
+    with pytest.raises(TypeError, match="composer.background"):
+        Scene()
+
+
+# ----------------------------------------------------------------------------- the cache
+
+
+def test_edits_rerun_only_the_objects_from_the_first_change(composer, scene):
+    fg_calls, h1 = count_calls(composer.foreground_net)
+    bg_calls, h2 = count_calls(composer.background_net)
+    try:
+        T = len(scene)
+        for k in range(T):
+            fg_calls.clear()
+            scene.replace(k, seed=1000)
+            assert len(fg_calls) == T - k
+            fg_calls.clear()
+            scene.move(k, 1, 0)
+            assert len(fg_calls) == T - k
+            fg_calls.clear()
+            scene.remove(k)
+            assert len(fg_calls) == T - 1 - k
+        fg_calls.clear()
+        scene.reorder(3, 1)
+        assert len(fg_calls) == 3
+        fg_calls.clear()
+        scene.add("sun", box(0, 0, 3, 3))
+        assert fg_calls == [1]
+        assert bg_calls == []
+        fg_calls.clear()
+        scene.with_background(8)
+        assert len(fg_calls) == T and bg_calls == [1]
+    finally:
+        h1.remove()
+        h2.remove()
+
+
+# ----------------------------------------------------------------------------- seeds
+
+
+def test_same_seeds_same_image_different_seeds_differ(composer, scene):
+    again = composer.background(3)
+    for i, (cat, m) in enumerate(zip(["tree", "house", "sun", "tree"], BOXES)):
+        again = again.add(cat, m, seed=10 + i)
+    assert torch.equal(again.image, scene.image)
+    assert not torch.equal(composer.background(4).image, composer.background(3).image)
+    a = composer.background(3).add("tree", BOXES[0], seed=1)
+    b = composer.background(3).add("tree", BOXES[0], seed=2)
+    assert not torch.equal(a.image, b.image)
+    assert_same_outside(a.image, b.image, BOXES[0])
+
+
+def test_derived_seeds_follow_the_documented_rule(composer):
+    s = composer.background(7).add("tree", BOXES[0]).add("sun", BOXES[1], seed=5).add("house", BOXES[2])
+    assert [o.seed for o in s.objects] == [7 * 1_000_003 + 1, 5, 7 * 1_000_003 + 3]
+    assert object_seed(7, 2) == 7 * 1_000_003 + 3 and object_seed(2**64 - 1, 0) == (1_000_003 * (2**64 - 1) + 1) % 2**64
+    # a layout without seeds renders like the scene built without seeds, its sample seed as background seed
+    bare = Layout((R, R), [LayoutObject(o.category, {"rle": rle(o.mask)}) for o in s.objects])
+    bare.objects[1] = LayoutObject("sun", {"rle": rle(BOXES[1])}, 5)
+    assert torch.equal(composer.render(bare, seeds=7), s.image.float())
+    assert torch.equal(composer.scene(bare, seed=7).image, s.image)
+    # seeds fill in only what a layout leaves unset
+    fixed = s.layout()
+    one, two = composer.render(fixed, seeds=[0, 1])
+    assert torch.equal(one, two)
+    r = next(composer.render_iter([bare], seeds=[7]))
+    assert r.layout.background_seed == 7 and [o.seed for o in r.layout.objects] == [o.seed for o in s.objects]
+
+
+# ----------------------------------------------------------------------------- batched rendering
+
+
+def layouts():
+    return [
+        Layout((R, R), [], background_seed=None),
+        Layout((R, R), [LayoutObject("tree", {"bbox": [2, 2, 6, 6]}, 3)]),
+        Layout((R, R), [LayoutObject("sun", {"polygon": [[1, 1], [14, 2], [8, 14]]}),
+                        LayoutObject("house", {"bbox": [6, 6, 9, 9]}, 4),
+                        LayoutObject("tree", {"rle": rle(box(0, 8, 7, 8))})], background_seed=2),
+        Layout((2 * R, 2 * R), [LayoutObject("house", {"bbox": [4, 4, 20, 12]})]),  # scaled to R
+    ]
+
+
+def test_render_of_a_batch_equals_each_layout_alone(composer):
+    seeds = [0, 5]
+    alone = [[composer.scene(layout, seed=s).image for s in seeds] for layout in layouts()]
+    for batch_size in (1, 2, 3, 16):
+        images = composer.render(layouts(), seeds=seeds, batch_size=batch_size)
+        assert len(images) == 4 and all(len(per) == 2 for per in images)
+        for per_layout, ref in zip(images, alone):
+            for image, expected in zip(per_layout, ref):
+                assert image.shape == (3, R, R) and image.dtype == torch.float32
+                torch.testing.assert_close(image, expected, atol=1e-5, rtol=0)
+    # one image per layout without seeds; exact at batch size 1
+    flat = composer.render(layouts(), batch_size=1)
+    assert all(torch.equal(a, b[0]) for a, b in zip(flat, alone))
+
+
+def test_render_iter_returns_steps_and_seeds(composer):
+    results = list(composer.render_iter(iter(layouts()), seeds=[1, 2], batch_size=3, steps=True))
+    assert [(r.index, r.seed) for r in results] == [(i, s) for i in range(4) for s in (1, 2)]
+    for r, layout in zip(results, [l for l in layouts() for _ in (1, 2)]):
+        assert len(r.steps) == len(layout.objects) + 1 and torch.equal(r.steps[-1], r.image)
+        assert r.layout.background_seed is not None and all(o.seed is not None for o in r.layout.objects)
+        assert torch.equal(composer.render(r.layout), r.image) or \
+            torch.allclose(composer.render(r.layout), r.image, atol=1e-5)
+    assert results[4].layout.background_seed == 2 and results[0].layout.background_seed == 1
+
+
+def test_an_empty_mask_changes_nothing(composer):
+    z_bg, z = torch.randn(2, 8), torch.randn(2, 3, 8)
+    masks = torch.from_numpy(np.stack([BOXES[:3], BOXES[1:4]])).float()[:, :, None]
+    cats = torch.tensor([[0, 1, 2], [2, 1, 0]])
+    with torch.inference_mode():
+        plain = paint_layers(composer.background_net, composer.foreground_net, z_bg, z, masks, cats)
+        padded = paint_layers(composer.background_net, composer.foreground_net, z_bg,
+                              torch.cat([z[:, :1], torch.randn(2, 1, 8), z[:, 1:]], 1),
+                              torch.cat([masks[:, :1], torch.zeros(2, 1, 1, R, R), masks[:, 1:]], 1),
+                              torch.cat([cats[:, :1], torch.tensor([[1], [2]]), cats[:, 1:]], 1))
+    assert torch.equal(plain[-1], padded[-1]) and torch.equal(plain[1], padded[2])
+    # a layout object that covers no pixel at the composer's resolution is reported, and paints nothing
+    tiny = Layout((4 * R, 4 * R), [LayoutObject("tree", {"bbox": [0, 0, 20, 20]}, 1),
+                                   LayoutObject("sun", {"bbox": [41, 41, 1, 1]}, 2),
+                                   LayoutObject("house", {"bbox": [24, 24, 36, 36]}, 3)], background_seed=0)
+    without = Layout(tiny.size, [tiny.objects[0], tiny.objects[2]], background_seed=0)
+    r = next(composer.render_iter([tiny]))
+    assert r.empty == (1,)
+    assert torch.equal(r.image, composer.render(without))
+    with pytest.raises(LayoutError, match="object 1: covers no pixel at the composer's resolution 16x16"):
+        composer.scene(tiny)
+
+
+# ----------------------------------------------------------------------------- layout and files
+
+
+def test_render_of_scene_layout_reproduces_the_image(composer, scene):
+    layout = scene.layout()
+    assert layout.size == (R, R) and layout.background_seed == 3
+    assert [o.seed for o in layout.objects] == [10, 11, 12, 13]
+    assert np.array_equal(layout.masks() > 0.5, np.stack([o.mask for o in scene.objects]))
+    assert torch.equal(composer.render(layout), scene.image)
+    reparsed = Layout.from_dict(json.loads(json.dumps(layout.to_dict())))
+    assert torch.equal(composer.render(reparsed), scene.image)
+    assert torch.equal(composer.scene(reparsed).image, scene.image)
+
+
+def test_save_layers_writes_steps_masks_and_a_layout_that_renders_the_same(composer, scene, tmp_path):
+    out = scene.save_layers(tmp_path / "layers")
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["layout.json", "mask_01.png", "mask_02.png", "mask_03.png", "mask_04.png",
+                     "step_00.png", "step_01.png", "step_02.png", "step_03.png", "step_04.png"]
+    for t in range(5):
+        assert np.array_equal(np.asarray(Image.open(out / f"step_{t:02d}.png")), np.asarray(scene.to_pil(t)))
+    for t, obj in enumerate(scene.objects, 1):
+        assert np.array_equal(np.asarray(Image.open(out / f"mask_{t:02d}.png")) > 0, obj.mask)
+    layout = Layout.load(out / "layout.json", CATEGORIES)
+    assert torch.equal(composer.render(layout), scene.image)
+    assert torch.equal(composer.render(out / "layout.json"), scene.image)
+    scene.remove(0).remove(0).save_layers(out)  # a shorter scene leaves no stale layers behind
+    assert sorted(p.name for p in out.iterdir()) == ["layout.json", "mask_01.png", "mask_02.png",
+                                                     "step_00.png", "step_01.png", "step_02.png"]
+
+
+def test_to_pil(scene):
+    image = scene.to_pil()
+    assert image.size == (R, R) and image.mode == "RGB"
+    expected = ((scene.image.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    assert np.array_equal(np.asarray(image), expected)
+    assert np.array_equal(np.asarray(scene.to_pil(0)), np.asarray(scene.to_pil(-5)))
+    with pytest.raises(CompositionError, match=r"step 5 out of range: the scene has 5 steps \(0 = background .. 4"):
+        scene.to_pil(5)
+
+
+# ----------------------------------------------------------------------------- mask forms
+
+
+def test_every_mask_form_gives_the_same_object(composer, tmp_path):
+    m = box(3, 4, 7, 5)
+    png = tmp_path / "m.png"
+    Image.fromarray(m.astype(np.uint8) * 200).save(png)
+    rgb = np.zeros((R, R, 3), np.uint8)
+    rgb[m, 1] = 1
+    forms = [m, m.astype(np.float32), m.astype(np.uint8)[None], torch.from_numpy(m), torch.from_numpy(m).float()[None],
+             Image.fromarray(m.astype(np.uint8) * 255), Image.fromarray(m), Image.fromarray(rgb),
+             {"bbox": [3, 4, 7, 5]}, {"polygon": [[3, 4], [10, 4], [10, 9], [3, 9]]}, {"rle": rle(m)},
+             {"mask": str(png)}]
+    base = composer.background(0)
+    reference = base.add("tree", m, seed=1)
+    for form in forms:
+        s = base.add("tree", form, seed=1)
+        assert np.array_equal(s.objects[0].mask, m), type(form)
+        assert torch.equal(s.image, reference.image)
+    big = np.zeros((4 * R, 4 * R), np.uint8)
+    big[16:36, 12:40] = 1  # an RLE or a mask file of another size is scaled, nearest neighbour
+    Image.fromarray(big * 255).save(tmp_path / "big.png")
+    assert np.array_equal(base.add("sun", {"mask": str(tmp_path / "big.png")}).objects[0].mask, box(3, 4, 7, 5))
+    assert base.add(2, m).objects[0].category == "sun"
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+def test_error_messages(composer, scene, tmp_path):
+    base = composer.background(0)
+    cases = [
+        (lambda: base.add("tre", BOXES[0]),
+         "unknown category 'tre' (did you mean 'tree'?); known categories: tree, house, sun"),
+        (lambda: scene.replace(0, category="car"), "unknown category 'car'; known categories: tree, house, sun"),
+        (lambda: base.add(3, BOXES[0]),
+         "category index 3 out of range: this composer has 3 categories (tree, house, sun)"),
+        (lambda: base.add("tree", np.zeros((R, R), bool)), "mask is empty: it covers no pixel of the 16x16 canvas"),
+        (lambda: base.add("tree", {"bbox": [20, 20, 4, 4]}), "mask is empty"),
+        (lambda: scene.replace(1, mask=torch.zeros(R, R)), "mask is empty"),
+        (lambda: base.add("tree", np.ones((8, 8), bool)),
+         "mask is 8x8 (height x width) but this composer paints 16x16; resize it to 16x16 first"),
+        (lambda: base.add("tree", Image.new("L", (R, 2 * R), 255)), "mask is 32x16 (height x width)"),
+        (lambda: base.add("tree", np.ones((2, R, R))), "mask must be [H, W] or [1, H, W], got shape [2, 16, 16]"),
+        (lambda: base.add("tree", BOXES[0] * 255), "mask values must be 0 and 1 (or bool), got values from 0 to 255"),
+        (lambda: base.add("tree", np.full((R, R), np.nan)), "mask values must be 0 and 1"),
+        (lambda: base.add("tree", "tree.png"),
+         "mask must be a numpy array, a torch tensor, a PIL image or a shape dict (polygon, bbox, rle, mask), got str"),
+        (lambda: base.add("tree", {"bbox": [1, 2, 3]}), "mask: bbox must be [x, y, width, height]"),
+        (lambda: base.add("tree", {"mask": str(tmp_path / "nope.png")}), "nope.png' not found"),
+        (lambda: scene.replace(4, seed=1), "object index 4 out of range: the scene has 4 objects (0..3, or -4..-1)"),
+        (lambda: scene.remove(-5), "object index -5 out of range"),
+        (lambda: base.remove(0), "object index 0 out of range: the scene has no objects"),
+        (lambda: scene.move(7, 1, 1), "object index 7 out of range"),
+        (lambda: scene.reorder(0, 4), "target position 4 out of range"),
+        (lambda: scene.replace(1.0), "object index must be an integer, got 1.0"),
+        (lambda: scene.move(2, dx=20), "move: object 2 (sun) would leave the 16x16 canvas entirely"),
+        (lambda: scene.move(0, scale=0), "move: scale must be positive"),
+        (lambda: scene.move(0, dx=float("nan")), "move: dx must be a finite number"),
+        (lambda: base.add("tree", BOXES[0], seed=-1), "seed must be an integer in [0, 2**64), got -1"),
+        (lambda: composer.background(2**64), "background seed must be an integer in [0, 2**64)"),
+        (lambda: scene.with_background(True), "background seed must be an integer"),
+        (lambda: composer.render(layouts(), seeds=[]), "seeds is an empty list"),
+        (lambda: composer.render(layouts(), batch_size=0), "batch_size must be a positive integer"),
+        (lambda: composer.render_iter(layouts(), seeds=[-2]), "seed must be an integer in [0, 2**64), got -2"),
+        (lambda: composer.render([42]), "expected a Layout or a layout file's path, got int"),
+        (lambda: composer.to(dtype=torch.int32), "dtype must be a floating torch dtype"),
+    ]
+    for call, message in cases:
+        with pytest.raises(CompositionError) as info:
+            call()
+        assert message in str(info.value), (message, str(info.value))
+    bad = Layout((R, R), [LayoutObject("tree", {"bbox": [0, 0, 4, 4]}), LayoutObject("hous", {"bbox": [0, 0, 4, 4]})],
+                 path=tmp_path / "bad.json")
+    with pytest.raises(LayoutError, match=r"bad.json: object 1: unknown category 'hous' \(did you mean 'house'\?\); "
+                                          "known categories: tree, house, sun"):
+        composer.render([bad])
+    bg, fg = make_nets()
+    with pytest.raises(CompositionError, match="the foreground generator knows 3 categories but 2 names were given"):
+        Composer(bg, fg, ["a", "b"])
+    with pytest.raises(CompositionError, match="categories must be distinct"):
+        Composer(bg, fg, ["a", "b", "a"])
+
+
+# ----------------------------------------------------------------------------- precision and devices
+
+
+def test_reduced_precision_keeps_locality(scene):
+    half = Composer(*make_nets(), CATEGORIES, dtype=torch.bfloat16)
+    assert half.dtype == torch.bfloat16
+    s = half.background(3)
+    for i, (cat, m) in enumerate(zip(["tree", "house", "sun", "tree"], BOXES)):
+        s = s.add(cat, m, seed=10 + i)
+    assert s.image.dtype == torch.bfloat16
+    assert (s.image.float() - scene.image).abs().max() < 0.1
+    new = s.replace(2, seed=50)
+    assert_same_outside(new.image, s.image, union(*BOXES[2:]))
+    assert composer_render_dtype(half, s) == torch.float32
+    half.to(dtype=torch.float32)  # scenes made before follow on their next edit
+    assert s.replace(3, seed=1).image.dtype == torch.float32
+
+
+def composer_render_dtype(composer, scene):
+    return composer.render(scene.layout()).dtype
+
+
+# ----------------------------------------------------------------------------- bundles
+
+
+def test_bundle_round_trip_in_a_fresh_process_imports_neither_hydra_nor_lightning(composer, scene, tmp_path):
+    path = tmp_path / "composer.pt"
+    save_bundle(path, bundle_dict(CATEGORIES, background=composer.background_net, foreground=composer.foreground_net))
+    out = tmp_path / "image.pt"
+    script = textwrap.dedent(f"""
+        import sys, numpy as np, torch
+        from scenecomp import Composer
+        c = Composer.from_checkpoint({str(path)!r})
+        assert c.categories == {tuple(CATEGORIES)!r} and c.resolution == {R}
+        s = c.background(3)
+        boxes = {[[1, 1, 8, 8], [5, 4, 6, 7], [9, 2, 5, 5], [3, 9, 9, 5]]}
+        for i, (cat, box) in enumerate(zip(["tree", "house", "sun", "tree"], boxes)):
+            s = s.add(cat, {{"bbox": box}}, seed=10 + i)
+        assert torch.equal(c.render(s.layout()), s.image)
+        torch.save(s.image.clone(), {str(out)!r})
+        loaded = [m for m in sys.modules if m.split(".")[0] in ("hydra", "lightning", "pytorch_lightning", "omegaconf")]
+        assert not loaded, loaded
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
+    assert torch.equal(torch.load(out), scene.image)
+
+
+def test_bundle_errors_name_the_file(composer, tmp_path, monkeypatch):
+    not_bundle = tmp_path / "weights.pt"
+    torch.save({"state_dict": {}}, not_bundle)
+    with pytest.raises(BundleError, match=f"{not_bundle}: not a scenecomp bundle"):
+        load_bundle(not_bundle)
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    with pytest.raises(BundleError, match=f"{text}: not a readable scenecomp bundle"):
+        Composer.from_checkpoint(text)
+    data = bundle_dict(CATEGORIES, background=composer.background_net, foreground=composer.foreground_net)
+    future = tmp_path / "future.pt"
+    save_bundle(future, {**data, "version": 2})
+    with pytest.raises(BundleError, match=f"{future}: bundle version 2, this scenecomp reads version 1"):
+        Composer.from_checkpoint(future)
+    with pytest.raises(BundleError, match="no such file"):
+        Composer.from_checkpoint(tmp_path / "missing.pt")
+    no_fg = tmp_path / "no_fg.pt"
+    save_bundle(no_fg, bundle_dict(CATEGORIES, background=composer.background_net))
+    with pytest.raises(BundleError, match=f"{no_fg}: holds no 'foreground' network"):
+        Composer.from_checkpoint(no_fg)
+    wrong = tmp_path / "wrong.pt"
+    save_bundle(wrong, {**data, "categories": ["a", "b"]})
+    with pytest.raises(BundleError, match=f"{wrong}: the foreground generator knows 3 categories"):
+        Composer.from_checkpoint(wrong)
+
+    monkeypatch.setattr(compose, "DEFAULT_MODEL", tmp_path / "assets" / "composer.pt")
+    with pytest.raises(FileNotFoundError, match="no default model is shipped with this scenecomp yet"):
+        Composer.pretrained()
+    (tmp_path / "assets").mkdir()
+    save_bundle(tmp_path / "assets" / "composer.pt", data)
+    assert Composer.pretrained().categories == tuple(CATEGORIES)
