@@ -13,12 +13,12 @@ Seeds
 Each piece of noise comes from its own CPU generator,
 ``torch.randn(z_dim, generator=torch.Generator().manual_seed(seed))``, moved to
 the composer's device afterwards, so a seed gives the same noise at any batch
-size and on any device. Seeds are integers in [0, 2**64). Where none is given:
+size and on any device. Seeds are integers in [0, 2**32). Where none is given:
 
 - the background seed is the layout's ``background_seed`` if set, else the
   *sample seed* (the ``seeds`` argument of `Composer.render`, default 0);
 - object ``i`` (0-based paint order) gets its own ``seed`` if set, else
-  ``object_seed(background_seed, i) = (1_000_003 * background_seed + i + 1) % 2**64``.
+  ``object_seed(background_seed, i) = (1_000_003 * background_seed + i + 1) % 2**32``.
 
 `Scene.add` applies the same rule with the scene's background seed and the
 index the object is added at, and the seed it picks is kept from then on (so
@@ -40,10 +40,9 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
-from scenecomp.layout import Layout, LayoutError, LayoutObject, rasterize
+from scenecomp.layout import SEED_LIMIT, Layout, LayoutError, LayoutObject, rasterize
 from scenecomp.nets import ForegroundGenerator, LayoutGenerator, composite
 
-SEED_LIMIT = 2**64
 DEFAULT_MODEL = Path(__file__).parent / "assets" / "composer.pt"
 
 
@@ -73,7 +72,7 @@ def paint_layers(background: LayoutGenerator, foreground: ForegroundGenerator, z
 
 def object_seed(background_seed: int, index: int) -> int:
     """The seed of object ``index`` (0-based paint order) when none is given:
-    ``(1_000_003 * background_seed + index + 1) % 2**64``."""
+    ``(1_000_003 * background_seed + index + 1) % 2**32``."""
     return (1_000_003 * int(background_seed) + int(index) + 1) % SEED_LIMIT
 
 
@@ -586,7 +585,7 @@ class Scene:
 
 def _check_seed(seed, what: str) -> int:
     if not (isinstance(seed, numbers.Integral) and not isinstance(seed, bool) and 0 <= seed < SEED_LIMIT):
-        raise CompositionError(f"{what} must be an integer in [0, 2**64), got {seed!r}")
+        raise CompositionError(f"{what} must be an integer in [0, 2**32), got {seed!r}")
     return int(seed)
 
 

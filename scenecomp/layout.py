@@ -34,6 +34,10 @@ SHAPE_KINDS = ("polygon", "bbox", "mask", "rle")
 _TOP_KEYS = {"version", "size", "background", "objects"}
 _OBJECT_KEYS = {"category", "seed", *SHAPE_KINDS}
 
+# torch's CPU generator keeps only the low 32 bits of a seed (2**32 + 5 draws what 5 draws),
+# so larger seeds would silently repeat smaller ones.
+SEED_LIMIT = 2**32
+
 
 class LayoutError(ValueError):
     """Bad layout input. The message names the file (or '<layout>'), the
@@ -343,9 +347,8 @@ def _check_background(background) -> int | None:
 
 
 def _check_seed(seed, what: str) -> int:
-    # torch.Generator.manual_seed takes at most 64 bits.
-    if not (_is_int(seed) and 0 <= seed < 2**64):
-        raise LayoutError(f"{what} must be a non-negative integer, got {_show(seed)}")
+    if not (_is_int(seed) and 0 <= seed < SEED_LIMIT):
+        raise LayoutError(f"{what} must be an integer in [0, 2**32), got {_show(seed)}")
     return int(seed)
 
 

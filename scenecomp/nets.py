@@ -47,6 +47,16 @@ def layout_map(masks: torch.Tensor, categories: torch.Tensor, num_categories: in
     return seg
 
 
+def visible_masks(masks: torch.Tensor) -> torch.Tensor:
+    """Each object's mask less what later objects cover: ``[B,K,1,H,W]`` -> same."""
+    covered = torch.zeros_like(masks[:, 0])
+    out = torch.empty_like(masks)
+    for k in reversed(range(masks.shape[1])):
+        out[:, k] = masks[:, k] * (1 - covered)
+        covered = torch.maximum(covered, masks[:, k])
+    return out
+
+
 def crop_objects(images: torch.Tensor, masks: torch.Tensor, size: int, margin: float = 0.15) -> torch.Tensor:
     """Square crops around each mask's bounding box, resampled to ``size``.
 
@@ -81,38 +91,58 @@ def crop_objects(images: torch.Tensor, masks: torch.Tensor, size: int, margin: f
 # ----------------------------------------------------------------------------- generators
 
 
+def pixel_norm(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Normalise each pixel's feature vector to unit RMS (ProGAN): keeps activations from
+    running away without tying samples together (no batch statistics) or erasing a
+    scene's overall brightness (as instance norm would)."""
+    return x * (x.pow(2).mean(dim=1, keepdim=True) + eps).rsqrt()
+
+
+class FiLM(nn.Module):
+    """Per-channel scale and shift from a style vector."""
+
+    def __init__(self, style: int, channels: int):
+        super().__init__()
+        self.affine = nn.Linear(style, 2 * channels)
+        nn.init.zeros_(self.affine.bias)  # starts near identity, but with the noise already in play
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        gamma, beta = self.affine(w)[:, :, None, None].chunk(2, dim=1)
+        return x * (1 + gamma) + beta
+
+
 class Modulated(nn.Module):
-    """Conv whose input is scaled and shifted per pixel by a conditioning map (SPADE without the norm).
+    """SPADE-style conv: pixel-normalised input, scaled and shifted per pixel by a conditioning
+    map and per channel by a style vector from the noise (which is how the noise sets a
+    scene's light and colours at every scale)."""
 
-    There is deliberately no normalisation: instance norm would erase the
-    global brightness that carries a scene's light.
-    """
-
-    def __init__(self, cin: int, cout: int, cond: int, hidden: int = 16):
+    def __init__(self, cin: int, cout: int, cond: int, style: int, hidden: int = 16):
         super().__init__()
         # the 3x3 conv sees object edges; 1x1 heads keep the cost low at full resolution
         self.shared = nn.Sequential(nn.Conv2d(cond, hidden, 3, padding=1), nn.ReLU())
         self.gamma = nn.Conv2d(hidden, cin, 1)
         self.beta = nn.Conv2d(hidden, cin, 1)
+        self.style = FiLM(style, cin)
         self.conv = nn.Conv2d(cin, cout, 3, padding=1)
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cond: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         c = self.shared(F.interpolate(cond, size=x.shape[-2:], mode="nearest"))
-        return self.conv(F.leaky_relu(x * (1 + self.gamma(c)) + self.beta(c), 0.2))
+        x = self.style(pixel_norm(x), w) * (1 + self.gamma(c)) + self.beta(c)
+        return self.conv(F.leaky_relu(x, 0.2))
 
 
 class LayoutBlock(nn.Module):
-    """2x upsampling residual block conditioned on a semantic map."""
+    """2x upsampling residual block conditioned on a semantic map and a style vector."""
 
-    def __init__(self, cin: int, cout: int, cond: int):
+    def __init__(self, cin: int, cout: int, cond: int, style: int):
         super().__init__()
-        self.conv1 = Modulated(cin, cout, cond)
-        self.conv2 = Modulated(cout, cout, cond)
+        self.conv1 = Modulated(cin, cout, cond, style)
+        self.conv2 = Modulated(cout, cout, cond, style)
         self.skip = nn.Conv2d(cin, cout, 1, bias=False)
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cond: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         x = F.interpolate(x, scale_factor=2, mode="nearest")
-        return self.skip(x) + self.conv2(self.conv1(x, cond), cond)
+        return self.skip(x) + self.conv2(self.conv1(x, cond, w), cond, w)
 
 
 class LayoutGenerator(nn.Module):
@@ -129,39 +159,28 @@ class LayoutGenerator(nn.Module):
     """
 
     def __init__(self, z_dim: int = 64, num_categories: int = 5, resolution: int = 64,
-                 channels: int = 32, max_channels: int = 256):
+                 channels: int = 32, max_channels: int = 256, style_dim: int = 128):
         super().__init__()
         self.init_kwargs = dict(z_dim=z_dim, num_categories=num_categories, resolution=resolution,
-                                channels=channels, max_channels=max_channels)
+                                channels=channels, max_channels=max_channels, style_dim=style_dim)
         self.z_dim, self.num_categories, self.resolution = z_dim, num_categories, resolution
         n = _levels(resolution, 4)
         widths = [min(channels * 2 ** (n - i), max_channels) for i in range(n + 1)]  # 4x4 ... res
         self.fc = nn.Linear(z_dim, widths[0] * 16)
-        self.blocks = nn.ModuleList(LayoutBlock(widths[i], widths[i + 1], num_categories) for i in range(n))
+        self.mapping = nn.Sequential(nn.Linear(z_dim, style_dim), nn.LeakyReLU(0.2),
+                                     nn.Linear(style_dim, style_dim), nn.LeakyReLU(0.2))
+        self.blocks = nn.ModuleList(LayoutBlock(widths[i], widths[i + 1], num_categories, style_dim)
+                                    for i in range(n))
         self.to_rgb = nn.Conv2d(widths[-1], 3, 3, padding=1)
 
     def forward(self, z: torch.Tensor, layout: torch.Tensor | None = None) -> torch.Tensor:
         B = z.shape[0]
         if layout is None:
             layout = z.new_zeros(B, self.num_categories, 4, 4)  # empty map: head B
-        x = self.fc(z).view(B, -1, 4, 4)
+        x, w = self.fc(z).view(B, -1, 4, 4), self.mapping(z)
         for block in self.blocks:
-            x = block(x, layout)
-        return torch.tanh(self.to_rgb(F.leaky_relu(x, 0.2)))
-
-
-class FiLM(nn.Module):
-    """Per-channel scale and shift from a style vector."""
-
-    def __init__(self, style: int, channels: int):
-        super().__init__()
-        self.affine = nn.Linear(style, 2 * channels)
-        nn.init.zeros_(self.affine.weight)
-        nn.init.zeros_(self.affine.bias)
-
-    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        gamma, beta = self.affine(w)[:, :, None, None].chunk(2, dim=1)
-        return x * (1 + gamma) + beta
+            x = block(x, layout, w)
+        return torch.tanh(self.to_rgb(F.leaky_relu(pixel_norm(x), 0.2)))
 
 
 class ForegroundGenerator(nn.Module):

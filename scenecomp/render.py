@@ -107,7 +107,7 @@ import numpy as np
 import torch
 
 from scenecomp.compose import DEFAULT_MODEL, BundleError, Composer, Rendering
-from scenecomp.layout import Layout, LayoutError, load_layouts
+from scenecomp.layout import SEED_LIMIT, Layout, LayoutError, load_layouts
 
 PROG = "scenecomp-render"
 MANIFEST = "manifest.jsonl"
@@ -159,8 +159,8 @@ def parse_seeds(text: str) -> list[int]:
         last = first if match[2] is None else int(match[2])
         if last < first:
             raise ValueError(f"range {part!r} runs backwards; write {last}-{first}")
-        if last >= 2**64:
-            raise ValueError(f"seed {last} is too large (seeds are integers in [0, 2**64))")
+        if last >= SEED_LIMIT:
+            raise ValueError(f"seed {last} is too large (seeds are integers in [0, 2**32))")
         if last - first + 1 + len(seeds) > MAX_SEEDS:
             raise ValueError(f"more than {MAX_SEEDS} seeds")
         seeds.update(dict.fromkeys(range(first, last + 1)))

@@ -17,6 +17,7 @@ data that loads with ``torch.load(weights_only=True)``.
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 
 import hydra
@@ -88,17 +89,24 @@ def build(cfg: DictConfig) -> tuple[SceneDataModule, SceneGAN, L.Trainer]:
     return datamodule, model, trainer
 
 
-def write_bundles(model: SceneGAN, out: Path) -> list[Path]:
+def write_bundles(model: SceneGAN, out: Path, half: bool = False) -> list[Path]:
     """``composer.pt`` from the EMA generators of the layered stages, ``baseline.pt`` from the baseline's."""
     written = []
     if hasattr(model, "g_bg_ema") and hasattr(model, "g_fg_ema"):
-        save_bundle(out / "composer.pt", bundle_dict(model.categories, background=model.g_bg_ema,
+        save_bundle(out / "composer.pt", bundle_dict(model.categories, half=half, background=model.g_bg_ema,
                                                      foreground=model.g_fg_ema))
         written.append(out / "composer.pt")
     if hasattr(model, "g_base_ema"):
-        save_bundle(out / "baseline.pt", bundle_dict(model.categories, baseline=model.g_base_ema))
+        save_bundle(out / "baseline.pt", bundle_dict(model.categories, half=half, baseline=model.g_base_ema))
         written.append(out / "baseline.pt")
     return written
+
+
+# Lightning warnings that describe this design, not a problem: EMA copies stay in eval mode, GAN
+# checkpoints are taken after the optimiser steps, and validation data is only for evaluation.
+for message in (".*module\\(s\\) in eval mode.*", ".*no pre-optimization state was saved.*",
+                ".*`val_dataloader` but have no `validation_step`.*", ".*isinstance\\(treespec, LeafSpec\\).*"):
+    warnings.filterwarnings("ignore", message=message)
 
 
 def run(cfg: DictConfig) -> list[Path]:

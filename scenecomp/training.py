@@ -27,7 +27,7 @@ from PIL import Image
 
 from scenecomp.compose import paint_layers
 from scenecomp.nets import (ForegroundGenerator, GlobalDiscriminator, LayoutGenerator, ObjectDiscriminator,
-                            composite, crop_objects, layout_map)
+                            composite, crop_objects, layout_map, visible_masks)
 
 STAGES = ("background", "foreground", "baseline")
 
@@ -53,6 +53,19 @@ def feature_matching(real_feats: list[torch.Tensor], fake_feats: list[torch.Tens
     return sum(F.l1_loss(f.mean(0), r.detach().mean(0)) for r, f in zip(real_feats, fake_feats))
 
 
+def mode_seeking(a: torch.Tensor, b: torch.Tensor, z_a: torch.Tensor, z_b: torch.Tensor,
+                 mask: torch.Tensor) -> torch.Tensor:
+    """MSGAN's diversity term: small when two noises give different paintings inside the mask.
+
+    ``1 / (mean |a - b| in mask / mean |z_a - z_b| + eps)``; inpainting GANs
+    otherwise learn to ignore their noise.
+    """
+    inside = mask.expand_as(a)
+    image_gap = ((a - b).abs() * inside).flatten(1).sum(1) / inside.flatten(1).sum(1).clamp(min=1)
+    noise_gap = (z_a - z_b).abs().mean(1)
+    return 1 / ((image_gap / noise_gap).mean() + 1e-5)
+
+
 def agreement(head_b: torch.Tensor, head_a: torch.Tensor, outside: torch.Tensor) -> torch.Tensor:
     """Mean absolute difference of head B from (detached) head A where ``outside`` is 1."""
     diff = (head_b - head_a.detach()).abs() * outside
@@ -60,21 +73,13 @@ def agreement(head_b: torch.Tensor, head_a: torch.Tensor, outside: torch.Tensor)
 
 
 @torch.no_grad()
-def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float, step: int) -> None:
+    """EMA with a warm-up (decay at most ``(1 + step) / (10 + step)``), so early averages are not dominated by the initial weights."""
+    decay = min(decay, (1 + step) / (10 + step))
     for e, p in zip(ema.parameters(), model.parameters()):
         e.lerp_(p, 1 - decay)
     for e, b in zip(ema.buffers(), model.buffers()):
         e.copy_(b)
-
-
-def visible_masks(masks: torch.Tensor) -> torch.Tensor:
-    """Each object's mask less what later objects cover: ``[B,K,1,H,W]`` -> same."""
-    covered = torch.zeros_like(masks[:, 0])
-    out = torch.empty_like(masks)
-    for k in reversed(range(masks.shape[1])):
-        out[:, k] = masks[:, k] * (1 - covered)
-        covered = torch.maximum(covered, masks[:, k])
-    return out
 
 
 # ----------------------------------------------------------------------------- the module
@@ -93,9 +98,11 @@ class SceneGAN(L.LightningModule):
                  background: dict | None = None, foreground: dict | None = None,
                  global_disc: dict | None = None, object_disc: dict | None = None,
                  lr_g: float = 2e-4, lr_d: float = 2e-4, betas: tuple[float, float] = (0.0, 0.99),
-                 agreement_weight: float = 10.0, object_weight: float = 1.0, fm_weight: float = 0.0,
-                 r1_gamma: float = 0.0, ema_decay: float = 0.999, min_visible: float = 0.003):
+                 background_method: str = "two_head", agreement_weight: float = 10.0, object_weight: float = 1.0, fm_weight: float = 0.0,
+                 r1_gamma: float = 0.0, ms_weight: float = 0.0, ema_decay: float = 0.999, min_visible: float = 0.003):
         super().__init__()
+        if background_method not in ("two_head", "masked"):
+            raise ValueError(f"background_method must be 'two_head' or 'masked', got {background_method!r}")
         unknown = set(stages) - set(STAGES)
         if unknown or not stages:
             raise ValueError(f"stages must be a non-empty subset of {list(STAGES)}, got {list(stages)}")
@@ -107,7 +114,9 @@ class SceneGAN(L.LightningModule):
         common = dict(num_categories=C, resolution=resolution)
         if "background" in self.stages:
             self.g_bg = LayoutGenerator(z_dim=z_dim, **common, **(background or {}))
-            self.d_bg = GlobalDiscriminator(**common, **(global_disc or {}))
+            # the masked method's discriminator sees the image and the union of the objects' masks
+            d_cats = C if background_method == "two_head" else 1
+            self.d_bg = GlobalDiscriminator(num_categories=d_cats, resolution=resolution, **(global_disc or {}))
             self.g_bg_ema = copy.deepcopy(self.g_bg).eval().requires_grad_(False)
         if "foreground" in self.stages:
             self.g_fg = ForegroundGenerator(z_dim=z_dim, **common, **(foreground or {}))
@@ -123,6 +132,11 @@ class SceneGAN(L.LightningModule):
     @property
     def optimizer_steps_per_batch(self) -> int:
         return 2 * len(self.stages)
+
+    @property
+    def batches_done(self) -> int:
+        """Training batches so far (Lightning's ``global_step`` counts optimiser steps)."""
+        return self.global_step // self.optimizer_steps_per_batch
 
     def configure_optimizers(self):
         def adam(params, lr):
@@ -201,7 +215,31 @@ class SceneGAN(L.LightningModule):
             return loss, logs
 
         logs = self._step(g_opt, d_opt, d_loss, g_loss)
-        ema_update(ema, g, self.hparams.ema_decay)
+        ema_update(ema, g, self.hparams.ema_decay, self.batches_done)
+        return logs
+
+    def _masked_background_stage(self, g_opt, d_opt, x, union):
+        """The noise-only background judged only where real images show no object.
+
+        Real images and samples are blanked by the same masks (those of the
+        real batch) and the discriminator sees the mask too: as the masks
+        move from batch to batch, every pixel gets judged as background, and
+        no background-only image is ever needed.
+        """
+        z = torch.randn(x.shape[0], self.z_dim, device=x.device)
+        keep = 1 - union
+
+        def d_loss():
+            with torch.no_grad():
+                fake = self.g_bg(z)
+            return self._d_loss(self.d_bg, (x * keep, union), (fake * keep, union), "bg")
+
+        def g_loss():
+            loss = self._g_loss(self.d_bg, (x * keep, union), (self.g_bg(z) * keep, union))
+            return loss, {"bg/g": loss.detach()}
+
+        logs = self._step(g_opt, d_opt, d_loss, g_loss)
+        ema_update(self.g_bg_ema, self.g_bg, self.hparams.ema_decay, self.batches_done)
         return logs
 
     def _foreground_stage(self, g_opt, d_opt, x, seg, masks, cats, valid):
@@ -232,13 +270,21 @@ class SceneGAN(L.LightningModule):
             return lg + lo, {**logs, **logs_o}
 
         def g_loss():
-            fake = fake_image()
+            painted = self.g_fg(z, c, m, x * (1 - m))
+            fake = composite(x, painted, m)
             lg = self._g_loss(self.d_fg, (x, seg), (fake, seg))
             lo = self._g_loss(self.d_obj, crops(x), crops(fake))
-            return lg + hp.object_weight * lo, {"fg_global/g": lg.detach(), "fg_object/g": lo.detach()}
+            loss = lg + hp.object_weight * lo
+            logs = {"fg_global/g": lg.detach(), "fg_object/g": lo.detach()}
+            if hp.ms_weight > 0:
+                z2 = torch.randn_like(z)
+                ms = mode_seeking(painted, self.g_fg(z2, c, m, x * (1 - m)), z, z2, m)
+                loss = loss + hp.ms_weight * ms
+                logs["fg/mode_seeking"] = ms.detach()
+            return loss, logs
 
         logs = self._step(g_opt, d_opt, d_loss, g_loss)
-        ema_update(self.g_fg_ema, self.g_fg, hp.ema_decay)
+        ema_update(self.g_fg_ema, self.g_fg, hp.ema_decay, self.batches_done)
         return logs
 
     def training_step(self, batch, batch_idx):
@@ -252,7 +298,9 @@ class SceneGAN(L.LightningModule):
         logs = {}
         for stage in self.stages:
             g_opt, d_opt = next(opts), next(opts)
-            if stage == "background":
+            if stage == "background" and self.hparams.background_method == "masked":
+                logs |= self._masked_background_stage(g_opt, d_opt, x, union)
+            elif stage == "background":
                 logs |= self._layout_stage(self.g_bg, self.d_bg, self.g_bg_ema, g_opt, d_opt, x, seg, union,
                                            "bg", self.hparams.agreement_weight)
             elif stage == "foreground":
@@ -261,7 +309,7 @@ class SceneGAN(L.LightningModule):
                 logs |= self._layout_stage(self.g_base, self.d_base, self.g_base_ema, g_opt, d_opt, x, seg, union,
                                            "base", 0.0)
         self.log_dict(logs, prog_bar=False, sync_dist=False)
-        self.log("batches", float(self.global_step // self.optimizer_steps_per_batch), prog_bar=True)
+        self.log("batches", float(self.batches_done), prog_bar=True)
 
     # ------------------------------------------------------------------ previews and bundles
 
@@ -282,7 +330,9 @@ class SceneGAN(L.LightningModule):
         seg = layout_map(masks, cats, len(self.categories))
         rows = [x]
         if "background" in self.stages:
-            rows += [self.g_bg_ema(z, seg), self.g_bg_ema(z)]
+            if self.hparams.background_method == "two_head":
+                rows.append(self.g_bg_ema(z, seg))
+            rows.append(self.g_bg_ema(z))
         if "foreground" in self.stages:
             top = masks.flatten(2).amax(2).cumsum(1).argmax(1)  # each image's last real object: never covered
             m = masks[torch.arange(B), top]
@@ -297,7 +347,7 @@ class SceneGAN(L.LightningModule):
 
     def save_preview(self, folder: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"step_{self.global_step // self.optimizer_steps_per_batch:07d}.png"
+        path = folder / f"step_{self.batches_done:07d}.png"
         img = Image.fromarray(self.preview_grid())
         img.resize((img.width * 2, img.height * 2), Image.NEAREST).save(path)
         return path
@@ -310,8 +360,7 @@ class PreviewGrid(L.Callback):
         self.folder, self.every = Path(folder), every
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        batches = trainer.global_step // module.optimizer_steps_per_batch
-        if trainer.is_global_zero and self.every > 0 and batches % self.every == 0:
+        if trainer.is_global_zero and self.every > 0 and module.batches_done % self.every == 0:
             module.save_preview(self.folder)
 
     def on_train_end(self, trainer, module):

@@ -4,8 +4,25 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
+from scenecomp.nets import FiLM, ForegroundGenerator, LayoutGenerator
 from scenecomp.shapes import write_dataset
+
+# Tiny networks run fastest on one thread, the more so on a busy 2-core machine.
+torch.set_num_threads(1)
+
+
+def make_tiny_nets(seed: int = 0, num_categories: int = 3, resolution: int = 16):
+    """A small real G_bg and G_fg with random weights; their FiLM layers are widened so every seed visibly matters."""
+    torch.manual_seed(seed)
+    bg = LayoutGenerator(z_dim=8, num_categories=num_categories, resolution=resolution, channels=4, max_channels=8)
+    fg = ForegroundGenerator(z_dim=8, num_categories=num_categories, resolution=resolution, channels=4,
+                             max_channels=8, embed_dim=4)
+    for m in fg.modules():
+        if isinstance(m, FiLM):
+            torch.nn.init.normal_(m.affine.weight, std=0.5)
+    return bg, fg
 
 
 @pytest.fixture(scope="session")

@@ -268,7 +268,8 @@ BAD_LAYOUTS = [
     (layout_with({"category": "tree", "rle": {"size": [16, 16], "counts": [256]}}), 1, ["rle is empty"]),
     (layout_with({"category": "tree", "rle": OTHER_SIZE_RLE}), None, []),  # valid: resized, not empty
     (layout_with({"category": "tree", "bbox": [1, 1, 2, 2], "seed": -1}), 1,
-     ["seed must be a non-negative integer, got -1"]),
+     ["seed must be an integer in [0, 2**32), got -1"]),
+    (layout_with({"category": "tree", "bbox": [1, 1, 2, 2], "seed": 2**32}), 1, ["seed must be", "4294967296"]),
     (layout_with({"category": "tree", "bbox": [1, 1, 2, 2], "seed": 1.5}), 1, ["seed must be", "1.5"]),
     (layout_with({"category": "tree", "bbox": [1, 1, 2, 2], "seed": "3"}), 1, ["seed must be", '"3"']),
     (layout_with({"category": "tree", "bbox": [1, 1, 2, 2], "seed": True}), 1, ["seed must be", "true"]),

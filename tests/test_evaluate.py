@@ -1,0 +1,335 @@
+"""Evaluation: each metric on inputs whose answer is known, the feature network's file,
+``scenecomp-eval`` end to end on tiny bundles with a tiny feature network, and its errors."""
+from __future__ import annotations
+
+import json
+import os
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import compose_config
+from scenecomp.evaluate import (DEFAULT_FEATURES, EDIT_OFFSET, FEATURES_FORMAT, FeatureNet, accuracy, background_purity,
+                                diversity, edit_locality, fill_outside, frechet_distance, illumination_consistency,
+                                illumination_pairs, inception_score, kernel_distance, load_features, main,
+                                noise_batch, object_crops, object_seed, save_features, swap_silhouettes, train_features,
+                                visible_masks)
+
+ROOT = Path(__file__).resolve().parents[1]
+CATEGORIES = ["tree", "house", "sun", "cloud", "rock"]
+
+
+def smooth_images(n: int, seed: int, size: int = 16, offset: float = 0.0) -> torch.Tensor:
+    """Blurry random uint8 images: varied enough for a random network's features."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.nn.functional.interpolate(torch.rand(n, 3, 4, 4, generator=g), size=size, mode="bilinear")
+    return (x * 200 + offset).clamp(0, 255).round().to(torch.uint8)
+
+
+@pytest.fixture(scope="module")
+def random_net() -> FeatureNet:
+    torch.manual_seed(0)
+    return FeatureNet(num_categories=3, resolution=16, crop_size=8, channels=8, max_channels=16,
+                      feature_dim=16).eval()
+
+
+# ----------------------------------------------------------------------------- metrics on known inputs
+
+
+def test_fid_is_zero_for_identical_sets_and_grows_with_a_shift(random_net):
+    real = smooth_images(64, 0)
+    same_kind = smooth_images(64, 1)
+    shifted = smooth_images(64, 1, offset=50)
+    identical = frechet_distance(random_net, real, real.clone())
+    near = frechet_distance(random_net, real, same_kind)
+    far = frechet_distance(random_net, real, shifted)
+    assert identical < 1e-3 * far and identical < 1e-4
+    assert near < far
+    # uint8 and [-1,1] floats are the same images to the network
+    assert frechet_distance(random_net, real.float() / 127.5 - 1, shifted) == pytest.approx(far, rel=1e-4)
+
+
+def test_kid_is_near_zero_for_identical_sets_and_grows_with_a_shift(random_net):
+    real, shifted = smooth_images(48, 0), smooth_images(48, 1, offset=50)
+    same, _ = kernel_distance(random_net, real, real.clone(), subset_size=16, subsets=20)
+    far, std = kernel_distance(random_net, real, shifted, subset_size=16, subsets=20)
+    assert abs(same) < 0.05 * far and far > 0 and std >= 0
+    assert kernel_distance(random_net, real, shifted, subset_size=16, subsets=20) == (far, std)  # seeded subsets
+
+
+def test_inception_score_known_values():
+    C = 4
+    assert inception_score(torch.full((10, C), 1 / C)) == pytest.approx(1.0)  # no confidence
+    assert inception_score(torch.eye(C)[[0, 1, 2, 3] * 5]) == pytest.approx(C, rel=1e-6)  # confident, even
+    assert inception_score(torch.eye(C)[[2] * 20]) == pytest.approx(1.0)  # confident, one class only
+
+
+def test_accuracy_of_a_perfect_and_an_imperfect_classifier():
+    labels = torch.tensor([0, 1, 2, 1])
+    assert accuracy(torch.eye(3)[labels], labels) == 1.0
+    assert accuracy(torch.eye(3)[torch.tensor([0, 1, 2, 2])], labels) == 0.75
+
+
+def test_diversity_known_values():
+    same = torch.ones(3, 2, 5)
+    assert diversity(same) == 0.0
+    two = torch.tensor([[[0.0, 0.0], [3.0, 4.0]]])  # one layout, two samples 5 apart
+    assert diversity(two) == pytest.approx(5.0)
+    assert diversity(torch.zeros(2, 1, 4)) != diversity(torch.zeros(2, 1, 4))  # nan: one seed has no pairs
+
+
+def test_edit_locality_known_values():
+    before = torch.zeros(2, 3, 8, 8)
+    mask = torch.zeros(2, 1, 8, 8)
+    mask[:, :, 2:5, 2:5] = 1
+    assert edit_locality(before, before.clone(), mask) == 0.0  # an edit that changes nothing
+    inside = before + mask  # changes only inside the edited object's mask
+    assert edit_locality(before, inside, mask) == 0.0
+    outside = before + 0.5 * (1 - mask)  # 0.5 in [-1,1] units = 0.25 of the pixel range, everywhere outside
+    assert edit_locality(before, outside, mask) == pytest.approx(0.25)
+    u8 = torch.zeros(1, 3, 4, 4, dtype=torch.uint8)
+    assert edit_locality(u8, u8 + 51, torch.zeros(1, 1, 4, 4)) == pytest.approx(0.2)
+
+
+def test_background_purity_counts_images_with_nothing_detected():
+    probs = torch.tensor([[0.1, 0.2], [0.9, 0.0], [0.4, 0.49], [0.0, 0.6]])
+    assert background_purity(probs) == 0.5
+    assert background_purity(torch.zeros(3, 5)) == 1.0
+
+
+def _lit_scenes(object_gain: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Scenes of brightness b with one object of brightness gain * b (images in [-1,1])."""
+    n = len(object_gain)
+    b = torch.linspace(0.2, 0.8, n)
+    images = (2 * b - 1)[:, None, None, None].expand(n, 3, 8, 8).clone()
+    masks = torch.zeros(n, 1, 1, 8, 8)
+    masks[:, :, :, 2:6, 2:6] = 1
+    images[:, :, 2:6, 2:6] = (2 * (b * object_gain).clamp(0, 1) - 1)[:, None, None, None]
+    return images, masks, torch.ones(n, 1, dtype=torch.bool)
+
+
+def test_illumination_consistency_follows_the_scene():
+    lit = illumination_pairs(*_lit_scenes(torch.full((6,), 0.7)))
+    assert lit.shape == (6, 2)
+    assert illumination_consistency(lit) == pytest.approx(1.0)  # objects follow the scene's light
+    images, masks, counted = _lit_scenes(torch.ones(6))
+    images[:, :, 2:6, 2:6] = 0.0  # every object equally bright, whatever the scene
+    images[::2, :, 2:6, 2:6] = 0.5
+    flat = illumination_pairs(images, masks, counted)
+    assert abs(illumination_consistency(flat)) < 0.5
+    inverse = illumination_pairs(*_lit_scenes(torch.ones(6)))
+    inverse[:, 0] = 1 - inverse[:, 0]
+    assert illumination_consistency(inverse) == pytest.approx(-1.0)
+
+
+# ----------------------------------------------------------------------------- crops, swaps, seeds
+
+
+def test_visible_masks_and_object_crops():
+    masks = torch.zeros(1, 2, 1, 8, 8)
+    masks[0, 0, :, 0:6, 0:6] = 1
+    masks[0, 1, :, 3:8, 3:8] = 1  # covers the first object's corner
+    vis = visible_masks(masks)
+    assert vis[0, 0].sum() == 36 - 9 and torch.equal(vis[0, 1], masks[0, 1])
+    image = torch.rand(1, 3, 8, 8) * 2 - 1
+    crop = object_crops(image, vis[:, 0], 8)
+    assert crop.shape == (1, 4, 8, 8)
+    assert torch.all(crop[:, :3][(crop[:, 3:] == 0).expand(1, 3, 8, 8)] == 0)  # nothing of the outside
+
+
+def test_a_silhouette_swap_keeps_the_look_and_takes_the_other_outline():
+    crops = torch.zeros(2, 4, 8, 8)
+    crops[0, :3, 1:4, 1:4], crops[0, 3, 1:4, 1:4] = 0.8, 1  # small bright square
+    crops[1, :3, 2:8, 0:8], crops[1, 3, 2:8, 0:8] = -0.6, 1  # wide dark block
+    filled = fill_outside(crops)
+    assert torch.allclose(filled[0], torch.full((3, 8, 8), 0.8))  # extended everywhere, no hole
+    swapped = swap_silhouettes(filled, crops[:, 3:].flip(0))
+    assert torch.equal(swapped[0, 3:], crops[1, 3:])  # first object's look in the second's outline
+    assert torch.allclose(swapped[0, :3][:, 2:8, :], torch.full((3, 6, 8), 0.8))
+
+
+def test_seeds_follow_the_composer_rule():
+    assert object_seed(0, 0) == 1 and object_seed(2, 3) == 2 * 1_000_003 + 4
+    z = noise_batch([5, 5, 7, 5 + EDIT_OFFSET], 6)
+    assert not torch.equal(z[0], z[3])  # an edit's seed gives other noise (torch keeps a seed's low 32 bits)
+    assert torch.equal(z[0], z[1]) and torch.equal(z[0], torch.randn(6, generator=torch.Generator().manual_seed(5)))
+    from scenecomp import compose
+    assert torch.equal(compose.noise(9, 6), noise_batch([9], 6)[0])
+
+
+# ----------------------------------------------------------------------------- the feature network
+
+
+def test_feature_net_file_is_plain_data_and_round_trips(random_net, tmp_path):
+    path = tmp_path / "f.pt"
+    save_features(path, random_net, ["a", "b", "c"], {"heldout_object_accuracy": 0.5})
+    data = torch.load(path, weights_only=True)
+    assert data["format"] == FEATURES_FORMAT and data["categories"] == ["a", "b", "c"] and data["resolution"] == 16
+    assert all(v.dtype == torch.float16 for v in data["state_dict"].values())
+    net = load_features(path)
+    assert net.categories == ["a", "b", "c"] and net.meta["heldout_object_accuracy"] == 0.5
+    x = smooth_images(4, 0)
+    assert torch.allclose(net(x), net.features(x.float() / 127.5 - 1))  # uint8 or floats: the same
+    assert net(x).shape == (4, net.num_features)
+
+
+@pytest.mark.skipif(not DEFAULT_FEATURES.exists(), reason="no shipped feature network")
+def test_shipped_feature_network():
+    data = torch.load(DEFAULT_FEATURES, weights_only=True)
+    assert DEFAULT_FEATURES.stat().st_size < 2_000_000
+    assert data["categories"] == CATEGORIES and data["resolution"] == 64
+    meta = data["meta"]
+    assert meta["heldout_object_accuracy"] > 0.9 and meta["heldout_swapped_accuracy"] > 0.7, meta
+
+
+# ----------------------------------------------------------------------------- scenecomp-eval end to end
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_shapes, tmp_path_factory):
+    """Tiny composer and baseline bundles (tiny experiment) and a tiny feature network, on the tiny Shapes set."""
+    from scenecomp.train import run
+
+    out = tmp_path_factory.mktemp("eval")
+    (composer,) = run(compose_config(["experiment=tiny", f"out={out / 'layered'}", f"data.train={tiny_shapes}"]))
+    (baseline,) = run(compose_config(["experiment=tiny", "model=spade_baseline", f"out={out / 'single'}",
+                                      f"data.train={tiny_shapes}"]))
+    tool = runpy.run_path(str(ROOT / "tools" / "train_features.py"), run_name="train_features")
+    assert tool["main"](["--data", str(tiny_shapes), "--out", str(out / "features.pt"), "--images", "48",
+                         "--holdout", "16", "--steps", "4", "--batch-size", "16"]) == 0
+    return {"composer": composer, "baseline": baseline, "features": out / "features.pt", "data": tiny_shapes,
+            "out": out}
+
+
+def eval_args(r, *extra) -> list[str]:
+    return ["--data", str(r["data"]), "--features", str(r["features"]), "--samples", "12", "--seeds", "2",
+            "--batch-size", "8", *extra]
+
+
+def test_eval_both_models_prints_the_table_and_writes_json_without_hydra_or_lightning(tiny_run):
+    out = tiny_run["out"] / "results.json"
+    args = eval_args(tiny_run, "--checkpoint", str(tiny_run["composer"]), "--baseline", str(tiny_run["baseline"]),
+                     "--json", str(out))
+    code = f"""
+import sys
+from scenecomp.evaluate import main
+try:
+    main({args!r})
+finally:
+    loaded = [m for m in sys.modules if m.split('.')[0] in ('hydra', 'lightning', 'torchvision')]
+    assert not loaded, loaded
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr
+    table = res.stdout
+    assert "split " in table and "first 12 of 64 layouts" in table and "2 sample(s) per layout" in table
+    assert "24 generated images per model" in table and "32x32" in table and "features.pt" in table
+    header = next(line for line in table.splitlines() if line.startswith("metric"))
+    assert header.split()[-3:] == ["scenecomp", "baseline", "real"]
+    result = json.loads(out.read_text())
+    p = result["protocol"]
+    assert (p["layouts"], p["samples_per_layout"], p["resolution"]) == (12, 2, 32)
+    assert p["feature_network"]["heldout_object_accuracy"] is not None
+    m = result["metrics"]
+    for key in ("fid", "kid", "inception_score", "object_accuracy", "appearance_accuracy", "diversity",
+                "locality_look", "locality_category", "background_purity", "illumination"):
+        assert set(m[key]) >= {"scenecomp", "baseline"}, key
+    assert m["fid"]["scenecomp"] >= 0 and m["fid"]["real"] is None
+    for key in ("object_accuracy", "appearance_accuracy", "background_purity"):
+        assert all(0 <= v <= 1 for v in m[key].values()), key
+    assert 1 <= m["inception_score"]["real"] <= 5
+    assert m["locality_look"]["scenecomp"] >= 0 and m["diversity"]["real"] is None
+    assert m["locality_look"]["baseline"] > 0  # its only noise vector re-sampled: the whole image changes
+    assert -1 <= m["illumination"]["real"] <= 1
+    assert result["models"]["scenecomp"]["kind"] == "scenecomp"
+
+
+def test_eval_of_a_baseline_alone(tiny_run, capsys):
+    assert main(eval_args(tiny_run, "--baseline", str(tiny_run["baseline"]), "--seeds", "1")) == 0
+    table = capsys.readouterr().out
+    header = next(line for line in table.splitlines() if line.startswith("metric"))
+    assert header.split()[-2:] == ["baseline", "real"] and "scenecomp" not in header
+    assert "diversity" in table  # reported as "-" with one seed
+
+
+def _error(capsys, argv) -> str:
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("scenecomp-eval: error: ") and "Traceback" not in err
+    return err
+
+
+def test_eval_errors(tiny_run, capsys, tmp_path):
+    r = tiny_run
+    assert "no such file" in _error(capsys, eval_args(r, "--checkpoint", str(tmp_path / "missing.pt")))
+    assert "not a readable scenecomp bundle" in _error(capsys, eval_args(r, "--checkpoint", str(r["data"])))
+    assert "nothing to evaluate" in _error(capsys, eval_args(r))
+    assert "no baseline network" in _error(capsys, eval_args(r, "--baseline", str(r["composer"])))
+    assert "--samples must be a positive" in _error(capsys, eval_args(r, "--checkpoint", str(r["composer"]),
+                                                                      "--samples", "0"))
+    missing = eval_args(r, "--checkpoint", str(r["composer"]))
+    missing[missing.index("--features") + 1] = str(tmp_path / "nope.pt")
+    assert "no such feature network file" in _error(capsys, missing)
+    # a feature network of other categories
+    net = load_features(r["features"])
+    other = tmp_path / "other.pt"
+    save_features(other, net, ["a", "b", "c", "d", "e"], net.meta)
+    args = eval_args(r, "--checkpoint", str(r["composer"]))
+    args[args.index("--features") + 1] = str(other)
+    assert "differ from the feature network's" in _error(capsys, args)
+    # data that lacks the bundle's categories
+    bad = tmp_path / "cats" / "annotations.json"
+    bad.parent.mkdir()
+    data = json.loads(Path(r["data"]).read_text())
+    data["categories"] = [{**c, "name": c["name"] + "x"} for c in data["categories"]]
+    bad.write_text(json.dumps(data))
+    (bad.parent / "images").symlink_to(Path(r["data"]).parent / "images")
+    args = eval_args(r, "--checkpoint", str(r["composer"]))
+    args[args.index("--data") + 1] = str(bad)
+    assert "unknown categor" in _error(capsys, args)
+    assert "--inception WEIGHTS" in _error(capsys, eval_args(r, "--checkpoint", str(r["composer"]), "--features",
+                                                             "inception:/x.pth"))
+
+
+def test_feature_file_errors(tiny_run, capsys):
+    r = tiny_run
+    args = eval_args(r, "--checkpoint", str(r["composer"]))
+    args[args.index("--features") + 1] = str(r["composer"])  # a bundle is not a feature network
+    assert "not a scenecomp feature network" in _error(capsys, args)
+
+
+def test_inception_without_torch_fidelity_errors_clearly(tiny_run, capsys, tmp_path):
+    pytest.importorskip("torchmetrics")
+    try:
+        import torch_fidelity  # noqa: F401
+        pytest.skip("torch-fidelity is installed")
+    except ImportError:
+        pass
+    weights = tmp_path / "pt_inception-2015-12-05.pth"
+    weights.write_bytes(b"not really")
+    err = _error(capsys, eval_args(tiny_run, "--checkpoint", str(tiny_run["composer"]), "--inception", str(weights)))
+    assert "torch-fidelity" in err
+
+
+@pytest.mark.skipif(not os.environ.get("SCENECOMP_INCEPTION_WEIGHTS"),
+                    reason="set SCENECOMP_INCEPTION_WEIGHTS to a local pt_inception-2015-12-05 weights file")
+def test_inception_fid_from_local_weights(tiny_run, capsys):
+    pytest.importorskip("torch_fidelity")
+    assert main(eval_args(tiny_run, "--checkpoint", str(tiny_run["composer"]), "--samples", "4",
+                          "--inception", os.environ["SCENECOMP_INCEPTION_WEIGHTS"])) == 0
+    assert "FID, Inception-v3 features" in capsys.readouterr().out
+
+
+def test_train_features_learns_on_tiny_data(tiny_shapes):
+    net = train_features(tiny_shapes, images=48, holdout=16, steps=2, batch_size=8, net_kwargs={"channels": 4})
+    assert net.categories == CATEGORIES and net.resolution == 32 and net.crop_size == 16
+    assert {"heldout_object_accuracy", "heldout_swapped_accuracy", "heldout_presence_accuracy",
+            "heldout_background_purity", "steps", "data"} <= set(net.meta)
+    assert 0 <= net.meta["heldout_object_accuracy"] <= 1

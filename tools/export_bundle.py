@@ -1,0 +1,48 @@
+"""Write a composer or baseline bundle from a training run, optionally in float16 (for shipping).
+
+    python tools/export_bundle.py runs/shapes64/composer.pt --half --out scenecomp/assets/composer.pt
+    python tools/export_bundle.py runs/shapes64/checkpoints/last.ckpt --out /tmp/mid_run   # EMA weights of a checkpoint
+
+A ``.ckpt`` (Lightning checkpoint of ``scenecomp-train``) gives the EMA
+generators of every stage it trained: ``OUT/composer.pt`` and/or
+``OUT/baseline.pt``. A bundle is re-saved as it is (``--half``: float16 weights;
+they load back as float32).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from scenecomp.compose import bundle_dict, load_bundle, save_bundle
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("source", type=Path, help="a bundle (.pt) or a Lightning checkpoint (.ckpt)")
+    ap.add_argument("--out", type=Path, required=True, help="bundle path (from a bundle) or folder (from a .ckpt)")
+    ap.add_argument("--half", action="store_true", help="store weights as float16")
+    args = ap.parse_args()
+    if args.source.suffix == ".ckpt":
+        from scenecomp.train import write_bundles
+        from scenecomp.training import SceneGAN
+
+        state = torch.load(args.source, map_location="cpu", weights_only=True)
+        model = SceneGAN(**state["hyper_parameters"])
+        model.load_state_dict(state["state_dict"])
+        args.out.mkdir(parents=True, exist_ok=True)
+        written = write_bundles(model, args.out, half=args.half)
+    else:
+        from scenecomp.compose import NETWORKS, build_network
+
+        data = load_bundle(args.source)
+        nets = {name: build_network(data, name, args.source) for name in data["networks"] if name in NETWORKS}
+        save_bundle(args.out, bundle_dict(data["categories"], half=args.half, **nets))
+        written = [args.out]
+    for path in written:
+        print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
+
+
+if __name__ == "__main__":
+    main()
