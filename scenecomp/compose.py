@@ -191,7 +191,7 @@ class Composer:
         then covers no pixel is an error (`render` paints nothing for it instead)."""
         layout = self._layout(layout)
         seed = _check_seed(seed, "seed")
-        seeded = self._seeded(layout, seed)
+        seeded = self.seeded(layout, seed)
         masks = layout.masks((self.resolution, self.resolution)) > 0.5
         objects = []
         for i, (obj, mask) in enumerate(zip(seeded.objects, masks)):
@@ -256,7 +256,7 @@ class Composer:
 
     def _render_batch(self, items, steps: bool) -> list[Rendering]:
         R, B = self.resolution, len(items)
-        seeded = [self._seeded(layout, seed) for _, layout, seed in items]
+        seeded = [self.seeded(layout, seed) for _, layout, seed in items]
         masks = [torch.from_numpy(layout.masks((R, R)) > 0.5) for _, layout, _ in items]
         K = max(len(m) for m in masks)
         zb = torch.stack([noise(s.background_seed, self.background_net.z_dim) for s in seeded])
@@ -342,7 +342,7 @@ class Composer:
         layout.check_categories(self._categories)
         return layout
 
-    def _seeded(self, layout: Layout, seed: int) -> Layout:
+    def seeded(self, layout: Layout, seed: int = 0) -> Layout:
         """The layout with every seed filled in (module docstring)."""
         background = seed if layout.background_seed is None else layout.background_seed
         objects = [obj if obj.seed is not None else dataclasses.replace(obj, seed=object_seed(background, i))

@@ -38,6 +38,10 @@ Metrics (each a small function below, tested on inputs whose answer is known)
   of each category filled into the same masks (`swap_silhouettes`).
 - ``diversity``: mean pairwise distance of features between samples of the same
   layout with different seeds (needs ``--seeds`` >= 2).
+- ``diversity_per_category``: the same for each counted object's crop
+  (``FeatureNet.object_features``) across seeds (same layout, same object),
+  averaged over each category's objects; ``diversity_min_category`` is the
+  least diverse category's (above zero: no category collapsed to one look).
 - ``locality_look`` / ``locality_category``: one object per layout (object
   ``i mod n`` of layout ``i``) gets a new look (layered model: that object's
   noise from seed ``object_seed + 2**31``; single-shot baseline: it has only one
@@ -118,7 +122,8 @@ class FeatureNet(nn.Module):
       use the network as ``feature=``; ``num_features`` tells it the size.
     - ``presence_logits(images) -> [B,C]``: which categories an image contains (multi-label).
     - ``object_logits(crops [B,4,S,S]) -> [B,C]``: the category of an object crop
-      made by `object_crops` (image inside the mask ⊕ the mask).
+      made by `object_crops` (image inside the mask ⊕ the mask);
+      ``object_features(crops) -> [B,feature_dim]``: its penultimate features (per-category diversity).
 
     The trunk is fully convolutional with global mean and max pooling, so whole
     images (``resolution``) and crops (``crop_size``) share it; a whole image is
@@ -160,8 +165,11 @@ class FeatureNet(nn.Module):
     def presence_logits(self, images: torch.Tensor) -> torch.Tensor:
         return self.presence_head(self._whole(images))
 
+    def object_features(self, crops: torch.Tensor) -> torch.Tensor:
+        return self._embed(crops)
+
     def object_logits(self, crops: torch.Tensor) -> torch.Tensor:
-        return self.object_head(self._embed(crops))
+        return self.object_head(self.object_features(crops))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.features(as_float(images).to(self.object_head.weight.device))
@@ -314,8 +322,14 @@ def diversity(features: torch.Tensor) -> float:
     L, S, _ = features.shape
     if S < 2:
         return float("nan")
-    d = torch.cdist(features.double(), features.double())  # [L,S,S]
+    d = torch.cdist(features.double(), features.double(), compute_mode="donot_use_mm_for_euclid_dist")  # [L,S,S]
     return float(d.sum() / (L * S * (S - 1)))
+
+
+def category_diversity(features: torch.Tensor, cats: torch.Tensor, num_categories: int) -> list[float]:
+    """`diversity` per category: ``features [N,S,F]`` of N objects, each painted S times (same
+    layout and object, other seeds), ``cats [N]`` -> one value per category (nan where it has no object)."""
+    return [diversity(features[cats == c]) for c in range(num_categories)]
 
 
 def edit_locality(before: torch.Tensor, after: torch.Tensor, edited: torch.Tensor) -> float:
@@ -561,7 +575,8 @@ def evaluate(data, models: dict, feature_net: FeatureNet, samples: int = 500, se
     real_objects, real_swap = _Classified(), _Classified()
     real_crops, real_crop_cats, top_masks = [], [], []
     gen = {name: {"images": [[] for _ in range(seeds)], "objects": _Classified(), "appearance": _Classified(),
-                  "pairs": [], "bg_probs": [], "look": [], "category": []} for name in models}
+                  "pairs": [], "bg_probs": [], "look": [], "category": [],
+                  "crop_features": [[] for _ in range(seeds)]} for name in models}
     n_objects = 0
     batches = _batches(dataset, count, batch_size, device)
     if progress:
@@ -600,7 +615,9 @@ def evaluate(data, models: dict, feature_net: FeatureNet, samples: int = 500, se
                     fake_u8 = as_uint8(fake)
                     g["images"][j].append(fake_u8.cpu())
                     xf = as_float(fake_u8)
-                    g["objects"].add(net.object_logits(object_crops(xf[rows], obj_masks, S)), obj_cats)
+                    crop_features = net.object_features(object_crops(xf[rows], obj_masks, S))
+                    g["objects"].add(net.object_head(crop_features), obj_cats)
+                    g["crop_features"][j].append(crop_features.cpu())
                     g["pairs"].append(illumination_pairs(xf, batch.masks, batch.counted).cpu())
                     g["bg_probs"].append(torch.sigmoid(net.presence_logits(as_float(as_uint8(model.background(z_bg))))).cpu())
                     if j:
@@ -664,6 +681,7 @@ def evaluate(data, models: dict, feature_net: FeatureNet, samples: int = 500, se
     put("appearance_accuracy", "real", accuracy(sp, sl))
     put("background_purity", "real", background_purity(torch.cat(real_bgs)) if real_bgs else None)
     put("illumination", "real", illumination_consistency(torch.cat(real_pairs)))
+    object_cats, per_category = torch.cat(real_crop_cats), {}
     kid_size = 1000
     for name, g in gen.items():
         fakes = [torch.cat(chunks) for chunks in g["images"]]  # S x [N,3,R,R]
@@ -686,8 +704,16 @@ def evaluate(data, models: dict, feature_net: FeatureNet, samples: int = 500, se
             with torch.no_grad():
                 feats = torch.stack([_features(net, f, device, max(batch_size, 64)) for f in fakes], dim=1)
             put("diversity", name, diversity(feats))
-        else:
+            crop_feats = torch.stack([torch.cat(f) for f in g["crop_features"]], dim=1)  # [objects,S,F]
+            values = category_diversity(crop_feats, object_cats, C)
+            per_category[name] = {cat: v if math.isfinite(v) else None
+                                  for cat, v in zip(feature_net.categories, values)}
+            measured = [v for v in per_category[name].values() if v is not None]
+            put("diversity_min_category", name, min(measured) if measured else None)
+        else:  # one sample per layout: nothing to compare
             put("diversity", name, None)
+            put("diversity_min_category", name, None)
+            per_category[name] = None
         edited = g.get("edited", 0)
         put("locality_look", name, sum(g["look"]) / edited if edited else None)
         put("locality_category", name, sum(g["category"]) / edited if edited and g["category"] else None)
@@ -731,6 +757,9 @@ def evaluate(data, models: dict, feature_net: FeatureNet, samples: int = 500, se
             "models": {name: {"kind": m.kind, "path": getattr(m, "path", None), "parameters": m.num_parameters}
                        for name, m in models.items()},
             "metrics": metrics, "descriptions": {k: v[0] for k, v in METRICS.items()},
+            "diversity_per_category": per_category,  # {model: {category: value}}; None with one seed
+            "diversity_every_category_above_zero": {name: None if (v := metrics["diversity_min_category"][name]) is None
+                                                    else v > 0 for name in models},
             "better": {k: v[1] for k, v in METRICS.items()}}
 
 
@@ -748,6 +777,7 @@ METRICS = {
     "object_accuracy": ("object accuracy (crop classified as the requested category)", "higher", "{:.3f}"),
     "appearance_accuracy": ("appearance accuracy (same mask painted as each category)", "higher", "{:.3f}"),
     "diversity": ("diversity (mean feature distance, same layout, other seeds)", "higher", "{:.3f}"),
+    "diversity_min_category": ("diversity, least diverse category (object crops)", "higher", "{:.3f}"),
     "locality_look": ("edit locality, new look (mean |change| outside the object)", "lower", "{:.3g}"),
     "locality_category": ("edit locality, new category (mean |change| outside)", "lower", "{:.3g}"),
     "background_purity": ("background purity (share with no object detected)", "higher", "{:.3f}"),
@@ -773,19 +803,39 @@ def format_table(result: dict) -> str:
         lines.append(f"inception: {p['inception']}")
     for name, m in result["models"].items():
         lines.append(f"model {name}: {m['path']} ({m['kind']}, {m['parameters'] / 1e6:.2f}M generator parameters)")
-    rows = [(desc, better) + tuple(_fmt(result["metrics"].get(key, {}).get(c), fmt) for c in columns)
-            for key, (desc, better, fmt) in METRICS.items() if key in result["metrics"]]
+    per = result.get("diversity_per_category") or {}
+    rows = []
+    for key, (desc, better, fmt) in METRICS.items():
+        if key in result["metrics"]:
+            rows.append((desc, better) + tuple(_fmt(result["metrics"][key].get(c), fmt) for c in columns))
+        if key == "diversity_min_category" and per:  # then one row per category (real: no seeds, "-")
+            rows += [(f"diversity, {cat} objects", better) + tuple(_fmt((per.get(c) or {}).get(cat), fmt)
+                                                                   for c in columns) for cat in p["categories"]]
     head = ("metric", "better", *columns)
     widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
     lines.append("")
     for r in [head, *rows]:
         lines.append("  ".join(str(v).ljust(w) if i < 2 else str(v).rjust(w) for i, (v, w) in enumerate(zip(r, widths))))
     lines.append("(- : not meaningful for that column; real = the split's own images, crops and backgrounds)")
+    if per:
+        lines.append("no collapsed category (per-category diversity > 0): " + ", ".join(
+            f"{name} " + _collapse(values) for name, values in per.items()))
     return "\n".join(lines)
 
 
 def _fmt(value, fmt: str) -> str:
     return "-" if value is None else fmt.format(value)
+
+
+def _collapse(per_category: dict | None) -> str:
+    """'yes (min 0.123, rock)' / 'NO (min 0, rock)' from one model's per-category diversity."""
+    if per_category is None:
+        return "- (needs --seeds >= 2)"
+    measured = {c: v for c, v in per_category.items() if v is not None}
+    if not measured:
+        return "- (no counted objects)"
+    cat = min(measured, key=measured.get)
+    return f"{'yes' if measured[cat] > 0 else 'NO'} (min {measured[cat]:.3g}, {cat})"
 
 
 # ----------------------------------------------------------------------------- training the feature network

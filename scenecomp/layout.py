@@ -90,6 +90,16 @@ class Layout:
             self.path = Path(self.path)
 
     @property
+    def image_id(self):
+        """The COCO image id for a layout taken from a COCO file, else None."""
+        return None if self._image is None else self._image[0]
+
+    @property
+    def label(self) -> str:
+        """How the layout is named in messages: its file, and its image for a COCO file."""
+        return f"{self.path or '<layout>'}" + ("" if self._image is None else f": {self._image_label}")
+
+    @property
     def name(self) -> str:
         """Stem for output files: the layout file's stem, or
         ``{json stem}_{image stem}`` for a layout taken from a COCO file."""

@@ -292,17 +292,6 @@ def output_stem(name: str, seed: int) -> str:
     return f"{name}_s{seed:04d}"
 
 
-def _image_id(layout: Layout):
-    image = getattr(layout, "_image", None)
-    return None if image is None else image[0]
-
-
-def _label(layout: Layout) -> str:
-    """How a layout is named in messages: its file, and its image for a COCO file."""
-    image = getattr(layout, "_image", None)
-    return str(layout.path) if image is None else f"{layout.path}: image {image[0]} ({image[1]!r})"
-
-
 @dataclass
 class Plan:
     jobs: list[Job]
@@ -341,17 +330,17 @@ def plan(files, composer: Composer, seeds, out: Path, *, overwrite=False, steps=
                 continue
             name = layout.name
             if name in names:
-                fail(f"{_label(layout)}: output name {name!r} is already taken by {names[name]}; "
+                fail(f"{layout.label}: output name {name!r} is already taken by {names[name]}; "
                      "rename one of them or render them into different folders")
                 continue
-            names[name] = _label(layout)
+            names[name] = layout.label
             empty = [i for i, m in enumerate(masks) if not m.any()]
             if empty:
-                warn(f"{_label(layout)}: object{'s' if len(empty) > 1 else ''} {', '.join(map(str, empty))} "
+                warn(f"{layout.label}: object{'s' if len(empty) > 1 else ''} {', '.join(map(str, empty))} "
                      f"cover{'' if len(empty) > 1 else 's'} no pixel at the model's resolution {R}x{R} "
                      f"(layout size {layout.size[0]}x{layout.size[1]}) and will paint nothing")
             for seed in seeds:
-                job = Job(str(path), item, name, seed, _image_id(layout))
+                job = Job(str(path), item, name, seed, layout.image_id)
                 if not overwrite and _is_done(out, job.stem, done_images, steps, layers):
                     skipped += 1
                     if sha256 is not None and done_images[f"{job.stem}.png"] != sha256:
@@ -388,12 +377,6 @@ class LayoutSource:
         return self._layouts[job.item]
 
 
-def fill_seeds(composer: Composer, layout: Layout, seed: int) -> Layout:
-    """The layout with every seed filled in for sample seed ``seed`` (the rule of
-    `scenecomp.compose`); rendering it gives the same image for any sample seed."""
-    return composer._seeded(layout, seed)
-
-
 def render_padded(composer: Composer, layouts: list[Layout], batch_size: int, steps: bool = False) -> list[Rendering]:
     """`Composer.render_iter` on at most ``batch_size`` seeded layouts in one network
     call of exactly ``batch_size`` (padded with copies of the first layout).
@@ -416,7 +399,7 @@ def render_jobs(composer: Composer, source: LayoutSource, jobs, batch_size: int,
     ready = []
     for i, job in enumerate(jobs):
         try:
-            ready.append((i, fill_seeds(composer, source.get(job), job.seed)))
+            ready.append((i, composer.seeded(source.get(job), job.seed)))
         except LayoutError as e:
             results[i] = e
     try:
@@ -585,7 +568,7 @@ def layout_from_manifest(line: dict) -> Layout:
     rendering it with the line's checkpoint (same device and dtype) gives the image."""
     layouts = load_layouts(line["layout"])
     if "image_id" in line:
-        matches = [layout for layout in layouts if _image_id(layout) == line["image_id"]]
+        matches = [layout for layout in layouts if layout.image_id == line["image_id"]]
         if not matches:
             raise LayoutError(f"no image with id {line['image_id']!r}", line["layout"])
         layout = matches[0]

@@ -14,10 +14,10 @@ import torch
 
 from conftest import compose_config
 from scenecomp.evaluate import (DEFAULT_FEATURES, EDIT_OFFSET, FEATURES_FORMAT, FeatureNet, accuracy, background_purity,
-                                diversity, edit_locality, fill_outside, frechet_distance, illumination_consistency,
-                                illumination_pairs, inception_score, kernel_distance, load_features, main,
-                                noise_batch, object_crops, object_seed, save_features, swap_silhouettes, train_features,
-                                visible_masks)
+                                category_diversity, diversity, edit_locality, evaluate, fill_outside, format_table,
+                                frechet_distance, illumination_consistency, illumination_pairs, inception_score,
+                                kernel_distance, load_features, main, noise_batch, object_crops, object_seed,
+                                save_features, swap_silhouettes, train_features, visible_masks)
 
 ROOT = Path(__file__).resolve().parents[1]
 CATEGORIES = ["tree", "house", "sun", "cloud", "rock"]
@@ -80,6 +80,69 @@ def test_diversity_known_values():
     two = torch.tensor([[[0.0, 0.0], [3.0, 4.0]]])  # one layout, two samples 5 apart
     assert diversity(two) == pytest.approx(5.0)
     assert diversity(torch.zeros(2, 1, 4)) != diversity(torch.zeros(2, 1, 4))  # nan: one seed has no pairs
+
+
+def test_category_diversity_of_object_crops(random_net):
+    """Crop features of objects painted identically under every seed: 0 for every category; repainted: > 0."""
+    images = (smooth_images(6, 0).float() / 127.5 - 1)[:, None].expand(6, 3, 3, 16, 16)  # [objects,seeds,...]
+    masks = torch.zeros(6, 1, 16, 16)
+    masks[:, :, 3:11, 4:12] = 1
+    cats = torch.tensor([0, 1, 2, 0, 1, 2])
+
+    @torch.no_grad()
+    def features(samples):
+        return torch.stack([random_net.object_features(object_crops(samples[:, j], masks, 8)) for j in range(3)], 1)
+
+    same = category_diversity(features(images), cats, 3)
+    assert same == [0.0, 0.0, 0.0]
+    repainted = images + 0.3 * torch.arange(3.0)[None, :, None, None, None]  # each seed another shade
+    assert all(v > 0 for v in category_diversity(features(repainted), cats, 3))
+    assert category_diversity(features(images), cats, 4)[3] != 0  # nan: a category without objects
+    torch.testing.assert_close(random_net.object_head(random_net.object_features(object_crops(images[:, 0], masks, 8))),
+                               random_net.object_logits(object_crops(images[:, 0], masks, 8)))
+
+
+class _Painter:
+    """A stand-in model: every object a flat shade of its category, plus (``vary``) a shift from its noise."""
+
+    kind, layered, z_dim, resolution, num_parameters = "fake", True, 4, 32, 0
+
+    def __init__(self, vary: bool):
+        self.vary = vary
+
+    def to(self, device):
+        return self
+
+    def paint(self, z_bg, z_obj, masks, cats):
+        image = torch.zeros(len(cats), 3, 32, 32)
+        for k in range(cats.shape[1]):
+            shade = torch.linspace(-0.8, 0.8, 5)[cats[:, k], None].expand(-1, 3)
+            shade = shade + 0.3 * z_obj[:, k, :3].tanh() if self.vary else shade
+            image = torch.where(masks[:, k] > 0.5, shade[:, :, None, None], image)
+        return image
+
+    def background(self, z_bg):
+        return torch.zeros(len(z_bg), 3, 32, 32)
+
+
+def test_per_category_diversity_of_models_with_and_without_noise(tiny_shapes):
+    torch.manual_seed(0)
+    net = FeatureNet(num_categories=5, resolution=32, crop_size=16, channels=4, max_channels=8, feature_dim=8).eval()
+    net.categories = CATEGORIES
+    models = {"flat": _Painter(False), "varied": _Painter(True)}
+    result = evaluate(tiny_shapes, models, net, samples=16, seeds=2, batch_size=8)
+    per = result["diversity_per_category"]
+    assert set(per["flat"]) == set(CATEGORIES) and all(v is not None for v in per["flat"].values())
+    assert all(v == 0 for v in per["flat"].values()) and all(v > 0 for v in per["varied"].values())
+    assert result["metrics"]["diversity_min_category"] == {"flat": 0.0, "varied": min(per["varied"].values()),
+                                                           "real": None}
+    assert result["diversity_every_category_above_zero"] == {"flat": False, "varied": True}
+    table = format_table(result)
+    assert "diversity, sun objects" in table and "flat NO (min 0, " in table and "varied yes" in table
+    one = evaluate(tiny_shapes, models, net, samples=4, seeds=1, batch_size=8)
+    assert one["diversity_per_category"] == {"flat": None, "varied": None}
+    assert one["diversity_every_category_above_zero"] == {"flat": None, "varied": None}
+    assert "needs --seeds >= 2" in format_table(one)
 
 
 def test_edit_locality_known_values():
@@ -247,6 +310,14 @@ finally:
     assert m["locality_look"]["baseline"] > 0  # its only noise vector re-sampled: the whole image changes
     assert -1 <= m["illumination"]["real"] <= 1
     assert result["models"]["scenecomp"]["kind"] == "scenecomp"
+    assert set(result["diversity_per_category"]) == {"scenecomp", "baseline"}
+    assert all(set(v) == set(CATEGORIES) for v in result["diversity_per_category"].values())
+    assert m["diversity_min_category"]["real"] is None and set(result["diversity_every_category_above_zero"]) == {
+        "scenecomp", "baseline"}
+    for cat in CATEGORIES:  # one row per category, "-" for real (no seeds)
+        row = next(line for line in table.splitlines() if line.startswith(f"diversity, {cat} objects"))
+        assert row.split()[-1] == "-"
+    assert "no collapsed category (per-category diversity > 0): scenecomp " in table
 
 
 def test_eval_of_a_baseline_alone(tiny_run, capsys):
@@ -255,6 +326,7 @@ def test_eval_of_a_baseline_alone(tiny_run, capsys):
     header = next(line for line in table.splitlines() if line.startswith("metric"))
     assert header.split()[-2:] == ["baseline", "real"] and "scenecomp" not in header
     assert "diversity" in table  # reported as "-" with one seed
+    assert "diversity, rock objects" in table and "baseline - (needs --seeds >= 2)" in table
 
 
 def _error(capsys, argv) -> str:
