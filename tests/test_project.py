@@ -26,3 +26,19 @@ def test_quickstart_main_command_uses_files_in_the_repository():
     for word in main.split():
         if word.startswith("examples/"):
             assert (ROOT / word).exists(), word
+
+
+def test_readme_python_example_runs(tmp_path, monkeypatch):
+    """The README's API block, as written, on the shipped model (it reads a.json and b.json)."""
+    import json
+
+    section = (ROOT / "README.md").read_text().split("## Python API", 1)[1]
+    code = re.findall(r"```python\n(.*?)```", section, flags=re.S)[0]
+    monkeypatch.chdir(tmp_path)
+    for name in ("a", "b"):
+        json.dump({"size": [64, 64], "objects": [{"category": "tree", "bbox": [10, 20, 12, 30]}]},
+                  open(f"{name}.json", "w"))
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert (tmp_path / "scene.png").exists() and (tmp_path / "layers" / "layout.json").exists()
+    assert len(namespace["images"]) == 2 and len(namespace["images"][0]) == 2  # 2 layouts x 2 seeds
