@@ -15,7 +15,7 @@ from scenecomp.render import main as render_main
 from scenecomp.shapes import CATEGORIES, write_dataset
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "layouts"
-ACCURACY_FLOOR = 0.5  # measured value and how it was measured: docs/RESULTS.md
+ACCURACY_FLOOR = 0.75  # measured 0.881 on 500 held-out layouts (docs/RESULTS.md); margin for 48 layouts
 
 
 def test_shipped_files_are_small():

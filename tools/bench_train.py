@@ -37,20 +37,22 @@ class Timer(L.Callback):
     """Counts the FLOPs of the first batch (forward and backward, all stages), then times the batches after the warm-up."""
 
     def __init__(self, warmup: int):
-        self.warmup, self.start, self.batches, self.flops = warmup, None, 0, 0
+        self.warmup, self.start, self.batches, self.flops, self.seen = warmup, None, 0, 0, 0
         self.counter = FlopCounterMode(display=False)
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
-        if batch_idx == 0:
+        if self.seen == 0:
             self.counter.__enter__()
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        if batch_idx == 0:
+        # count batches ourselves: batch_idx restarts every epoch
+        self.seen += 1
+        if self.seen == 1:
             self.counter.__exit__(None, None, None)
             self.flops = self.counter.get_total_flops()
-        if batch_idx + 1 == self.warmup:
+        if self.seen == self.warmup:
             self.start = time.perf_counter()
-        elif batch_idx + 1 > self.warmup:
+        elif self.seen > self.warmup:
             self.batches += 1
 
 

@@ -3,10 +3,15 @@
     python tools/export_bundle.py runs/shapes64/composer.pt --half --out scenecomp/assets/composer.pt
     python tools/export_bundle.py runs/shapes64/checkpoints/last.ckpt --out /tmp/mid_run   # EMA weights of a checkpoint
 
+    python tools/export_bundle.py runs/shapes64/composer.pt --background-from runs/bgmasked/checkpoints/last.ckpt \
+        --out runs/combined/composer.pt      # another run's G_bg with this bundle's G_fg
+
 A ``.ckpt`` (Lightning checkpoint of ``scenecomp-train``) gives the EMA
 generators of every stage it trained: ``OUT/composer.pt`` and/or
 ``OUT/baseline.pt``. A bundle is re-saved as it is (``--half``: float16 weights;
-they load back as float32).
+they load back as float32), or with its background generator taken from the
+EMA G_bg of a background-stage checkpoint (the stages train independently, so
+G_fg does not depend on which G_bg it is paired with).
 """
 from __future__ import annotations
 
@@ -18,26 +23,35 @@ import torch
 from scenecomp.compose import bundle_dict, load_bundle, save_bundle
 
 
+def load_run(path: Path):
+    """The SceneGAN of a ``scenecomp-train`` checkpoint (plain data: loads with ``weights_only=True``)."""
+    from scenecomp.training import SceneGAN
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model = SceneGAN(**state["hyper_parameters"])
+    model.load_state_dict(state["state_dict"])
+    return model
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("source", type=Path, help="a bundle (.pt) or a Lightning checkpoint (.ckpt)")
     ap.add_argument("--out", type=Path, required=True, help="bundle path (from a bundle) or folder (from a .ckpt)")
     ap.add_argument("--half", action="store_true", help="store weights as float16")
+    ap.add_argument("--background-from", type=Path, help="a .ckpt whose EMA G_bg replaces the bundle's")
     args = ap.parse_args()
     if args.source.suffix == ".ckpt":
         from scenecomp.train import write_bundles
-        from scenecomp.training import SceneGAN
 
-        state = torch.load(args.source, map_location="cpu", weights_only=True)
-        model = SceneGAN(**state["hyper_parameters"])
-        model.load_state_dict(state["state_dict"])
         args.out.mkdir(parents=True, exist_ok=True)
-        written = write_bundles(model, args.out, half=args.half)
+        written = write_bundles(load_run(args.source), args.out, half=args.half)
     else:
         from scenecomp.compose import NETWORKS, build_network
 
         data = load_bundle(args.source)
         nets = {name: build_network(data, name, args.source) for name in data["networks"] if name in NETWORKS}
+        if args.background_from:
+            nets["background"] = load_run(args.background_from).g_bg_ema
         save_bundle(args.out, bundle_dict(data["categories"], half=args.half, **nets))
         written = [args.out]
     for path in written:
