@@ -3,8 +3,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from pycocotools import mask as mask_utils
 
 from scenecomp.nets import FiLM, ForegroundGenerator, LayoutGenerator
 from scenecomp.shapes import write_dataset
@@ -31,6 +33,26 @@ def tiny_shapes(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("shapes-tiny")
     write_dataset(folder, count=64, size=32, seed=0)
     return folder / "annotations.json"
+
+
+def compressed_rle(mask) -> dict:
+    """COCO compressed RLE of a 2-D mask, counts as str (as JSON holds it)."""
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": list(rle["size"]), "counts": rle["counts"].decode("ascii")}
+
+
+def uncompressed_rle(mask) -> dict:
+    """COCO's uncompressed RLE (iscrowd format): column-major run lengths, starting with a run of zeros."""
+    flat = mask.astype(np.uint8).flatten(order="F")
+    runs, current, length = [], 0, 0
+    for v in flat:
+        if v == current:
+            length += 1
+        else:
+            runs.append(length)
+            current, length = v, 1
+    runs.append(length)
+    return {"size": list(mask.shape), "counts": runs}
 
 
 def compose_config(overrides: list[str]):

@@ -14,6 +14,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
+from conftest import compressed_rle, uncompressed_rle
 from scenecomp.data import DataError, SceneDataset, main
 
 
@@ -27,25 +28,6 @@ def box_mask(h, w, x0, y0, x1, y1):
     m = np.zeros((h, w), dtype=np.uint8)
     m[y0:y1, x0:x1] = 1
     return m
-
-
-def compressed_rle(mask):
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
-
-
-def uncompressed_rle(mask):
-    """COCO's uncompressed RLE (column-major run lengths starting with zeros)."""
-    flat = mask.astype(np.uint8).flatten(order="F")
-    counts, value, run = [], 0, 0
-    for v in flat:
-        if v == value:
-            run += 1
-        else:
-            counts.append(run)
-            value, run = v, 1
-    counts.append(run)
-    return {"size": list(mask.shape), "counts": counts}
 
 
 def write_coco(root: Path, images, annotations, categories, info=None, write_images=True, name="annotations.json"):

@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from conftest import compressed_rle, uncompressed_rle
 from scenecomp.layout import (Layout, LayoutError, LayoutObject, load_coco_layouts, load_layouts,
                               rasterize)
 
@@ -22,25 +23,6 @@ def write_json(path, data):
 def write_png(path, array):
     Image.fromarray(np.asarray(array, np.uint8)).save(path)
     return path
-
-
-def compressed_rle(mask):
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": list(rle["size"]), "counts": rle["counts"].decode("ascii")}
-
-
-def uncompressed_rle(mask):
-    """Column-major run lengths, starting with a run of zeros (COCO's iscrowd format)."""
-    flat = mask.astype(np.uint8).flatten(order="F")
-    runs, current, length = [], 0, 0
-    for v in flat:
-        if v == current:
-            length += 1
-        else:
-            runs.append(length)
-            current, length = v, 1
-    runs.append(length)
-    return {"size": list(mask.shape), "counts": runs}
 
 
 @pytest.fixture
