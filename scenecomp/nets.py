@@ -134,14 +134,17 @@ class Modulated(nn.Module):
 class LayoutBlock(nn.Module):
     """2x upsampling residual block conditioned on a semantic map and a style vector."""
 
-    def __init__(self, cin: int, cout: int, cond: int, style: int):
+    def __init__(self, cin: int, cout: int, cond: int, style: int, upsample: str = "nearest"):
         super().__init__()
         self.conv1 = Modulated(cin, cout, cond, style)
         self.conv2 = Modulated(cout, cout, cond, style)
         self.skip = nn.Conv2d(cin, cout, 1, bias=False)
+        self.upsample = upsample
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        x = F.interpolate(x, scale_factor=2, mode="nearest")
+        # bilinear: nearest upsampling from 4x4 leaves blocky streaks that the convs must learn to hide
+        x = F.interpolate(x, scale_factor=2, mode=self.upsample, **({} if self.upsample == "nearest" else
+                                                                     {"align_corners": False}))
         return self.skip(x) + self.conv2(self.conv1(x, cond, w), cond, w)
 
 
@@ -159,17 +162,19 @@ class LayoutGenerator(nn.Module):
     """
 
     def __init__(self, z_dim: int = 64, num_categories: int = 5, resolution: int = 64,
-                 channels: int = 32, max_channels: int = 256, style_dim: int = 128):
+                 channels: int = 32, max_channels: int = 256, style_dim: int = 128, upsample: str = "nearest"):
         super().__init__()
+        if upsample not in ("nearest", "bilinear"):
+            raise ValueError(f"upsample must be 'nearest' or 'bilinear', got {upsample!r}")
         self.init_kwargs = dict(z_dim=z_dim, num_categories=num_categories, resolution=resolution,
-                                channels=channels, max_channels=max_channels, style_dim=style_dim)
+                                channels=channels, max_channels=max_channels, style_dim=style_dim, upsample=upsample)
         self.z_dim, self.num_categories, self.resolution = z_dim, num_categories, resolution
         n = _levels(resolution, 4)
         widths = [min(channels * 2 ** (n - i), max_channels) for i in range(n + 1)]  # 4x4 ... res
         self.fc = nn.Linear(z_dim, widths[0] * 16)
         self.mapping = nn.Sequential(nn.Linear(z_dim, style_dim), nn.LeakyReLU(0.2),
                                      nn.Linear(style_dim, style_dim), nn.LeakyReLU(0.2))
-        self.blocks = nn.ModuleList(LayoutBlock(widths[i], widths[i + 1], num_categories, style_dim)
+        self.blocks = nn.ModuleList(LayoutBlock(widths[i], widths[i + 1], num_categories, style_dim, upsample)
                                     for i in range(n))
         self.to_rgb = nn.Conv2d(widths[-1], 3, 3, padding=1)
 
@@ -230,6 +235,33 @@ class ForegroundGenerator(nn.Module):
             x = F.interpolate(x, scale_factor=2, mode="nearest")
             x = F.leaky_relu(film(conv(torch.cat([x, skip], dim=1)), w), 0.2)
         return torch.tanh(self.to_rgb(x))
+
+
+class AppearanceEncoder(nn.Module):
+    """An image's look as a Gaussian in noise space (the cVAE-GAN encoder that teaches a generator by
+    reconstruction).
+
+    ``forward(image [B,C,S,S]) -> (mu [B,z_dim], logvar [B,z_dim])``; for G_fg the input is an
+    object crop ⊕ its mask (C=4), for G_bg a whole background plate (C=3).
+    """
+
+    def __init__(self, in_channels: int = 4, resolution: int = 32, z_dim: int = 64, channels: int = 32,
+                 max_channels: int = 256):
+        super().__init__()
+        self.init_kwargs = dict(in_channels=in_channels, resolution=resolution, z_dim=z_dim, channels=channels,
+                                max_channels=max_channels)
+        self.z_dim, self.resolution = z_dim, resolution
+        n = _levels(resolution, 4)
+        widths = [min(channels * 2 ** i, max_channels) for i in range(n + 1)]
+        layers = [nn.Conv2d(in_channels, widths[0], 3, padding=1), nn.LeakyReLU(0.2)]
+        for i in range(n):
+            layers += [nn.Conv2d(widths[i], widths[i + 1], 4, stride=2, padding=1), nn.LeakyReLU(0.2)]
+        self.trunk = nn.Sequential(*layers)
+        self.head = nn.Linear(widths[-1] * 16, 2 * z_dim)
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, logvar = self.head(self.trunk(image).flatten(1)).float().chunk(2, dim=1)
+        return mu, logvar.clamp(-10, 10)
 
 
 # ----------------------------------------------------------------------------- discriminators

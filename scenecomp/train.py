@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from scenecomp.compose import bundle_dict, save_bundle
 from scenecomp.data import DataError, SceneDataModule
+from scenecomp.precision import training_precision
 from scenecomp.training import PreviewGrid, RankChecksums, SceneGAN
 
 
@@ -63,6 +64,9 @@ def build(cfg: DictConfig) -> tuple[SceneDataModule, SceneGAN, L.Trainer]:
         model = SceneGAN(categories=datamodule.categories, resolution=cfg.data.resolution, **model_cfg)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"model: {e}") from None
+    if cfg.channels_last:
+        model.memory_format = torch.channels_last
+        model.to(memory_format=torch.channels_last)
     if cfg.compile:
         for name in ("g_bg", "g_fg", "g_base"):
             if hasattr(model, name):
@@ -82,7 +86,10 @@ def build(cfg: DictConfig) -> tuple[SceneDataModule, SceneGAN, L.Trainer]:
         loggers.append(L.pytorch.loggers.TensorBoardLogger(out, name="tb", version=""))
     except ImportError:
         pass
-    trainer = L.Trainer(**OmegaConf.to_container(cfg.trainer, resolve=True), default_root_dir=out,
+    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    trainer_cfg["precision"] = training_precision(trainer_cfg.get("precision", "32-true"),
+                                                  trainer_cfg.get("accelerator", "auto"))
+    trainer = L.Trainer(**trainer_cfg, default_root_dir=out,
                         max_steps=cfg.steps * model.optimizer_steps_per_batch, callbacks=callbacks,
                         logger=loggers, log_every_n_steps=cfg.log_every * model.optimizer_steps_per_batch,
                         num_sanity_val_steps=0, limit_val_batches=0, enable_model_summary=False)

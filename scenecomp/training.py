@@ -26,31 +26,35 @@ import torch.nn.functional as F
 from PIL import Image
 
 from scenecomp.compose import paint_layers
-from scenecomp.nets import (ForegroundGenerator, GlobalDiscriminator, LayoutGenerator, ObjectDiscriminator,
+from scenecomp.nets import (AppearanceEncoder, ForegroundGenerator, GlobalDiscriminator, LayoutGenerator, ObjectDiscriminator,
                             composite, crop_objects, layout_map, visible_masks)
 
 STAGES = ("background", "foreground", "baseline")
+BACKGROUND_METHODS = ("plates", "two_head", "masked")
 
 
 # ----------------------------------------------------------------------------- losses
 
 
+# Losses are computed in fp32 whatever the autocast precision of the networks (bf16-mixed).
+
+
 def d_hinge(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
-    return F.relu(1 - real).mean() + F.relu(1 + fake).mean()
+    return F.relu(1 - real.float()).mean() + F.relu(1 + fake.float()).mean()
 
 
 def g_hinge(fake: torch.Tensor) -> torch.Tensor:
-    return -fake.mean()
+    return -fake.float().mean()
 
 
 def r1_penalty(real_score: torch.Tensor, real_input: torch.Tensor) -> torch.Tensor:
-    (grad,) = torch.autograd.grad(real_score.sum(), real_input, create_graph=True)
-    return grad.pow(2).flatten(1).sum(1).mean()
+    (grad,) = torch.autograd.grad(real_score.float().sum(), real_input, create_graph=True)
+    return grad.float().pow(2).flatten(1).sum(1).mean()
 
 
 def feature_matching(real_feats: list[torch.Tensor], fake_feats: list[torch.Tensor]) -> torch.Tensor:
     """L1 between the batch-mean discriminator features of real and fake."""
-    return sum(F.l1_loss(f.mean(0), r.detach().mean(0)) for r, f in zip(real_feats, fake_feats))
+    return sum(F.l1_loss(f.float().mean(0), r.detach().float().mean(0)) for r, f in zip(real_feats, fake_feats))
 
 
 def mode_seeking(a: torch.Tensor, b: torch.Tensor, z_a: torch.Tensor, z_b: torch.Tensor,
@@ -60,15 +64,31 @@ def mode_seeking(a: torch.Tensor, b: torch.Tensor, z_a: torch.Tensor, z_b: torch
     ``1 / (mean |a - b| in mask / mean |z_a - z_b| + eps)``; inpainting GANs
     otherwise learn to ignore their noise.
     """
-    inside = mask.expand_as(a)
+    a, b, inside = a.float(), b.float(), mask.float().expand_as(a)
     image_gap = ((a - b).abs() * inside).flatten(1).sum(1) / inside.flatten(1).sum(1).clamp(min=1)
     noise_gap = (z_a - z_b).abs().mean(1)
     return 1 / ((image_gap / noise_gap).mean() + 1e-5)
 
 
+def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL of ``N(mu, exp(logvar))`` from ``N(0, I)``, summed over dimensions, mean over the batch."""
+    return 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(1).mean()
+
+
+def masked_l1(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference of ``[B,C,H,W]`` images over the pixels where ``mask [B,1,H,W]`` is 1."""
+    diff = (a.float() - b.float()).abs() * mask
+    return diff.sum() / (mask.sum() * a.shape[1]).clamp(min=1)
+
+
+def dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
+    """Grow ``[B,1,H,W]`` binary masks by ``radius`` pixels (a square structuring element)."""
+    return F.max_pool2d(mask, 2 * radius + 1, stride=1, padding=radius) if radius > 0 else mask
+
+
 def agreement(head_b: torch.Tensor, head_a: torch.Tensor, outside: torch.Tensor) -> torch.Tensor:
     """Mean absolute difference of head B from (detached) head A where ``outside`` is 1."""
-    diff = (head_b - head_a.detach()).abs() * outside
+    diff = (head_b.float() - head_a.detach().float()).abs() * outside
     return diff.sum() / (outside.sum() * head_b.shape[1]).clamp(min=1)
 
 
@@ -96,13 +116,16 @@ class SceneGAN(L.LightningModule):
     def __init__(self, categories: list[str], resolution: int = 64, z_dim: int = 64,
                  stages: list[str] = ("background", "foreground"),
                  background: dict | None = None, foreground: dict | None = None,
-                 global_disc: dict | None = None, object_disc: dict | None = None,
+                 global_disc: dict | None = None, object_disc: dict | None = None, encoder: dict | None = None,
+                 plate: dict | None = None,
                  lr_g: float = 2e-4, lr_d: float = 2e-4, betas: tuple[float, float] = (0.0, 0.99),
-                 background_method: str = "two_head", agreement_weight: float = 10.0, object_weight: float = 1.0, fm_weight: float = 0.0,
-                 r1_gamma: float = 0.0, ms_weight: float = 0.0, ema_decay: float = 0.999, min_visible: float = 0.003):
+                 background_method: str = "plates", agreement_weight: float = 10.0, object_weight: float = 1.0,
+                 fm_weight: float = 0.0, r1_gamma: float = 0.0, ms_weight: float = 0.0, rec_weight: float = 10.0,
+                 kl_weight: float = 0.01, generated_canvas: float = 0.5, plate_dilate: int = 1,
+                 ema_decay: float = 0.999, min_visible: float = 0.003):
         super().__init__()
-        if background_method not in ("two_head", "masked"):
-            raise ValueError(f"background_method must be 'two_head' or 'masked', got {background_method!r}")
+        if background_method not in BACKGROUND_METHODS:
+            raise ValueError(f"background_method must be one of {list(BACKGROUND_METHODS)}, got {background_method!r}")
         unknown = set(stages) - set(STAGES)
         if unknown or not stages:
             raise ValueError(f"stages must be a non-empty subset of {list(STAGES)}, got {list(stages)}")
@@ -114,20 +137,33 @@ class SceneGAN(L.LightningModule):
         common = dict(num_categories=C, resolution=resolution)
         if "background" in self.stages:
             self.g_bg = LayoutGenerator(z_dim=z_dim, **common, **(background or {}))
-            # the masked method's discriminator sees the image and the union of the objects' masks
-            d_cats = C if background_method == "two_head" else 1
+            # two_head: D sees image ⊕ layout; masked: image ⊕ union of the masks; plates: the image alone
+            d_cats = {"two_head": C, "masked": 1, "plates": 0}[background_method]
             self.d_bg = GlobalDiscriminator(num_categories=d_cats, resolution=resolution, **(global_disc or {}))
             self.g_bg_ema = copy.deepcopy(self.g_bg).eval().requires_grad_(False)
+            if background_method == "plates":
+                # a background inpainter (one category, no noise) that removes the objects from real images
+                self.g_plate = ForegroundGenerator(z_dim=z_dim, num_categories=1, resolution=resolution,
+                                                   **(plate or foreground or {}))
+                self.g_plate_ema = copy.deepcopy(self.g_plate).eval().requires_grad_(False)
+                self.e_bg = AppearanceEncoder(3, resolution, z_dim, **(encoder or {}))
         if "foreground" in self.stages:
             self.g_fg = ForegroundGenerator(z_dim=z_dim, **common, **(foreground or {}))
-            self.d_fg = GlobalDiscriminator(**common, **(global_disc or {}))
             self.d_obj = ObjectDiscriminator(num_categories=C, crop_size=resolution // 2, **(object_disc or {}))
+            self.e_fg = AppearanceEncoder(4, resolution // 2, z_dim, **(encoder or {}))
             self.g_fg_ema = copy.deepcopy(self.g_fg).eval().requires_grad_(False)
         if "baseline" in self.stages:
             self.g_base = LayoutGenerator(z_dim=z_dim, **common, **(background or {}))
             self.d_base = GlobalDiscriminator(**common, **(global_disc or {}))
             self.g_base_ema = copy.deepcopy(self.g_base).eval().requires_grad_(False)
         self.preview: dict | None = None
+
+    # ``build`` switches to channels_last where that layout makes the CPU's (or GPU's) convolutions faster
+    memory_format = torch.contiguous_format
+
+    def on_after_batch_transfer(self, batch, dataloader_idx):
+        batch["image"] = batch["image"].contiguous(memory_format=self.memory_format)
+        return batch
 
     @property
     def optimizer_steps_per_batch(self) -> int:
@@ -145,10 +181,13 @@ class SceneGAN(L.LightningModule):
         opts = []
         for stage in self.stages:
             if stage == "background":
-                opts += [adam(self.g_bg.parameters(), self.hparams.lr_g), adam(self.d_bg.parameters(), self.hparams.lr_d)]
+                # with plates the inpainter and the encoder share G_bg's optimiser: their losses touch disjoint weights
+                extra = [*self.g_plate.parameters(), *self.e_bg.parameters()] if hasattr(self, "g_plate") else []
+                opts += [adam([*self.g_bg.parameters(), *extra], self.hparams.lr_g),
+                         adam(self.d_bg.parameters(), self.hparams.lr_d)]
             elif stage == "foreground":
-                opts += [adam(self.g_fg.parameters(), self.hparams.lr_g),
-                         adam([*self.d_fg.parameters(), *self.d_obj.parameters()], self.hparams.lr_d)]
+                opts += [adam([*self.g_fg.parameters(), *self.e_fg.parameters()], self.hparams.lr_g),
+                         adam(self.d_obj.parameters(), self.hparams.lr_d)]
             else:
                 opts += [adam(self.g_base.parameters(), self.hparams.lr_g), adam(self.d_base.parameters(), self.hparams.lr_d)]
         return opts
@@ -242,43 +281,102 @@ class SceneGAN(L.LightningModule):
         ema_update(self.g_bg_ema, self.g_bg, self.hparams.ema_decay, self.batches_done)
         return logs
 
-    def _foreground_stage(self, g_opt, d_opt, x, seg, masks, cats, valid):
-        """Blank one visible object per image and repaint it; other objects stay in the canvas."""
+    def plates(self, x: torch.Tensor, union: torch.Tensor) -> torch.Tensor:
+        """Real images with their (dilated) objects painted out by the EMA background inpainter: ``[B,3,H,W]``."""
+        hole = dilate(union, self.hparams.plate_dilate)
+        zeros = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        filled = self.g_plate_ema(x.new_zeros(x.shape[0], self.z_dim), zeros, hole, x * (1 - hole))
+        return composite(x, filled, hole)
+
+    def _plates_background_stage(self, g_opt, d_opt, x, union):
+        """Background from clean plates, with no background-only data.
+
+        The inpainter learns to fill object-shaped holes (another image's masks) where this image
+        shows no object, by L1 against the real pixels; its EMA then paints the objects out of each
+        real image. G_bg learns those plates as a cVAE-GAN: the encoder's z reconstructs a plate
+        (L1 + KL, the fast teacher) while z from the prior is judged by D_bg against plates.
+        """
+        hp = self.hparams
+        B = x.shape[0]
+        taken = dilate(union, hp.plate_dilate)
+        hole = taken.roll(1, dims=0) * (1 - taken)  # object shapes where this image shows background
+        with torch.no_grad():
+            plate = self.plates(x, union)
+        empty = x.new_zeros(B, 0, *x.shape[2:])
+        z = torch.randn(B, self.z_dim, device=x.device)
+
+        def d_loss():
+            with torch.no_grad():
+                fake = self.g_bg(z)
+            return self._d_loss(self.d_bg, (plate, empty), (fake, empty), "bg")
+
+        def g_loss():
+            zeros = torch.zeros(B, dtype=torch.long, device=x.device)
+            filled = self.g_plate(x.new_zeros(B, self.z_dim), zeros, hole, x * (1 - hole))
+            plate_l1 = masked_l1(filled, x, hole)
+            mu, logvar = self.e_bg(plate)
+            rec = self.g_bg(mu + torch.randn_like(mu) * (0.5 * logvar).exp())
+            rec_l1, kl = (rec.float() - plate.float()).abs().mean(), kl_divergence(mu, logvar)
+            adv = self._g_loss(self.d_bg, (plate, empty), (self.g_bg(z), empty))
+            loss = plate_l1 + adv + hp.rec_weight * rec_l1 + hp.kl_weight * kl
+            return loss, {"plate/l1": plate_l1.detach(), "bg/g": adv.detach(), "bg/rec_l1": rec_l1.detach(),
+                          "bg/kl": kl.detach()}
+
+        logs = self._step(g_opt, d_opt, d_loss, g_loss)
+        ema_update(self.g_bg_ema, self.g_bg, hp.ema_decay, self.batches_done)
+        ema_update(self.g_plate_ema, self.g_plate, hp.ema_decay, self.batches_done)
+        return logs
+
+    def _foreground_stage(self, g_opt, d_opt, x, masks, cats, valid):
+        """Blank one visible object per image and repaint it, as a cVAE-GAN.
+
+        With z from the encoder of the real object's crop, G_fg reconstructs it (L1 inside the mask
+        + KL): the fast teacher of texture and light. With z from the prior it paints into either
+        the real canvas or, for a share ``generated_canvas`` of the rows, a background from the EMA
+        G_bg (what it sees when composing), judged by the object discriminator on crops.
+        """
         hp = self.hparams
         vis = visible_masks(masks)
         eligible = valid & (vis.flatten(2).mean(2) >= hp.min_visible)
         rows = eligible.any(1).nonzero().squeeze(1)
-        if rows.numel() == 0:
+        if rows.numel() == 0:  # still step both optimisers (with no gradient), so batches count exactly
+            g_opt.zero_grad(set_to_none=True), d_opt.zero_grad(set_to_none=True)
+            g_opt.step(), d_opt.step()
             return {}
         idx = torch.multinomial(eligible[rows].float(), 1).squeeze(1)
-        x, seg = x[rows], seg[rows]
+        x = x[rows]
         m, c = vis[rows, idx], cats[rows, idx]
-        z = torch.randn(rows.numel(), self.z_dim, device=x.device)
+        n = rows.numel()
+        z = torch.randn(n, self.z_dim, device=x.device)
+        canvas = x
+        if hasattr(self, "g_bg_ema") and hp.generated_canvas > 0:
+            use = torch.rand(n, device=x.device) < hp.generated_canvas
+            with torch.no_grad():
+                generated = self.g_bg_ema(torch.randn(n, self.z_dim, device=x.device)).to(x.dtype)
+            canvas = torch.where(use[:, None, None, None], generated, x)
         S = self.d_obj.crop_size
-
-        def fake_image():
-            return composite(x, self.g_fg(z, c, m, x * (1 - m)), m)
 
         def crops(img):
             return crop_objects(torch.cat([img, m], 1), m, S), c
 
         def d_loss():
             with torch.no_grad():
-                fake = fake_image()
-            lg, logs = self._d_loss(self.d_fg, (x, seg), (fake, seg), "fg_global")
-            lo, logs_o = self._d_loss(self.d_obj, crops(x), crops(fake), "fg_object")
-            return lg + lo, {**logs, **logs_o}
+                fake = composite(canvas, self.g_fg(z, c, m, canvas * (1 - m)), m)
+            return self._d_loss(self.d_obj, crops(x), crops(fake), "fg_object")
 
         def g_loss():
-            painted = self.g_fg(z, c, m, x * (1 - m))
-            fake = composite(x, painted, m)
-            lg = self._g_loss(self.d_fg, (x, seg), (fake, seg))
-            lo = self._g_loss(self.d_obj, crops(x), crops(fake))
-            loss = lg + hp.object_weight * lo
-            logs = {"fg_global/g": lg.detach(), "fg_object/g": lo.detach()}
+            painted = self.g_fg(z, c, m, canvas * (1 - m))
+            lo = self._g_loss(self.d_obj, crops(x), crops(composite(canvas, painted, m)))
+            loss, logs = hp.object_weight * lo, {"fg_object/g": lo.detach()}
+            if hp.rec_weight > 0:
+                mu, logvar = self.e_fg(crops(x)[0])
+                rec = self.g_fg(mu + torch.randn_like(mu) * (0.5 * logvar).exp(), c, m, x * (1 - m))
+                rec_l1, kl = masked_l1(rec, x, m), kl_divergence(mu, logvar)
+                loss = loss + hp.rec_weight * rec_l1 + hp.kl_weight * kl
+                logs |= {"fg/rec_l1": rec_l1.detach(), "fg/kl": kl.detach()}
             if hp.ms_weight > 0:
                 z2 = torch.randn_like(z)
-                ms = mode_seeking(painted, self.g_fg(z2, c, m, x * (1 - m)), z, z2, m)
+                ms = mode_seeking(painted, self.g_fg(z2, c, m, canvas * (1 - m)), z, z2, m)
                 loss = loss + hp.ms_weight * ms
                 logs["fg/mode_seeking"] = ms.detach()
             return loss, logs
@@ -298,13 +396,15 @@ class SceneGAN(L.LightningModule):
         logs = {}
         for stage in self.stages:
             g_opt, d_opt = next(opts), next(opts)
-            if stage == "background" and self.hparams.background_method == "masked":
+            if stage == "background" and self.hparams.background_method == "plates":
+                logs |= self._plates_background_stage(g_opt, d_opt, x, union)
+            elif stage == "background" and self.hparams.background_method == "masked":
                 logs |= self._masked_background_stage(g_opt, d_opt, x, union)
             elif stage == "background":
                 logs |= self._layout_stage(self.g_bg, self.d_bg, self.g_bg_ema, g_opt, d_opt, x, seg, union,
                                            "bg", self.hparams.agreement_weight)
             elif stage == "foreground":
-                logs |= self._foreground_stage(g_opt, d_opt, x, seg, masks, cats, valid)
+                logs |= self._foreground_stage(g_opt, d_opt, x, masks, cats, valid)
             else:
                 logs |= self._layout_stage(self.g_base, self.d_base, self.g_base_ema, g_opt, d_opt, x, seg, union,
                                            "base", 0.0)
@@ -332,6 +432,8 @@ class SceneGAN(L.LightningModule):
         if "background" in self.stages:
             if self.hparams.background_method == "two_head":
                 rows.append(self.g_bg_ema(z, seg))
+            if self.hparams.background_method == "plates":
+                rows.append(self.plates(x, masks.amax(1)))
             rows.append(self.g_bg_ema(z))
         if "foreground" in self.stages:
             top = masks.flatten(2).amax(2).cumsum(1).argmax(1)  # each image's last real object: never covered

@@ -1,52 +1,51 @@
-"""Training speed of an experiment on this machine: batches/s, samples/s and the share of fp32 matmul peak.
+"""Training speed on this machine, for several precisions and memory formats in one run.
 
-    python tools/bench_train.py                       # experiment=shapes64, 30 timed batches
-    python tools/bench_train.py --batches 50 --override model.foreground.channels=24
+    python tools/bench_train.py                               # experiment=shapes64: bf16 vs fp32, NCHW vs channels_last
+    python tools/bench_train.py --batches 50 --variants bf16-mixed:cl 32-true:nchw
+    python tools/bench_train.py --experiment tiny --batches 2 --warmup 1     # smoke test
+    python tools/bench_train.py --profile                     # also: the ops that take the time (default variant)
 
-Generates a small Shapes set in a temporary folder, runs the real
-``scenecomp-train`` code path (Hydra compose + Lightning ``Trainer.fit``), times
-the batches after a warm-up, counts one batch's FLOPs with
-``torch.utils.flop_counter`` and compares the achieved rate with a 2048² fp32
-matmul measured in the same process.
+Generates a small Shapes set in a temporary folder and, for each variant
+(``PRECISION:cl`` or ``PRECISION:nchw``), runs the real ``scenecomp-train`` code
+path (Hydra compose + ``build`` + Lightning ``Trainer.fit``), times the batches
+after a warm-up and counts one batch's FLOPs (all stages, forward and backward)
+with ``torch.utils.flop_counter``. Rates are printed as fractions of the bf16
+and fp32 2048² matmul rates measured in the same process, and every variant
+as a ratio to the first ``32-true`` one.
 """
 from __future__ import annotations
 
 import argparse
 import tempfile
 import time
-from pathlib import Path
 
 import lightning as L
 import torch
 from hydra import compose, initialize_config_dir
+from peak import Peak
 from torch.utils.flop_counter import FlopCounterMode
 
 from scenecomp.train import CONF, build
 
-
-def matmul_gflops(n: int = 2048, reps: int = 10) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    t = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    return 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
+DEFAULT_VARIANTS = ["32-true:nchw", "32-true:cl", "bf16-mixed:nchw", "bf16-mixed:cl"]
 
 
 class Timer(L.Callback):
-    """Counts the FLOPs of the first batch (forward and backward, all stages), then times the batches after the warm-up."""
+    """Counts the FLOPs of the first batch, then times the batches after the warm-up."""
 
-    def __init__(self, warmup: int):
+    def __init__(self, warmup: int, profile: bool):
         self.warmup, self.start, self.batches, self.flops, self.seen = warmup, None, 0, 0, 0
         self.counter = FlopCounterMode(display=False)
+        self.profiler = torch.profiler.profile() if profile else None
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
         if self.seen == 0:
             self.counter.__enter__()
+        if self.profiler and self.seen == self.warmup:
+            self.profiler.__enter__()
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        # count batches ourselves: batch_idx restarts every epoch
-        self.seen += 1
+        self.seen += 1  # count batches ourselves: batch_idx restarts every epoch
         if self.seen == 1:
             self.counter.__exit__(None, None, None)
             self.flops = self.counter.get_total_flops()
@@ -55,37 +54,64 @@ class Timer(L.Callback):
         elif self.seen > self.warmup:
             self.batches += 1
 
+    def on_train_end(self, trainer, module):
+        self.seconds = time.perf_counter() - self.start
+        if self.profiler:
+            self.profiler.__exit__(None, None, None)
 
-def main() -> None:
+
+def run_variant(args, tmp: str, precision: str, layout: str) -> tuple[dict, Timer]:
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose("train", overrides=[
+            f"experiment={args.experiment}", f"out={tmp}/run-{precision}-{layout}",
+            f"data.train={tmp}/data/annotations.json", "data.val=null", "data.generate.train_count=256",
+            "data.generate.val_count=0", f"steps={args.batches + args.warmup}", "preview_every=0",
+            "checkpoint_every=100000", "trainer.enable_progress_bar=false", "trainer.accelerator=cpu",
+            f"trainer.precision={precision}", f"channels_last={layout == 'cl'}", *args.override])
+    L.seed_everything(0, verbose=False)
+    datamodule, model, trainer = build(cfg)
+    timer = Timer(args.warmup, args.profile)
+    trainer.callbacks.append(timer)
+    trainer.fit(model, datamodule=datamodule)
+    rate = timer.batches / timer.seconds
+    info = dict(stages=model.stages, batch=cfg.data.batch_size, resolution=cfg.data.resolution,
+                precision=trainer.precision, rate=rate, steps_per_batch=model.optimizer_steps_per_batch,
+                params={n: sum(p.numel() for p in getattr(model, n).parameters()) / 1e6
+                        for n in ("g_bg", "d_bg", "g_fg", "d_fg", "d_obj", "g_base", "d_base", "g_plate")
+                        if hasattr(model, n)})
+    return info, timer
+
+
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--experiment", default="shapes64")
-    ap.add_argument("--batches", type=int, default=30)
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--override", nargs="*", default=[])
-    args = ap.parse_args()
-    peak = matmul_gflops()
+    ap.add_argument("--batches", type=int, default=20, help="timed batches per variant (default 20)")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed batches first (default 3)")
+    ap.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, metavar="PRECISION:{cl,nchw}")
+    ap.add_argument("--override", nargs="*", default=[], help="more Hydra overrides, e.g. model.foreground.channels=24")
+    ap.add_argument("--profile", action="store_true", help="print the top ops of the first variant's timed batches")
+    args = ap.parse_args(argv)
+    peak = Peak.measure()
+    print(peak)
+    results = []
     with tempfile.TemporaryDirectory() as tmp:
-        with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-            cfg = compose("train", overrides=[
-                f"experiment={args.experiment}", f"out={tmp}/run", f"data.train={tmp}/data/annotations.json",
-                "data.val=null", "data.generate.train_count=256", "data.generate.val_count=0",
-                f"steps={args.batches + args.warmup}", "preview_every=0", "checkpoint_every=100000",
-                "trainer.enable_progress_bar=false", *args.override])
-        datamodule, model, trainer = build(cfg)
-        timer = Timer(args.warmup)
-        trainer.callbacks.append(timer)
-        trainer.fit(model, datamodule=datamodule)
-        seconds = time.perf_counter() - timer.start
-    flops = timer.flops
-    bs = cfg.data.batch_size
-    rate = timer.batches / seconds
-    params = {name: sum(p.numel() for p in getattr(model, name).parameters()) / 1e6
-              for name in ("g_bg", "d_bg", "g_fg", "d_fg", "d_obj", "g_base", "d_base") if hasattr(model, name)}
-    print(f"experiment={args.experiment} stages={model.stages} batch={bs} resolution={cfg.data.resolution}")
-    print("parameters (M): " + ", ".join(f"{k} {v:.2f}" for k, v in params.items()))
-    print(f"batches/s {rate:.2f}   samples/s {rate * bs:.1f}   optimiser steps/s {rate * model.optimizer_steps_per_batch:.2f}")
-    print(f"GFLOP per batch {flops / 1e9:.1f}   achieved {flops * rate / 1e9:.1f} GFLOP/s")
-    print(f"fp32 matmul peak (2048^2, same process) {peak:.1f} GFLOP/s   fraction of peak {flops * rate / 1e9 / peak:.2f}")
+        for variant in args.variants:
+            precision, _, layout = variant.partition(":")
+            if layout not in ("cl", "nchw"):
+                ap.error(f"--variants: {variant!r} is not PRECISION:cl or PRECISION:nchw")
+            info, timer = run_variant(args, tmp, precision, layout)
+            results.append((variant, info, timer))
+            if args.profile and len(results) == 1:
+                print(timer.profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+    variant, info, _ = results[0]
+    print(f"experiment={args.experiment} stages={info['stages']} batch={info['batch']} resolution={info['resolution']}")
+    print("parameters (M): " + ", ".join(f"{k} {v:.2f}" for k, v in info["params"].items()))
+    reference = next((r for r in results if r[0].startswith("32")), results[0])
+    for variant, info, timer in results:
+        gflops = timer.flops * info["rate"] / 1e9
+        print(f"{variant:16s} (ran as {info['precision']}): {info['rate']:.2f} batches/s, "
+              f"{info['rate'] * info['batch']:.1f} samples/s, {timer.flops / 1e9:.1f} GFLOP/batch, "
+              f"{peak.describe(gflops)}; {info['rate'] / reference[1]['rate']:.2f}x {reference[0]}")
 
 
 if __name__ == "__main__":

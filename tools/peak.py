@@ -1,0 +1,48 @@
+"""This machine's own matrix-multiply rates, the yardstick every ``tools/bench_*.py`` reports against.
+
+    from peak import Peak
+    peak = Peak.measure(device)          # fp32 and bf16 n x n matmul, GFLOP/s, in this process
+    print(peak.describe(achieved))       # "123.4 GFLOP/s = 0.15 of bf16 matmul, 0.66 of fp32 matmul"
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+
+
+def matmul_gflops(device: torch.device, dtype: torch.dtype, n: int = 2048, seconds: float = 1.0) -> float:
+    """Median rate of ``a @ b`` for n x n matrices (2n^3 FLOPs each) over about ``seconds``."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for _ in range(2):
+        a @ b
+    rates, end = [], time.perf_counter() + seconds
+    while time.perf_counter() < end or len(rates) < 3:
+        sync()
+        t = time.perf_counter()
+        a @ b
+        sync()
+        rates.append(2 * n**3 / (time.perf_counter() - t) / 1e9)
+    return statistics.median(rates)
+
+
+@dataclass
+class Peak:
+    fp32: float
+    bf16: float
+
+    @classmethod
+    def measure(cls, device="cpu", n: int = 2048, seconds: float = 1.0) -> Peak:
+        device = torch.device(device)
+        return cls(matmul_gflops(device, torch.float32, n, seconds), matmul_gflops(device, torch.bfloat16, n, seconds))
+
+    def __str__(self) -> str:
+        return (f"matmul 2048^2 in this process: fp32 {self.fp32:.1f} GFLOP/s, bf16 {self.bf16:.1f} GFLOP/s "
+                f"({self.bf16 / self.fp32:.1f}x)")
+
+    def describe(self, gflops: float) -> str:
+        return f"{gflops:.1f} GFLOP/s = {gflops / self.bf16:.2f} of bf16 matmul, {gflops / self.fp32:.2f} of fp32 matmul"
