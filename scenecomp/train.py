@@ -117,6 +117,10 @@ for message in (".*module\\(s\\) in eval mode.*", ".*no pre-optimization state w
 
 
 def run(cfg: DictConfig) -> list[Path]:
+    if cfg.threads:
+        # on a shared machine one thread per run beats two: each parallel region of a 2-thread run
+        # waits for a core that another process holds, and a GAN step has thousands of small ones
+        torch.set_num_threads(cfg.threads)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule, model, trainer = build(cfg)
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)

@@ -121,7 +121,7 @@ class SceneGAN(L.LightningModule):
                  lr_g: float = 2e-4, lr_d: float = 2e-4, betas: tuple[float, float] = (0.0, 0.99),
                  background_method: str = "plates", agreement_weight: float = 10.0, object_weight: float = 1.0,
                  fm_weight: float = 0.0, r1_gamma: float = 0.0, ms_weight: float = 0.0, rec_weight: float = 10.0,
-                 kl_weight: float = 0.01, generated_canvas: float = 0.5, plate_dilate: int = 1,
+                 kl_weight: float = 0.01, generated_canvas: float = 0.5, plate_dilate: int = 1, bg_rec_pool: int = 1,
                  ema_decay: float = 0.999, min_visible: float = 0.003):
         super().__init__()
         if background_method not in BACKGROUND_METHODS:
@@ -316,7 +316,10 @@ class SceneGAN(L.LightningModule):
             plate_l1 = masked_l1(filled, x, hole)
             mu, logvar = self.e_bg(plate)
             rec = self.g_bg(mu + torch.randn_like(mu) * (0.5 * logvar).exp())
-            rec_l1, kl = (rec.float() - plate.float()).abs().mean(), kl_divergence(mu, logvar)
+            # compared after average pooling, L1 teaches the layout and colours (horizon, sky, ground)
+            # without pulling grain and stars towards their blurred mean: those are D_bg's to teach
+            gap = F.avg_pool2d(rec.float() - plate.float(), hp.bg_rec_pool)
+            rec_l1, kl = gap.abs().mean(), kl_divergence(mu, logvar)
             adv = self._g_loss(self.d_bg, (plate, empty), (self.g_bg(z), empty))
             loss = plate_l1 + adv + hp.rec_weight * rec_l1 + hp.kl_weight * kl
             return loss, {"plate/l1": plate_l1.detach(), "bg/g": adv.detach(), "bg/rec_l1": rec_l1.detach(),

@@ -153,3 +153,79 @@ def test_empty_folder_is_a_clear_error(tiny_config, tmp_path):
 def test_tiny_experiment_on_gpu_with_bf16(tiny_config):
     written = run(tiny_config("trainer=gpu"))
     assert written and written[0].exists()
+
+
+# ----------------------------------------------------------------------------- precision and the cVAE-GAN stages
+
+
+def test_bf16_falls_back_to_fp32_on_cpus_without_native_bf16(monkeypatch):
+    import scenecomp.precision as precision
+
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: False)
+    with pytest.warns(UserWarning, match="no native bf16"):
+        assert precision.training_precision("bf16-mixed", "cpu") == "32-true"
+    assert precision.training_precision("32-true", "cpu") == "32-true"
+    assert precision.training_precision("bf16-mixed", "gpu") == "bf16-mixed"  # GPUs decide for themselves
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: True)
+    assert precision.training_precision("bf16-mixed", "cpu") == "bf16-mixed"
+    assert precision.auto_dtype("cpu") == torch.bfloat16
+
+
+def test_default_cpu_trainer_is_bf16_in_channels_last(tiny_config):
+    cfg = tiny_config()
+    assert cfg.trainer.precision == "bf16-mixed" and cfg.channels_last
+    datamodule, model, trainer = build(cfg)
+    from scenecomp.precision import cpu_has_fast_bf16
+
+    assert trainer.precision == ("bf16-mixed" if cpu_has_fast_bf16() else "32-true")
+    assert model.g_bg.to_rgb.weight.is_contiguous(memory_format=torch.channels_last)
+    batch = model.on_after_batch_transfer({"image": torch.zeros(2, 3, 8, 8)}, 0)
+    assert batch["image"].is_contiguous(memory_format=torch.channels_last)
+
+
+def test_vae_losses_have_their_known_values():
+    from scenecomp.training import dilate, kl_divergence, masked_l1
+
+    assert kl_divergence(torch.zeros(4, 8), torch.zeros(4, 8)).item() == 0  # the prior itself
+    mu = torch.full((2, 3), 2.0)
+    assert kl_divergence(mu, torch.zeros(2, 3)).item() == pytest.approx(0.5 * 4 * 3)
+    a, b = torch.zeros(1, 3, 4, 4), torch.ones(1, 3, 4, 4)
+    b[..., :2, :] = 5  # outside the mask: must not count
+    mask = torch.zeros(1, 1, 4, 4)
+    mask[..., 2:, :] = 1
+    assert masked_l1(a, b, mask).item() == 1
+    dot = torch.zeros(1, 1, 5, 5)
+    dot[..., 2, 2] = 1
+    assert dilate(dot, 1).sum().item() == 9 and torch.equal(dilate(dot, 0), dot)
+
+
+def test_plates_keep_every_pixel_outside_the_dilated_objects(tiny_config):
+    cfg = tiny_config()
+    datamodule, model, trainer = build(cfg)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    union = torch.zeros(2, 1, 32, 32)
+    union[:, :, 10:14, 10:14] = 1
+    with torch.no_grad():
+        plate = model.plates(x, union)
+    outside = model.hparams.plate_dilate
+    keep = torch.ones_like(union, dtype=torch.bool)
+    keep[:, :, 10 - outside:14 + outside, 10 - outside:14 + outside] = False
+    assert torch.equal(plate.expand_as(x)[keep.expand_as(x)], x[keep.expand_as(x)])
+    assert not torch.equal(plate, x)
+
+
+def test_foreground_stage_counts_a_batch_without_eligible_objects(tiny_config):
+    """Batches are counted from optimiser steps, so a stage must step even when it has nothing to learn."""
+    datamodule, model, trainer = build(tiny_config("steps=2"))
+    steps = []
+
+    class NoEligibleObject(L.Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            batch["valid"][:] = False
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            steps.append(trainer.global_step)
+
+    trainer.callbacks.append(NoEligibleObject())
+    trainer.fit(model, datamodule=datamodule)
+    assert steps == [4, 8] and model.batches_done == 2
