@@ -51,8 +51,10 @@ every network call follows one rule (`call_size`):
   call of n images is padded with copies to the next multiple of 8 (never
   beyond ``--batch-size``): one image costs 8, not ``--batch-size``. oneDNN's
   CPU kernels give a sample the same bits at every batch that is a multiple of
-  8 (measured on AVX512/AMX CPUs, bf16 and float32 channels_last, 1 and 2
-  threads; smaller batches differ by about 1e-6 in float32);
+  8: measured on this project's AVX512-BF16 CPU with the channels_last
+  networks `Composer` runs (bf16 and float32, 1 and 2 threads, batches 8 to
+  72; smaller float32 batches differ by about 1e-6, and so did float32 NCHW
+  batches of 8 and 16 on one thread). ``tests/test_render.py`` checks it;
 - otherwise (another ``--batch-size``, or a GPU, whose kernels were not
   measured) every call is padded to exactly ``--batch-size``.
 
