@@ -8,7 +8,8 @@
 
 Reports, in one process:
 
-1. the machine's bf16 and fp32 matmul rates (``tools/peak.py``), the yardstick;
+1. the machine's bf16 and fp32 matmul rates (``tools/peak.py``), the yardstick,
+   measured once per round between the timings below (medians reported);
 2. the model's FLOPs per image (64x64 layouts with ``--objects`` objects),
    counted with ``torch.utils.flop_counter.FlopCounterMode`` over a real
    batch: the background generator plus one foreground call per object;
@@ -19,9 +20,10 @@ Reports, in one process:
    matmul rates, and each dtype's speed as a ratio to the last one's;
 4. the scenecomp-render command line on ``--cli-layouts`` layout files written
    to a temporary folder (a bundle of the same networks; PNGs, manifest and
-   all), once per dtype: images/s, the ratio between dtypes, and the peak
-   resident memory of that process; then (from 10 layouts up) the first dtype
-   again on a tenth as many, to show that memory does not grow with their number.
+   all) and on a tenth as many, dtypes taking turns: images/s, the ratio
+   between dtypes, the rate without start-up (the extra images over the extra
+   time), and the peak resident memory of each process (flat in the number of
+   layouts).
 
 ``--compile`` adds a variant of the first dtype with both generators compiled
 (``torch.compile``, inductor) to the in-process figures, its compile time
@@ -72,24 +74,17 @@ def random_layouts(count: int, objects: int, size: int, categories, seed: int = 
     return layouts
 
 
-def images_per_second(composer: Composer, layouts: list[Layout], batch_size: int, profile: bool = False) -> float:
+def images_per_second(composer: Composer, layouts: list[Layout], batch_size: int) -> float:
     """Rate of `render_padded` over ``layouts``, ``batch_size`` at a time, after one warm-up call."""
     sync = torch.cuda.synchronize if composer.device.type == "cuda" else (lambda: None)
     seeded = [composer.seeded(layout, i) for i, layout in enumerate(layouts)]
     render_padded(composer, seeded[:batch_size], batch_size)  # warm-up
-    profiler = torch.profiler.profile() if profile else None
-    if profiler:
-        profiler.__enter__()
     sync()
     t = time.perf_counter()
     for start in range(0, len(seeded), batch_size):
         render_padded(composer, seeded[start:start + batch_size], batch_size)
     sync()
-    seconds = time.perf_counter() - t
-    if profiler:
-        profiler.__exit__(None, None, None)
-        print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
-    return len(seeded) / seconds
+    return len(seeded) / (time.perf_counter() - t)
 
 
 def flops_per_image(composer: Composer, layouts: list[Layout], batch_size: int) -> float:
@@ -150,8 +145,6 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    peak = Peak.measure(args.device)
-    print(peak)
     composers = {dtype: load(args, dtype) for dtype in args.dtypes}
     first = composers[args.dtypes[0]]
     R = first.resolution
@@ -177,13 +170,17 @@ def main(argv=None) -> None:
         images_per_second(compiled, layouts[:1], 1)
         print(f"torch.compile: first calls (compiling) {time.perf_counter() - t:.1f} s")
         variants[f"{args.dtypes[0]} compiled"] = compiled
-    # variants take turns, round after round, and the median counts: a busy machine slows them alike
+    # variants and the matmul yardstick take turns, round after round, and medians count:
+    # a machine busy with other work then slows them alike
     batched, single = ({name: [] for name in variants} for _ in range(2))
+    peaks = []
     for r in range(args.rounds):
-        for i, (name, composer) in enumerate(variants.items()):
-            batched[name].append(images_per_second(composer, layouts[:args.images], args.batch_size,
-                                                   args.profile and i == 0 and r == 0))
+        peaks.append(Peak.measure(args.device))
+        for name, composer in variants.items():
+            batched[name].append(images_per_second(composer, layouts[:args.images], args.batch_size))
             single[name].append(images_per_second(composer, layouts[:args.single_images], 1))
+    peak = Peak(statistics.median(p.fp32 for p in peaks), statistics.median(p.bf16 for p in peaks))
+    print(f"{peak} (median of {args.rounds} rounds)")
     rates = {name: statistics.median(batched[name]) for name in variants}
     for name in variants:
         one = statistics.median(single[name])
@@ -193,6 +190,12 @@ def main(argv=None) -> None:
               f"batched / one at a time {rates[name] / one:.2f}x")
     print(f"batched speed vs {reference} (median of {args.rounds} rounds): " +
           ", ".join(f"{name} {rate / rates[reference]:.2f}x" for name, rate in rates.items() if name != reference))
+    if args.profile:
+        first = next(iter(variants.values()))
+        with torch.profiler.profile() as profiler:
+            images_per_second(first, layouts[:args.images], args.batch_size)
+        print(f"profile of {next(iter(variants))}, batched:")
+        print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
 
     if args.cli_layouts:
         with tempfile.TemporaryDirectory() as tmp:
@@ -201,25 +204,29 @@ def main(argv=None) -> None:
             if not args.checkpoint:
                 save_bundle(bundle, bundle_dict(list(first.categories), background=first.background_net,
                                                 foreground=first.foreground_net))
-            runs = [(dtype, args.cli_layouts) for dtype in args.dtypes]
-            if args.cli_layouts >= 10:
-                runs.append((args.dtypes[0], args.cli_layouts // 10))
-            cli_rates = {}
-            for dtype, count in runs:
+            counts = [args.cli_layouts // 10, args.cli_layouts] if args.cli_layouts >= 10 else [args.cli_layouts]
+            seconds = {}
+            for count in counts:  # dtypes take turns, small runs first
                 folder = tmp / f"layouts{count}"
-                if not folder.exists():
-                    folder.mkdir()
-                    for i, layout in enumerate(random_layouts(count, args.objects, R, first.categories, seed=1)):
-                        layout.save(folder / f"layout{i:05d}.json")
-                r = cli_run(folder, bundle, tmp / f"out-{dtype}-{count}", dtype, args)
-                rate = count / r["seconds"]
-                cli_rates.setdefault(dtype, rate)
-                print(f"scenecomp-render --dtype {dtype} on {count} layout files: {rate:.1f} images/s "
-                      f"({r['seconds']:.1f} s including start-up and PNG/manifest writing, "
-                      f"{peak.describe(rate * flops / 1e9)}), peak RSS {r['max_rss_kb'] / 1024:.0f} MiB")
-            ref = args.dtypes[-1]
-            print(f"scenecomp-render speed vs --dtype {ref}: " +
-                  ", ".join(f"{d} {cli_rates[d] / cli_rates[ref]:.2f}x" for d in args.dtypes if d != ref))
+                folder.mkdir()
+                for i, layout in enumerate(random_layouts(count, args.objects, R, first.categories, seed=1)):
+                    layout.save(folder / f"layout{i:05d}.json")
+                for dtype in args.dtypes:
+                    r = cli_run(folder, bundle, tmp / f"out-{dtype}-{count}", dtype, args)
+                    seconds[dtype, count] = r["seconds"]
+                    rate = count / r["seconds"]
+                    print(f"scenecomp-render --dtype {dtype} on {count} layout files: {rate:.1f} images/s "
+                          f"({r['seconds']:.1f} s including start-up and PNG/manifest writing, "
+                          f"{peak.describe(rate * flops / 1e9)}), peak RSS {r['max_rss_kb'] / 1024:.0f} MiB")
+            ref, n = args.dtypes[-1], counts[-1]
+            print(f"scenecomp-render on {n} layouts, speed vs --dtype {ref}: " + ", ".join(
+                f"{d} {seconds[ref, n] / seconds[d, n]:.2f}x" for d in args.dtypes if d != ref))
+            if len(counts) == 2:  # the extra images over the extra time: start-up cancels out
+                steady = {d: (counts[1] - counts[0]) / (seconds[d, counts[1]] - seconds[d, counts[0]])
+                          for d in args.dtypes}
+                print(f"without start-up ({counts[0]} to {counts[1]} layouts): " + ", ".join(
+                    f"{d} {steady[d]:.1f} images/s" for d in args.dtypes) + f"; vs --dtype {ref}: " + ", ".join(
+                    f"{d} {steady[d] / steady[ref]:.2f}x" for d in args.dtypes if d != ref))
 
 
 if __name__ == "__main__":
