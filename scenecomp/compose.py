@@ -42,6 +42,7 @@ import torch
 
 from scenecomp.layout import SEED_LIMIT, Layout, LayoutError, LayoutObject, rasterize
 from scenecomp.nets import ForegroundGenerator, LayoutGenerator, composite
+from scenecomp.precision import auto_dtype
 
 DEFAULT_MODEL = Path(__file__).parent / "assets" / "composer.pt"
 
@@ -96,13 +97,16 @@ class Composer:
     ``Composer(background, foreground, categories)`` takes the networks as
     they are (it puts them in eval mode and turns their gradients off);
     `from_checkpoint` loads a ``composer.pt`` bundle. All inference runs under
-    ``torch.inference_mode()``. ``dtype=torch.bfloat16`` (or float16) runs the
-    networks in reduced precision, for GPUs; the outside of every mask stays
-    exact whatever the precision.
+    ``torch.inference_mode()``. ``dtype="auto"`` (the default) is
+    `scenecomp.precision.auto_dtype` of the device: bfloat16 on GPUs and on
+    CPUs with native bf16 (AVX512-BF16 or AMX), float32 elsewhere; a torch
+    dtype picks one, ``None`` keeps the networks' own. The outside of every
+    mask stays bit-exact whatever the precision (`composite`). On CPU and CUDA
+    the networks run in ``channels_last`` memory format.
     """
 
     def __init__(self, background: LayoutGenerator, foreground: ForegroundGenerator, categories,
-                 *, device=None, dtype: torch.dtype | None = None):
+                 *, device=None, dtype: torch.dtype | str | None = "auto"):
         categories = tuple(categories)
         if not categories or not all(isinstance(c, str) and c for c in categories):
             raise CompositionError(f"categories must be non-empty strings, got {list(categories)!r}")
@@ -123,7 +127,7 @@ class Composer:
     # --- loading
 
     @classmethod
-    def from_checkpoint(cls, path, device=None, dtype: torch.dtype | None = None) -> Composer:
+    def from_checkpoint(cls, path, device=None, dtype: torch.dtype | str | None = "auto") -> Composer:
         """Load a ``composer.pt`` bundle (plain data, read with ``weights_only=True``;
         neither Hydra nor Lightning is imported). Raises `BundleError` naming the
         file when it is not a usable bundle."""
@@ -136,7 +140,7 @@ class Composer:
             raise BundleError(f"{path}: {e}") from None
 
     @classmethod
-    def pretrained(cls, device=None, dtype: torch.dtype | None = None) -> Composer:
+    def pretrained(cls, device=None, dtype: torch.dtype | str | None = "auto") -> Composer:
         """The model shipped inside the package (``scenecomp/assets/composer.pt``); no download."""
         if not DEFAULT_MODEL.is_file():
             raise FileNotFoundError(
@@ -144,13 +148,23 @@ class Composer:
                 "train one with scenecomp-train and load it with Composer.from_checkpoint('run/composer.pt')")
         return cls.from_checkpoint(DEFAULT_MODEL, device=device, dtype=dtype)
 
-    def to(self, device=None, dtype: torch.dtype | None = None) -> Composer:
-        """Move the networks to ``device`` and/or cast them to ``dtype`` (in place); returns self.
-        Scenes made before keep working: their cached canvases follow on their next edit."""
-        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-            raise CompositionError(f"dtype must be a floating torch dtype such as torch.bfloat16, got {dtype!r}")
+    def to(self, device=None, dtype: torch.dtype | str | None = None) -> Composer:
+        """Move the networks to ``device`` and/or cast them to ``dtype`` (a floating torch
+        dtype, or ``"auto"``: see the class docstring), in place; returns self. Scenes made
+        before keep working: their cached canvases follow on their next edit."""
+        if isinstance(dtype, str) and dtype == "auto":
+            dtype = auto_dtype(self.device if device is None else device)
+        elif dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise CompositionError(f"dtype must be \"auto\" or a floating torch dtype such as torch.bfloat16, "
+                                   f"got {dtype!r}")
         for net in (self.background_net, self.foreground_net):
             net.to(device=device, dtype=dtype)
+        if self.device.type in ("cpu", "cuda"):
+            # Measured on this project's AMD EPYC (shipped model, 1 thread, batch 32, 4 objects): channels_last renders
+            # 2.2x faster in bf16 and 1.6x in fp32 than NCHW (oneDNN's blocked kernels); the inputs follow
+            # the conv weights' format. CUDA: tensor-core convs prefer it too (not measured here).
+            for net in (self.background_net, self.foreground_net):
+                net.to(memory_format=torch.channels_last)
         return self
 
     # --- description

@@ -32,7 +32,7 @@ Outputs (in ``--out DIR``)
      "steps": "scene_s0001_steps.png",    # only with --steps
      "layers": "scene_s0001_layers",      # only with --layers
      "checkpoint": "/abs/path/composer.pt", "checkpoint_sha256": "9f2c...",
-     "resolution": 64, "dtype": "float32", "batch_size": 16,
+     "resolution": 64, "dtype": "bfloat16", "batch_size": 16,   # dtype: the one used (--dtype auto resolved)
      "device": "cpu", "threads": 2,        # threads: CPU only
      "scenecomp": "0.1.0", "time": "2025-01-31T12:00:00+00:00"}
 
@@ -44,13 +44,30 @@ Same image, however it is rendered
 Each object's noise comes from its own seed, so what a layout gets does not
 depend on its neighbours. Float rounding inside the networks does depend on
 the shape of the network call (CPU and GPU libraries pick kernels by batch
-size and thread count), though not on the other images in it. So every
-network call here has exactly ``--batch-size`` images (the last batch is
-padded with copies), and a layout's PNG is bit-identical whether it is
-rendered alone, in a batch with others, or on several processes, for the same
-checkpoint, device, dtype, ``--batch-size`` and CPU threads per process (all
-recorded in the manifest). Changing one of those moves values by about 1e-6,
-which can change a rare pixel by one level.
+size and thread count), though not on the other images in it. So the size of
+every network call follows one rule (`call_size`):
+
+- on CPU, with a ``--batch-size`` that is a multiple of 8 (the default 16), a
+  call of n images is padded with copies to the next multiple of 8 (never
+  beyond ``--batch-size``): one image costs 8, not ``--batch-size``. oneDNN's
+  CPU kernels give a sample the same bits at every batch that is a multiple of
+  8: measured on this project's AVX512-BF16 CPU with the channels_last
+  networks `Composer` runs (bf16 and float32, 1 and 2 threads, batches 8 to
+  72; smaller float32 batches differ by about 1e-6, and so did float32 NCHW
+  batches of 8 and 16 on one thread). ``tests/test_render.py`` checks it;
+- otherwise (another ``--batch-size``, or a GPU, whose kernels were not
+  measured) every call is padded to exactly ``--batch-size``.
+
+So a layout's PNG is bit-identical whether it is rendered alone, in a batch
+with others, or on several processes, for the same checkpoint, device, dtype,
+``--batch-size`` and CPU threads per process (all recorded in the manifest).
+Changing one of those can move values by about 1e-6 (float32) and so a rare
+pixel by one level.
+
+``--batch-size`` is at most 4096 (`MAX_BATCH`), and a batch whose estimated
+memory (about 3 MiB per image at 64x64, growing with the resolution squared)
+exceeds the memory available when the run starts is refused with exit 2,
+rather than risk an out-of-memory kill.
 
 Resuming, --overwrite and the manifest
 --------------------------------------
@@ -108,10 +125,16 @@ import torch
 
 from scenecomp.compose import DEFAULT_MODEL, BundleError, Composer, Rendering
 from scenecomp.layout import SEED_LIMIT, Layout, LayoutError, load_layouts
+from scenecomp.precision import auto_dtype
 
 PROG = "scenecomp-render"
 MANIFEST = "manifest.jsonl"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+CALL_GRANULE = 8       # CPU network calls are padded to a multiple of this (module docstring)
+MAX_BATCH = 4096       # --batch-size limit
+# Peak resident memory per image of one network call at 64x64, measured with the shipped
+# model (6 objects, batch 32 vs 256): float32 2.9 MiB, bfloat16 2.1 MiB. Scales with resolution^2.
+MIB_PER_IMAGE_64 = 3.0
 MAX_SEEDS = 1_000_000
 
 EPILOG = """\
@@ -122,9 +145,12 @@ examples:
   # four samples per layout, and the canvas after each object as a strip
   scenecomp-render scene.json more/ --checkpoint run/composer.pt --out renders/ --seeds 0-3 --steps
 
-  # one layout per image of a COCO instances file, 8 seeds, big batches on a GPU in bfloat16
+  # one layout per image of a COCO instances file, 8 seeds, big batches on a GPU (bfloat16: --dtype auto)
   scenecomp-render instances_val.json --checkpoint run/composer.pt --out coco/ \\
-      --seeds 0-7 --batch-size 128 --device cuda --dtype bfloat16
+      --seeds 0-7 --batch-size 128 --device cuda
+
+  # float32 networks (slower on CPUs with native bf16; images differ by a level here and there)
+  scenecomp-render layouts/ --out renders-fp32/ --dtype float32
 
   # two GPUs (or --device cpu --devices 2: two CPU processes), through Lightning DDP
   scenecomp-render layouts/ --checkpoint run/composer.pt --out renders/ --device cuda --devices 2
@@ -198,17 +224,19 @@ def build_parser() -> argparse.ArgumentParser:
                         help="sample seeds, one image each: 0-3, 1,5,9 or 0-2,7 (default 0); they fill in only "
                              "the seeds a layout leaves unset")
     parser.add_argument("--batch-size", type=_positive_int, default=16, metavar="N",
-                        help="images per network call, per device (default 16). Every call has exactly N "
-                             "(the last is padded), so an image's pixels do not depend on what else is rendered; "
-                             "keep N the same to reproduce them bit for bit")
+                        help=f"images per network call, per device (default 16, at most {MAX_BATCH}). On CPU a "
+                             "multiple of 8 pads each call only to the next multiple of 8, else every call is "
+                             "padded to N; either way an image's pixels do not depend on what else is rendered. "
+                             "Keep N the same to reproduce them bit for bit")
     parser.add_argument("--device", metavar="DEV", help="cpu, cuda or cuda:1 (default: cuda if available, else cpu)")
     parser.add_argument("--devices", type=_positive_int, default=1, metavar="N",
                         help="render on N devices of --device's kind through Lightning DDP (default 1)")
     parser.add_argument("--threads", type=_positive_int, metavar="N",
                         help="CPU threads per process (default: torch's choice; with --devices N on CPU, "
                              "the cores divided by N)")
-    parser.add_argument("--dtype", choices=list(DTYPES), default="float32",
-                        help="network precision (default float32; bfloat16 for GPUs)")
+    parser.add_argument("--dtype", choices=["auto", *DTYPES], default="auto",
+                        help="network precision (default auto: bfloat16 on GPUs and on CPUs with native bf16, "
+                             "AVX512-BF16 or AMX; float32 elsewhere). The manifest records the one used")
     parser.add_argument("--steps", action="store_true",
                         help="also save {name}_s{seed}_steps.png: the canvas after each object, as a strip")
     parser.add_argument("--layers", action="store_true",
@@ -377,18 +405,54 @@ class LayoutSource:
         return self._layouts[job.item]
 
 
+def call_size(count: int, batch_size: int, device: torch.device) -> int:
+    """Images in the network call that renders ``count`` <= ``batch_size`` images: on CPU with
+    ``batch_size`` a multiple of 8, ``count`` rounded up to a multiple of 8; else ``batch_size``."""
+    if torch.device(device).type == "cpu" and batch_size % CALL_GRANULE == 0:
+        return -(-count // CALL_GRANULE) * CALL_GRANULE
+    return batch_size
+
+
 def render_padded(composer: Composer, layouts: list[Layout], batch_size: int, steps: bool = False) -> list[Rendering]:
     """`Composer.render_iter` on at most ``batch_size`` seeded layouts in one network
-    call of exactly ``batch_size`` (padded with copies of the first layout).
+    call of `call_size` images (padded with copies of the first layout).
 
     Float rounding in the networks depends on the batch shape (CPU and GPU
-    kernels are chosen by it) but not on the other images in the batch, so a
-    fixed shape makes a layout's pixels the same whether it is rendered alone,
-    among others, or on another process."""
+    kernels are chosen by it) but not on the other images in the batch, so
+    shapes that give the same bits make a layout's pixels the same whether it
+    is rendered alone, among others, or on another process."""
     if not layouts:
         return []
-    padded = [*layouts, *[layouts[0]] * (batch_size - len(layouts))]
-    return list(composer.render_iter(padded, batch_size=batch_size, steps=steps))[:len(layouts)]
+    size = call_size(len(layouts), batch_size, composer.device)
+    padded = [*layouts, *[layouts[0]] * (size - len(layouts))]
+    return list(composer.render_iter(padded, batch_size=size, steps=steps))[:len(layouts)]
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes free for a new allocation: the GPU's free memory, or the host's MemAvailable
+    (free plus reclaimable cache; ``SC_AVPHYS_PAGES`` where /proc/meminfo is missing)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def check_batch_size(batch_size: int, resolution: int, device: torch.device, processes: int = 1) -> None:
+    """Raise `UsageError` for a ``--batch-size`` above `MAX_BATCH`, or one whose estimated memory
+    (`MIB_PER_IMAGE_64` scaled by resolution^2, per process on this machine) is more than is available."""
+    if batch_size > MAX_BATCH:
+        raise UsageError(f"--batch-size {batch_size} is above the limit of {MAX_BATCH} images per network call "
+                         "(larger calls are no faster: throughput levels off by 8-64 on CPU)")
+    per_image = MIB_PER_IMAGE_64 * 2**20 * (resolution / 64) ** 2
+    needed, available = per_image * batch_size * processes, available_memory(device)
+    if needed > available:
+        fits = max(0, int(available / (per_image * processes)))
+        raise UsageError(f"--batch-size {batch_size} needs about {needed / 2**20:.0f} MiB at {resolution}x{resolution}"
+                         f"{f' in all ({processes} processes)' if processes > 1 else ''} but only "
+                         f"{available / 2**20:.0f} MiB is available on {device.type}; use --batch-size {fits} or less")
 
 
 def render_jobs(composer: Composer, source: LayoutSource, jobs, batch_size: int, steps: bool = False) -> list:
@@ -592,7 +656,7 @@ def reproduce(line: dict, composer: Composer | None = None, device=None) -> torc
         if file_sha256(line["checkpoint"]) != line["checkpoint_sha256"]:
             raise BundleError(f"{line['checkpoint']}: its SHA-256 is not the manifest's: the file changed")
         composer = Composer.from_checkpoint(line["checkpoint"], device=device or line.get("device", "cpu"),
-                                            dtype=DTYPES[line.get("dtype", "float32")])
+                                            dtype=DTYPES[line.get("dtype", "float32")])  # the dtype used
     threads = torch.get_num_threads()
     if composer.device.type == "cpu" and line.get("threads"):
         torch.set_num_threads(line["threads"])
@@ -812,12 +876,17 @@ def _run(args, console: Console, child: bool) -> int:
         raise UsageError(f"--out {out}: exists and is not a folder")
     device = args.device_obj if args.devices == 1 else torch.device("cpu")  # Lightning moves it per rank
     try:
-        composer = Composer.from_checkpoint(checkpoint, device=device, dtype=DTYPES[args.dtype])
+        dtype = auto_dtype(args.device_obj) if args.dtype == "auto" else DTYPES[args.dtype]
+        composer = Composer.from_checkpoint(checkpoint, device=device, dtype=dtype)
     except BundleError as e:
         raise UsageError(str(e)) from None
+    if not child:  # rank 0 checks for all: CPU ranks share this machine's memory, GPUs each have their own
+        check_batch_size(args.batch_size, composer.resolution, args.device_obj,
+                         args.devices if args.device_obj.type == "cpu" else 1)
     sha256 = file_sha256(checkpoint)
     meta = {"checkpoint": os.path.abspath(checkpoint), "checkpoint_sha256": sha256,
-            "resolution": composer.resolution, "dtype": args.dtype, "batch_size": args.batch_size,
+            "resolution": composer.resolution, "dtype": str(composer.dtype).removeprefix("torch."),
+            "batch_size": args.batch_size,
             "scenecomp": _version()}
     want_steps = args.steps or args.layers
     if child:  # a DDP rank started by Lightning: rank 0 plans, reports and merges

@@ -70,7 +70,9 @@ def build(cfg: DictConfig) -> tuple[SceneDataModule, SceneGAN, L.Trainer]:
     if cfg.compile:
         for name in ("g_bg", "g_fg", "g_base"):
             if hasattr(model, name):
-                setattr(model, name, torch.compile(getattr(model, name)))
+                # in place, not torch.compile(module): the state dict keeps its plain keys (no "_orig_mod."),
+                # so checkpoints and bundles of a compiled run load without compile
+                getattr(model, name).compile()
     out = Path(cfg.out)
     callbacks = [
         L.pytorch.callbacks.ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, save_top_k=0,

@@ -20,6 +20,7 @@ from scenecomp import Composer, CompositionError, Layout, LayoutError, Scene
 from conftest import make_tiny_nets
 from scenecomp.compose import (BundleError, bundle_dict, load_bundle, object_seed, paint_layers, save_bundle)
 from scenecomp.layout import LayoutObject
+from scenecomp.precision import cpu_has_fast_bf16
 
 R = 16
 CATEGORIES = ["tree", "house", "sun"]
@@ -31,7 +32,8 @@ CATEGORIES = ["tree", "house", "sun"]
 
 @pytest.fixture(scope="module")
 def composer():
-    return Composer(*make_tiny_nets(), CATEGORIES)
+    # float32: several tests compare images across batch sizes and paths to 1e-5 or exactly
+    return Composer(*make_tiny_nets(), CATEGORIES, dtype=torch.float32)
 
 
 def box(x, y, w, h):
@@ -379,7 +381,8 @@ def test_error_messages(composer, scene, tmp_path):
         (lambda: composer.render(layouts(), batch_size=0), "batch_size must be a positive integer"),
         (lambda: composer.render_iter(layouts(), seeds=[-2]), "seed must be an integer in [0, 2**32), got -2"),
         (lambda: composer.render([42]), "expected a Layout or a layout file's path, got int"),
-        (lambda: composer.to(dtype=torch.int32), "dtype must be a floating torch dtype"),
+        (lambda: composer.to(dtype=torch.int32), "dtype must be \"auto\" or a floating torch dtype"),
+        (lambda: composer.to(dtype="fast"), "dtype must be \"auto\" or a floating torch dtype"),
     ]
     for call, message in cases:
         with pytest.raises(CompositionError) as info:
@@ -419,6 +422,33 @@ def composer_render_dtype(composer, scene):
     return composer.render(scene.layout()).dtype
 
 
+def test_default_dtype_is_bf16_exactly_where_the_cpu_multiplies_bf16_natively(tmp_path):
+    expected = torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
+    made = Composer(*make_tiny_nets(), CATEGORIES)
+    path = tmp_path / "composer.pt"
+    save_bundle(path, bundle_dict(CATEGORIES, background=made.background_net, foreground=made.foreground_net))
+    loaded = Composer.from_checkpoint(path)
+    assert made.dtype == loaded.dtype == expected
+    assert loaded.to(dtype=torch.float32).dtype == torch.float32 and loaded.to(dtype="auto").dtype == expected
+    convs = [p for p in loaded.foreground_net.parameters() if p.dim() == 4]
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+
+
+def test_bf16_edits_are_bit_exact_outside_the_edited_masks():
+    half = Composer(*make_tiny_nets(), CATEGORIES, dtype=torch.bfloat16)
+    s = half.background(3)
+    for i, (cat, m) in enumerate(zip(["tree", "house", "sun", "tree"], BOXES)):
+        s = s.add(cat, m, seed=10 + i)
+    for k in range(4):
+        assert_same_outside(s.replace(k, seed=99).image, s.image, union(*BOXES[k:]))
+        assert_same_outside(s.replace(k, category="house" if k != 1 else "sun").image, s.image, union(*BOXES[k:]))
+    moved = s.move(1, dx=3, dy=-2)
+    assert_same_outside(moved.image, s.image, union(*BOXES[1:], moved.objects[1].mask))
+    # rendered in a batch, each image equals its scene exactly, outside the masks and in
+    images = half.render([s.layout(), s.replace(2, seed=5).layout()], batch_size=2)
+    assert torch.equal(images[0], s.image.float())
+
+
 # ----------------------------------------------------------------------------- bundles
 
 
@@ -429,7 +459,7 @@ def test_bundle_round_trip_in_a_fresh_process_imports_neither_hydra_nor_lightnin
     script = textwrap.dedent(f"""
         import sys, numpy as np, torch
         from scenecomp import Composer
-        c = Composer.from_checkpoint({str(path)!r})
+        c = Composer.from_checkpoint({str(path)!r}, dtype=torch.float32)
         assert c.categories == {tuple(CATEGORIES)!r} and c.resolution == {R}
         s = c.background(3)
         boxes = {[[1, 1, 8, 8], [5, 4, 6, 7], [9, 2, 5, 5], [3, 9, 9, 5]]}

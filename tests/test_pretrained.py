@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from scenecomp import Composer
 from scenecomp.compose import DEFAULT_MODEL
 from scenecomp.evaluate import DEFAULT_FEATURES, LayeredModel, evaluate, load_features
@@ -33,7 +35,7 @@ def test_pretrained_renders_the_examples(tmp_path):
 
 def test_pretrained_objects_are_recognisable(tmp_path):
     write_dataset(tmp_path, count=48, size=64, seed=777)
-    composer = Composer.pretrained()
+    composer = Composer.pretrained(dtype=torch.float32)  # evaluate feeds the networks float32
     model = LayeredModel(composer.background_net, composer.foreground_net)
     result = evaluate(tmp_path / "annotations.json", {"scenecomp": model}, load_features(DEFAULT_FEATURES),
                       samples=48, seeds=1, batch_size=16)

@@ -20,10 +20,12 @@ import scenecomp.render as render
 from conftest import make_tiny_nets
 from scenecomp import Composer
 from scenecomp.compose import bundle_dict, save_bundle
+from scenecomp.precision import auto_dtype
 from scenecomp.render import layout_from_manifest, main, parse_seeds
 
 R = 16
 CATEGORIES = ["tree", "house", "sun"]
+AUTO = str(auto_dtype("cpu")).removeprefix("torch.")  # what --dtype auto (the default) resolves to here
 
 
 
@@ -242,7 +244,7 @@ def test_manifest_lines_reproduce_each_image(bundle, tmp_path, capsys):
     assert by_name["poly_s0009.png"]["object_seeds"][1] == 7
     for line in lines:
         assert line["checkpoint_sha256"] == sha and line["checkpoint"] == str(bundle.resolve())
-        assert line["scenecomp"] and line["time"] and line["dtype"] == "float32" and line["device"] == "cpu"
+        assert line["scenecomp"] and line["time"] and line["dtype"] == AUTO and line["device"] == "cpu"
         assert os.path.isabs(line["layout"])
         # a fresh composer from the line's checkpoint, the layout rebuilt from the line, any sample seed
         layout = layout_from_manifest(line)
@@ -290,6 +292,62 @@ def test_same_image_alone_in_a_batch_and_on_two_processes(bundle, tmp_path, caps
     merged = manifest(ddp)
     assert [line["image"] for line in merged] == [line["image"] for line in manifest(batched)]  # input order
     assert {line["device"] for line in merged} == {"cpu"} and {line["threads"] for line in merged} == {1}
+
+
+def twenty_layouts(folder):
+    """20 single-file layouts of 1-3 boxes (seeded from their index); returns their stems."""
+    rng = np.random.default_rng(0)
+    stems = []
+    for i in range(20):
+        objects = [{"category": CATEGORIES[int(rng.integers(3))],
+                    "bbox": [int(v) for v in (*rng.integers(0, 8, 2), *rng.integers(3, 9, 2))]}
+                   for _ in range(1 + i % 3)]
+        write_json(folder / f"l{i:02d}.json", {"size": [R, R], "objects": objects})
+        stems.append(f"l{i:02d}")
+    return stems
+
+
+@pytest.mark.parametrize("dtype", ["auto", "float32"])
+def test_batch_size_8_and_64_give_the_same_pngs_and_a_lone_image_costs_8(bundle, tmp_path, capsys, monkeypatch,
+                                                                         dtype):
+    folder = tmp_path / "layouts"
+    folder.mkdir()
+    stems = twenty_layouts(folder)
+    calls = []
+    paint = Composer._paint_batch
+    monkeypatch.setattr(Composer, "_paint_batch", lambda self, zb, *a: calls.append(len(zb)) or paint(self, zb, *a))
+    for batch_size in (8, 64):
+        assert cli([folder, "--checkpoint", bundle, "--out", tmp_path / f"b{batch_size}", "--seeds", "0-1",
+                    "--batch-size", batch_size, "--dtype", dtype], capsys)[0] == 0
+    assert calls == [8] * 5 + [40]  # 40 images: 5 calls of 8, then one of 40 (not padded to 64)
+    calls.clear()
+    assert cli([folder / "l07.json", "--checkpoint", bundle, "--out", tmp_path / "alone", "--seeds", "1",
+                "--batch-size", "64", "--dtype", dtype], capsys)[0] == 0
+    assert calls == [8]
+    for name in [f"{stem}_s{seed:04d}.png" for stem in stems for seed in (0, 1)]:
+        assert (tmp_path / "b8" / name).read_bytes() == (tmp_path / "b64" / name).read_bytes(), name
+    assert (tmp_path / "alone" / "l07_s0001.png").read_bytes() == (tmp_path / "b64" / "l07_s0001.png").read_bytes()
+    expected = AUTO if dtype == "auto" else dtype
+    assert {line["dtype"] for line in manifest(tmp_path / "b64")} == {expected}
+
+
+def test_call_size_pads_to_a_multiple_of_8_on_cpu_only_for_such_batch_sizes():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert [render.call_size(n, 64, cpu) for n in (1, 8, 9, 63, 64)] == [8, 8, 16, 64, 64]
+    assert [render.call_size(n, 12, cpu) for n in (1, 12)] == [12, 12]  # not a multiple of 8: always the batch size
+    assert render.call_size(1, 4, cpu) == 4 and render.call_size(1, 64, cuda) == 64
+
+
+def test_absurd_batch_sizes_are_refused_before_rendering(bundle, tmp_path, capsys, monkeypatch):
+    valid_layouts(tmp_path)
+    out = tmp_path / "out"
+    status, err = cli([tmp_path / "box.json", "--checkpoint", bundle, "--out", out, "--batch-size", "100000"], capsys)
+    assert status == 2 and f"--batch-size 100000 is above the limit of {render.MAX_BATCH}" in err
+    monkeypatch.setattr(render, "available_memory", lambda device: 2**20)  # 1 MiB free
+    status, err = cli([tmp_path / "box.json", "--checkpoint", bundle, "--out", out, "--batch-size", "64"], capsys)
+    assert status == 2 and "--batch-size 64 needs about 12 MiB at 16x16 but only 1 MiB is available" in err, err
+    assert "use --batch-size 5 or less" in err and not out.exists()
+    assert render.available_memory(torch.device("cpu")) > 0
 
 
 def test_a_layout_that_breaks_after_planning_costs_no_other_image(bundle, tmp_path, capsys, monkeypatch):

@@ -229,3 +229,29 @@ def test_foreground_stage_counts_a_batch_without_eligible_objects(tiny_config):
     trainer.callbacks.append(NoEligibleObject())
     trainer.fit(model, datamodule=datamodule)
     assert steps == [4, 8] and model.batches_done == 2
+
+def test_compile_keeps_plain_state_dict_keys_so_bundles_load_without_compile(tiny_config):
+    cfg = tiny_config("compile=true")
+    _, model, _ = build(cfg)  # torch.compile is lazy: nothing compiles until the first batch
+    assert model.g_bg._compiled_call_impl is not None and model.g_fg._compiled_call_impl is not None
+    assert not [k for k in model.state_dict() if "_orig_mod" in k]
+    from scenecomp.compose import Composer
+    from scenecomp.train import write_bundles
+
+    Path(cfg.out).mkdir(parents=True)
+    (path,) = write_bundles(model, Path(cfg.out))
+    data = torch.load(path, weights_only=True)
+    assert not [k for net in data["networks"].values() for k in net["state_dict"] if "_orig_mod" in k]
+    assert Composer.from_checkpoint(path).resolution == 32
+
+
+@pytest.mark.slow
+def test_a_compiled_run_writes_a_checkpoint_and_bundle_that_load_without_compile(tiny_config):
+    cfg = tiny_config("compile=true", "steps=2")  # compiling takes minutes on a 2-core CPU
+    (bundle,) = run(cfg)
+    from scenecomp.compose import Composer
+
+    assert Composer.from_checkpoint(bundle).resolution == 32
+    _, plain, _ = build(tiny_config())
+    checkpoint = torch.load(Path(cfg.out) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    plain.load_state_dict(checkpoint["state_dict"])  # strict: every key matches an uncompiled model's

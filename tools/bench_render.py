@@ -1,29 +1,36 @@
-"""Throughput and memory of batch rendering (scenecomp-render).
+"""Throughput and memory of batch rendering (scenecomp-render), default dtype against float32.
 
-    python tools/bench_render.py                              # default-size networks, random weights
-    python tools/bench_render.py --threads 1 --images 128 --cli-layouts 1000
-    python tools/bench_render.py --checkpoint run/composer.pt --device cuda --dtype bfloat16 --batch-size 256
+    python tools/bench_render.py                              # shipped-size networks, random weights
+    python tools/bench_render.py --checkpoint scenecomp/assets/composer.pt --cli-layouts 300
+    python tools/bench_render.py --threads 1 --images 256 --profile
+    python tools/bench_render.py --dtypes auto float32 bfloat16 --compile
+    python tools/bench_render.py --images 8 --single-images 2 --batch-size 8 --rounds 1 --cli-layouts 2  # smoke
 
 Reports, in one process:
 
-1. the machine's own fp32 matmul rate (``torch.mm`` of n x n matrices,
-   2n^3 FLOPs each), on the device and with the threads used below;
+1. the machine's bf16 and fp32 matmul rates (``tools/peak.py``), the yardstick,
+   measured once per round between the timings below (medians reported);
 2. the model's FLOPs per image (64x64 layouts with ``--objects`` objects),
    counted with ``torch.utils.flop_counter.FlopCounterMode`` over a real
    batch: the background generator plus one foreground call per object;
-3. images/s rendering batched (``--batch-size``, the CLI's network call
-   `scenecomp.render.render_padded`, rasterisation included, PNG writing
-   not) against one layout at a time (batch size 1), and the fraction of the
-   matmul rate that the batched path reaches;
+3. for each of ``--dtypes`` (default: ``auto``, what scenecomp-render uses,
+   and ``float32``): images/s rendering batched (``--batch-size``, the CLI's
+   network call `scenecomp.render.render_padded`, rasterisation included, PNG
+   writing not) and one layout at a time, as GFLOP/s and fractions of both
+   matmul rates, and each dtype's speed as a ratio to the last one's;
 4. the scenecomp-render command line on ``--cli-layouts`` layout files written
    to a temporary folder (a bundle of the same networks; PNGs, manifest and
-   all): images/s and the peak resident memory of that process, and of one
-   on a tenth as many layouts, to show that memory does not grow with their
-   number.
+   all) and on a tenth as many, dtypes taking turns: images/s, the ratio
+   between dtypes, the rate without start-up (the extra images over the extra
+   time), and the peak resident memory of each process (flat in the number of
+   layouts).
 
-Weights do not change the cost, so random ones measure the same thing as
-trained ones. On a machine busy with other work, say so next to the figures;
-``--threads 1`` avoids oversubscribing cores another process is using.
+``--compile`` adds a variant of the first dtype with both generators compiled
+(``torch.compile``, inductor) to the in-process figures, its compile time
+included separately. ``--profile`` prints the ops that take the time on the
+batched path of the first dtype. Weights do not change the cost, so random
+ones measure the same thing as trained ones. On a machine busy with other
+work, say so next to the figures: ratios measured in one run still hold.
 """
 from __future__ import annotations
 
@@ -39,11 +46,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from peak import Peak
 from torch.utils.flop_counter import FlopCounterMode
 
 from scenecomp.compose import Composer, bundle_dict, save_bundle
 from scenecomp.layout import Layout, LayoutObject
-from scenecomp.render import fill_seeds, render_padded
+from scenecomp.render import DTYPES, render_padded
 
 
 def random_layouts(count: int, objects: int, size: int, categories, seed: int = 0) -> list[Layout]:
@@ -66,25 +74,10 @@ def random_layouts(count: int, objects: int, size: int, categories, seed: int = 
     return layouts
 
 
-def matmul_gflops(device: torch.device, n: int = 1024, seconds: float = 2.0) -> float:
-    a = torch.randn(n, n, device=device)
-    b = torch.randn(n, n, device=device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for _ in range(3):
-        a @ b
-    rates = []
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end or len(rates) < 5:
-        sync()
-        t = time.perf_counter()
-        a @ b
-        sync()
-        rates.append(2 * n ** 3 / (time.perf_counter() - t) / 1e9)
-    return statistics.median(rates)
-
-
-def images_per_second(composer: Composer, layouts: list[Layout], batch_size: int, sync) -> float:
-    seeded = [fill_seeds(composer, layout, i) for i, layout in enumerate(layouts)]
+def images_per_second(composer: Composer, layouts: list[Layout], batch_size: int) -> float:
+    """Rate of `render_padded` over ``layouts``, ``batch_size`` at a time, after one warm-up call."""
+    sync = torch.cuda.synchronize if composer.device.type == "cuda" else (lambda: None)
+    seeded = [composer.seeded(layout, i) for i, layout in enumerate(layouts)]
     render_padded(composer, seeded[:batch_size], batch_size)  # warm-up
     sync()
     t = time.perf_counter()
@@ -95,17 +88,17 @@ def images_per_second(composer: Composer, layouts: list[Layout], batch_size: int
 
 
 def flops_per_image(composer: Composer, layouts: list[Layout], batch_size: int) -> float:
-    seeded = [fill_seeds(composer, layout, i) for i, layout in enumerate(layouts[:batch_size])]
+    seeded = [composer.seeded(layout, i) for i, layout in enumerate(layouts[:batch_size])]
     with FlopCounterMode(display=False) as counter:
         render_padded(composer, seeded, len(seeded))
     return counter.get_total_flops() / len(seeded)
 
 
-def cli_run(layout_dir: Path, bundle: Path, out: Path, args) -> dict:
+def cli_run(layout_dir: Path, bundle: Path, out: Path, dtype: str, args) -> dict:
     """Run scenecomp-render in a fresh process; its peak RSS comes from a wrapper
     that has no other child."""
     command = [sys.executable, "-m", "scenecomp.render", str(layout_dir), "--checkpoint", str(bundle), "--out",
-               str(out), "--batch-size", str(args.batch_size), "--device", args.device, "--dtype", args.dtype, "-q"]
+               str(out), "--batch-size", str(args.batch_size), "--device", args.device, "--dtype", dtype, "-q"]
     if args.threads:
         command += ["--threads", str(args.threads)]
     wrapper = ("import json, resource, subprocess, sys, time\n"
@@ -120,75 +113,120 @@ def cli_run(layout_dir: Path, bundle: Path, out: Path, args) -> dict:
     return result
 
 
+def load(args, dtype: str) -> Composer:
+    """The composer to measure, in ``dtype`` (a `scenecomp.render.DTYPES` name or ``auto``)."""
+    dt = "auto" if dtype == "auto" else DTYPES[dtype]
+    if args.checkpoint:
+        return Composer.from_checkpoint(args.checkpoint, device=args.device, dtype=dt)
+    from scenecomp.nets import ForegroundGenerator, LayoutGenerator
+    torch.manual_seed(0)  # the shipped model's sizes (scenecomp/assets/composer.pt)
+    return Composer(LayoutGenerator(z_dim=64, resolution=64, channels=16, max_channels=128, style_dim=128),
+                    ForegroundGenerator(z_dim=64, resolution=64, channels=16, max_channels=128, embed_dim=16),
+                    ["tree", "house", "sun", "cloud", "rock"], device=args.device, dtype=dt)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", help="a composer.pt bundle (default: default-size networks, random weights)")
+    parser.add_argument("--checkpoint", help="a composer.pt bundle (default: shipped-size networks, random weights)")
     parser.add_argument("--objects", type=int, default=4, help="objects per layout (default 4)")
     parser.add_argument("--batch-size", type=int, default=32, help="batched path's batch size (default 32)")
-    parser.add_argument("--images", type=int, default=128, help="images timed on the batched path (default 128)")
-    parser.add_argument("--single-images", type=int, default=32, help="images timed one at a time (default 32)")
-    parser.add_argument("--cli-layouts", type=int, default=1000,
-                        help="layout files for the command-line run (default 1000; 0 skips it)")
+    parser.add_argument("--images", type=int, default=256, help="images timed on the batched path (default 256)")
+    parser.add_argument("--single-images", type=int, default=16, help="images timed one at a time (default 16)")
+    parser.add_argument("--cli-layouts", type=int, default=300,
+                        help="layout files for the command-line runs (default 300; 0 skips them)")
+    parser.add_argument("--dtypes", nargs="+", choices=["auto", *DTYPES], default=["auto", "float32"],
+                        help="dtypes to compare, the last as the reference (default: auto float32)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the in-process timings (default 3)")
+    parser.add_argument("--compile", action="store_true", help="also time the first dtype with compiled generators")
+    parser.add_argument("--profile", action="store_true", help="print the top ops of the first dtype's batched path")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
-    if args.checkpoint:
-        composer = Composer.from_checkpoint(args.checkpoint, device=device, dtype=dtype)
-        bundle = Path(args.checkpoint)
-    else:
-        from scenecomp.nets import ForegroundGenerator, LayoutGenerator
-        torch.manual_seed(0)
-        composer = Composer(LayoutGenerator(z_dim=64, resolution=64, channels=16, max_channels=128),
-                            ForegroundGenerator(z_dim=64, resolution=64, channels=16, max_channels=128),
-                            [f"c{i}" for i in range(5)], device=device, dtype=dtype)
-        bundle = None
-    R = composer.resolution
+    composers = {dtype: load(args, dtype) for dtype in args.dtypes}
+    first = composers[args.dtypes[0]]
+    R = first.resolution
     layouts = random_layouts(max(args.images, args.single_images, args.batch_size), args.objects, R,
-                             composer.categories)
-    n_bg = sum(p.numel() for p in composer.background_net.parameters())
-    n_fg = sum(p.numel() for p in composer.foreground_net.parameters())
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+                             first.categories)
+    n_bg = sum(p.numel() for p in first.background_net.parameters())
+    n_fg = sum(p.numel() for p in first.foreground_net.parameters())
+    load_avg = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"{R}x{R} layouts with {args.objects} objects; G_bg {n_bg / 1e6:.2f}M, G_fg {n_fg / 1e6:.2f}M parameters; "
-          f"{device} {args.dtype}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, "
-          f"load average {load:.2f} before the run")
-
-    peak = matmul_gflops(device)
-    flops = flops_per_image(composer, layouts, args.batch_size)
-    batched = images_per_second(composer, layouts[:args.images], args.batch_size, sync)
-    single = images_per_second(composer, layouts[:args.single_images], 1, sync)
-    print(f"fp32 matmul (1024x1024): {peak:.1f} GFLOP/s")
+          f"{args.device}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, "
+          f"load average {load_avg:.2f} before the run")
+    flops = flops_per_image(first, layouts, args.batch_size)
     print(f"model: {flops / 1e9:.3f} GFLOP per image (FlopCounterMode: background + {args.objects} foreground calls)")
-    print(f"batched (batch {args.batch_size}): {batched:.1f} images/s = {batched * flops / 1e9:.1f} GFLOP/s = "
-          f"{batched * flops / 1e9 / peak:.0%} of matmul peak")
-    print(f"one at a time (batch 1): {single:.1f} images/s = {single * flops / 1e9:.1f} GFLOP/s = "
-          f"{single * flops / 1e9 / peak:.0%} of matmul peak")
-    print(f"batched / one at a time: {batched / single:.2f}x")
+
+    variants = {(f"{d} ({str(c.dtype).removeprefix('torch.')})" if d == "auto" else d): c for d, c in composers.items()}
+    reference = list(variants)[-1]
+    if args.compile:
+        compiled = load(args, args.dtypes[0])
+        t = time.perf_counter()
+        for net in (compiled.background_net, compiled.foreground_net):
+            net.compile()
+        images_per_second(compiled, layouts[:args.batch_size], args.batch_size)  # compiles (batch and padding)
+        images_per_second(compiled, layouts[:1], 1)
+        print(f"torch.compile: first calls (compiling) {time.perf_counter() - t:.1f} s")
+        variants[f"{args.dtypes[0]} compiled"] = compiled
+    # variants and the matmul yardstick take turns, round after round, and medians count:
+    # a machine busy with other work then slows them alike
+    batched, single = ({name: [] for name in variants} for _ in range(2))
+    peaks = []
+    for r in range(args.rounds):
+        peaks.append(Peak.measure(args.device))
+        for name, composer in variants.items():
+            batched[name].append(images_per_second(composer, layouts[:args.images], args.batch_size))
+            single[name].append(images_per_second(composer, layouts[:args.single_images], 1))
+    peak = Peak(statistics.median(p.fp32 for p in peaks), statistics.median(p.bf16 for p in peaks))
+    print(f"{peak} (median of {args.rounds} rounds)")
+    rates = {name: statistics.median(batched[name]) for name in variants}
+    for name in variants:
+        one = statistics.median(single[name])
+        print(f"{name:>18s} batched (batch {args.batch_size}): {rates[name]:7.1f} images/s, "
+              f"{peak.describe(rates[name] * flops / 1e9)}")
+        print(f"{name:>18s} one at a time:   {one:7.1f} images/s, {peak.describe(one * flops / 1e9)}; "
+              f"batched / one at a time {rates[name] / one:.2f}x")
+    print(f"batched speed vs {reference} (median of {args.rounds} rounds): " +
+          ", ".join(f"{name} {rate / rates[reference]:.2f}x" for name, rate in rates.items() if name != reference))
+    if args.profile:
+        first = next(iter(variants.values()))
+        with torch.profiler.profile() as profiler:
+            images_per_second(first, layouts[:args.images], args.batch_size)
+        print(f"profile of {next(iter(variants))}, batched:")
+        print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
 
     if args.cli_layouts:
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
-            if bundle is None:
-                bundle = tmp / "composer.pt"
-                save_bundle(bundle, bundle_dict(list(composer.categories), background=composer.background_net,
-                                                foreground=composer.foreground_net))
-            results = {}
-            for count in sorted({max(1, args.cli_layouts // 10), args.cli_layouts}):
+            bundle = Path(args.checkpoint) if args.checkpoint else tmp / "composer.pt"
+            if not args.checkpoint:
+                save_bundle(bundle, bundle_dict(list(first.categories), background=first.background_net,
+                                                foreground=first.foreground_net))
+            counts = [args.cli_layouts // 10, args.cli_layouts] if args.cli_layouts >= 10 else [args.cli_layouts]
+            seconds = {}
+            for count in counts:  # dtypes take turns, small runs first
                 folder = tmp / f"layouts{count}"
                 folder.mkdir()
-                for i, layout in enumerate(random_layouts(count, args.objects, R, composer.categories, seed=1)):
-                    layout.path = folder / f"layout{i:05d}.json"
-                    layout.save(layout.path)
-                results[count] = cli_run(folder, bundle, tmp / f"out{count}", args)
-                r = results[count]
-                print(f"scenecomp-render on {count} layout files: {count / r['seconds']:.1f} images/s "
-                      f"({r['seconds']:.1f} s including start-up and PNG/manifest writing), "
-                      f"peak RSS {r['max_rss_kb'] / 1024:.0f} MiB")
+                for i, layout in enumerate(random_layouts(count, args.objects, R, first.categories, seed=1)):
+                    layout.save(folder / f"layout{i:05d}.json")
+                for dtype in args.dtypes:
+                    r = cli_run(folder, bundle, tmp / f"out-{dtype}-{count}", dtype, args)
+                    seconds[dtype, count] = r["seconds"]
+                    rate = count / r["seconds"]
+                    print(f"scenecomp-render --dtype {dtype} on {count} layout files: {rate:.1f} images/s "
+                          f"({r['seconds']:.1f} s including start-up and PNG/manifest writing, "
+                          f"{peak.describe(rate * flops / 1e9)}), peak RSS {r['max_rss_kb'] / 1024:.0f} MiB")
+            ref, n = args.dtypes[-1], counts[-1]
+            print(f"scenecomp-render on {n} layouts, speed vs --dtype {ref}: " + ", ".join(
+                f"{d} {seconds[ref, n] / seconds[d, n]:.2f}x" for d in args.dtypes if d != ref))
+            if len(counts) == 2:  # the extra images over the extra time: start-up cancels out
+                steady = {d: (counts[1] - counts[0]) / (seconds[d, counts[1]] - seconds[d, counts[0]])
+                          for d in args.dtypes}
+                print(f"without start-up ({counts[0]} to {counts[1]} layouts): " + ", ".join(
+                    f"{d} {steady[d]:.1f} images/s" for d in args.dtypes) + f"; vs --dtype {ref}: " + ", ".join(
+                    f"{d} {steady[d] / steady[ref]:.2f}x" for d in args.dtypes if d != ref))
 
 
 if __name__ == "__main__":

@@ -3,9 +3,13 @@
     from peak import Peak
     peak = Peak.measure(device)          # fp32 and bf16 n x n matmul, GFLOP/s, in this process
     print(peak.describe(achieved))       # "123.4 GFLOP/s = 0.15 of bf16 matmul, 0.66 of fp32 matmul"
+
+    python tools/peak.py                 # this machine's rates, now
+    python tools/peak.py --n 4096 --seconds 3
 """
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 from dataclasses import dataclass
@@ -46,3 +50,17 @@ class Peak:
 
     def describe(self, gflops: float) -> str:
         return f"{gflops:.1f} GFLOP/s = {gflops / self.bf16:.2f} of bf16 matmul, {gflops / self.fp32:.2f} of fp32 matmul"
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--n", type=int, default=2048, help="matrix side (default 2048)")
+    ap.add_argument("--seconds", type=float, default=1.0, help="timing per dtype (default 1)")
+    args = ap.parse_args(argv)
+    peak = Peak.measure(args.device, args.n, args.seconds)
+    print(f"matmul {args.n}^2: fp32 {peak.fp32:.1f} GFLOP/s, bf16 {peak.bf16:.1f} GFLOP/s ({peak.bf16 / peak.fp32:.1f}x)")
+
+
+if __name__ == "__main__":
+    main()
