@@ -235,22 +235,24 @@ class _Crops:
 class _Real:
     """What is measured on real images: the layouts' (or the reference's) images, crops and backgrounds."""
 
-    def __init__(self, C: int):
+    def __init__(self, C: int, appearance: bool):
         self.images, self.crops, self.backgrounds, self.filled, self.crop_cats, self.top_masks = [], [], [], [], [], []
         self.objects, self.purity, self.illumination = ClassifierScores(C), Purity(), Illumination()
+        self.appearance = appearance  # keep what `_real_appearance` needs (the layouts', not the reference's)
 
     def update(self, net: FeatureNet, batch: Batch, crops: _Crops) -> None:
         c = crops.of(batch.image)
         self.images.append(batch.image)
         self.crops.append(c)
-        self.filled.append(fill_outside(c))
         self.crop_cats.append(crops.cats)
         self.objects.update(net.object_logits(c), crops.cats)
         self.illumination.update(batch.image, batch.masks, batch.counted)
-        top = _top_object(batch.counted)
-        idx = (top >= 0).nonzero().flatten()
-        masks = batch.masks[idx, top[idx]]
-        self.top_masks.append(crop_objects(masks, masks, net.crop_size))
+        if self.appearance:
+            self.filled.append(fill_outside(c))
+            top = _top_object(batch.counted)
+            idx = (top >= 0).nonzero().flatten()
+            masks = batch.masks[idx, top[idx]]
+            self.top_masks.append(crop_objects(masks, masks, net.crop_size))
         if batch.background is not None:
             self.backgrounds.append(batch.background)
             self.purity.update(torch.sigmoid(net.presence_logits(as_float(batch.background))))
@@ -347,11 +349,11 @@ def evaluate(data, models: dict, feature_net: FeatureNet, samples: int = 500, se
     folder = dataset.annotations_path.parent / "backgrounds"
     folder = folder if folder.is_dir() else None
     device = torch.device(device)
-    net = feature_net.to(device)
+    net = feature_net.to("cpu")  # small: it reads the renderings where they arrive (render_iter returns CPU images)
     for model in models.values():
         model.to(device)
 
-    real, reference = _Real(C), _Real(C)
+    real, reference = _Real(C, appearance=True), _Real(C, appearance=False)
     gen = {name: _Generated(C) for name in models}
     steps = [(reference, list(range(samples, 2 * samples))), (real, list(range(samples)))]
     total = sum(math.ceil(len(ix) / batch_size) for _, ix in steps)
