@@ -2,6 +2,7 @@
 ``scenecomp-eval`` end to end on tiny bundles with a tiny feature network, and its errors."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import runpy
@@ -13,11 +14,18 @@ import pytest
 import torch
 
 from conftest import compose_config
-from scenecomp.evaluate import (DEFAULT_FEATURES, EDIT_OFFSET, FEATURES_FORMAT, FeatureNet, accuracy, background_purity,
-                                category_diversity, diversity, edit_locality, evaluate, fill_outside, format_table,
-                                frechet_distance, illumination_consistency, illumination_pairs, inception_score,
-                                kernel_distance, load_features, main, noise_batch, object_crops, object_seed,
-                                save_features, swap_silhouettes, train_features, visible_masks)
+from scenecomp.compose import Composer, noise
+from scenecomp.eval.cli import main
+from scenecomp.eval.feature_training import train_features
+from scenecomp.eval.features import (DEFAULT_FEATURES, FEATURES_FORMAT, FeatureNet, as_uint8, fill_outside, load_features,
+                                     object_crops, save_features, swap_silhouettes)
+from scenecomp.eval.metrics import (accuracy, background_purity, category_diversity, diversity, edit_locality,
+                                    frechet_distance, illumination_consistency, illumination_pairs, inception_score,
+                                    kernel_distance)
+from scenecomp.eval.protocol import EDIT_OFFSET, SEED_STRIDE, Model, SingleShot, evaluate, read_batches, sample_layouts
+from scenecomp.eval.report import format_table
+from scenecomp.eval.two_sample import two_sample_accuracy
+from scenecomp.nets import layout_map, visible_masks
 
 ROOT = Path(__file__).resolve().parents[1]
 CATEGORIES = ["tree", "house", "sun", "cloud", "rock"]
@@ -103,34 +111,45 @@ def test_category_diversity_of_object_crops(random_net):
 
 
 class _Painter:
-    """A stand-in model: every object a flat shade of its category, plus (``vary``) a shift from its noise."""
+    """A stand-in renderer (the Composer's interface): every object a flat shade of its category on black,
+    plus (``vary``) a shift from its seed's noise; or (``copy``) the split's real image of the layout."""
 
-    kind, layered, z_dim, resolution, num_parameters = "fake", True, 4, 32, 0
+    resolution = 32
 
-    def __init__(self, vary: bool):
-        self.vary = vary
+    def __init__(self, vary: bool = False, copy=None):
+        self.vary, self.copy = vary, copy
 
     def to(self, device):
         return self
 
-    def paint(self, z_bg, z_obj, masks, cats):
-        image = torch.zeros(len(cats), 3, 32, 32)
-        for k in range(cats.shape[1]):
-            shade = torch.linspace(-0.8, 0.8, 5)[cats[:, k], None].expand(-1, 3)
-            shade = shade + 0.3 * z_obj[:, k, :3].tanh() if self.vary else shade
-            image = torch.where(masks[:, k] > 0.5, shade[:, :, None, None], image)
-        return image
+    def seeded(self, layout, seed=0):
+        return Composer.seeded(self, layout, seed)
 
-    def background(self, z_bg):
-        return torch.zeros(len(z_bg), 3, 32, 32)
+    def render_iter(self, layouts, batch_size=16):
+        from types import SimpleNamespace
+        for layout in map(self.seeded, layouts):
+            if self.copy is not None:  # background seed = SEED_STRIDE * j + layout index (+ EDIT_OFFSET: new look)
+                yield SimpleNamespace(image=self.copy[layout.background_seed % EDIT_OFFSET % SEED_STRIDE]["image"])
+                continue
+            image = torch.zeros(3, 32, 32)
+            for obj, mask in zip(layout.objects, torch.from_numpy(layout.masks((32, 32)))):
+                shade = torch.full((3,), torch.linspace(-0.8, 0.8, 5)[CATEGORIES.index(obj.category)].item())
+                shade = shade + 0.3 * noise(obj.seed, 3).tanh() if self.vary else shade
+                image = torch.where(mask > 0.5, shade[:, None, None], image)
+            yield SimpleNamespace(image=image)
 
 
-def test_per_category_diversity_of_models_with_and_without_noise(tiny_shapes):
+def _tiny_net() -> FeatureNet:
     torch.manual_seed(0)
     net = FeatureNet(num_categories=5, resolution=32, crop_size=16, channels=4, max_channels=8, feature_dim=8).eval()
     net.categories = CATEGORIES
-    models = {"flat": _Painter(False), "varied": _Painter(True)}
-    result = evaluate(tiny_shapes, models, net, samples=16, seeds=2, batch_size=8)
+    return net
+
+
+def test_per_category_diversity_of_models_with_and_without_noise(tiny_shapes):
+    net = _tiny_net()
+    models = {"flat": Model("fake", _Painter(False), ()), "varied": Model("fake", _Painter(True), ())}
+    result = evaluate(tiny_shapes, models, net, samples=16, seeds=2, batch_size=8, two_sample=False)
     per = result["diversity_per_category"]
     assert set(per["flat"]) == set(CATEGORIES) and all(v is not None for v in per["flat"].values())
     assert all(v == 0 for v in per["flat"].values()) and all(v > 0 for v in per["varied"].values())
@@ -139,10 +158,48 @@ def test_per_category_diversity_of_models_with_and_without_noise(tiny_shapes):
     assert result["diversity_every_category_above_zero"] == {"flat": False, "varied": True}
     table = format_table(result)
     assert "diversity, sun objects" in table and "flat NO (min 0, " in table and "varied yes" in table
-    one = evaluate(tiny_shapes, models, net, samples=4, seeds=1, batch_size=8)
+    one = evaluate(tiny_shapes, models, net, samples=4, seeds=1, batch_size=8, two_sample=False)
     assert one["diversity_per_category"] == {"flat": None, "varied": None}
     assert one["diversity_every_category_above_zero"] == {"flat": None, "varied": None}
     assert "needs --seeds >= 2" in format_table(one)
+
+
+def test_floors_and_calibrations_against_a_copy_of_the_real_images(tiny_shapes):
+    """A model that returns the layouts' real images sits exactly on the FID/KID floor; flat shapes on black
+    are far above it and the two-sample tests tell them from real, well above their real-vs-real calibration."""
+    from scenecomp.data import SceneDataset
+
+    net = _tiny_net()
+    copy = Model("fake", _Painter(copy=SceneDataset(tiny_shapes, None, CATEGORIES, 32, 8)), ())
+    result = evaluate(tiny_shapes, {"copy": copy}, net, samples=32, seeds=1, batch_size=16, two_sample=False)
+    m, p = result["metrics"], result["protocol"]
+    assert (p["layouts"], p["reference_images"], p["distance_sample_size"]) == (32, 32, 32)
+    assert m["fid"]["real"] > 0 and m["fid"]["copy"] == pytest.approx(m["fid"]["real"], rel=1e-6)
+    assert m["fid_over_floor"]["copy"] == pytest.approx(1) and m["kid"]["copy"] == pytest.approx(m["kid"]["real"], rel=1e-6)
+    assert m["object_accuracy"]["copy"] == m["object_accuracy"]["real"]
+    result = evaluate(tiny_shapes, {"flat": Model("fake", _Painter(False), ())}, net, samples=32, seeds=1,
+                      batch_size=16)
+    m = result["metrics"]
+    assert m["fid"]["flat"] > 3 * m["fid"]["real"] and m["fid_over_floor"]["flat"] > 3
+    for key, least in (("two_sample_scenes", 0.9), ("two_sample_objects", 0.75), ("two_sample_backgrounds", 0.9)):
+        assert m[key]["flat"] >= least and m[key]["real"] < m[key]["flat"] - 0.2, (key, m[key])
+    table = format_table(result)
+    assert "compare 32 images (sample 0 of each layout) with 32" in table and "FID / real-vs-real floor" in table
+    assert "two-sample test, backgrounds" in table
+
+
+def test_two_sample_test_of_equal_and_of_different_distributions():
+    same = two_sample_accuracy(smooth_images(300, 0), smooth_images(300, 1))
+    assert abs(same - 0.5) <= 0.08, same
+    brighter = two_sample_accuracy(smooth_images(300, 0), smooth_images(300, 1, offset=40))
+    assert brighter >= 0.9, brighter
+    assert two_sample_accuracy(smooth_images(300, 0), smooth_images(300, 1, offset=40)) == brighter  # seeded
+    grain = smooth_images(300, 1).float() + torch.randn(300, 3, 16, 16, generator=torch.Generator().manual_seed(2)) * 12
+    assert two_sample_accuracy(smooth_images(300, 0), grain.clamp(0, 255).round().to(torch.uint8)) >= 0.9  # faint grain
+    x = smooth_images(40, 0)
+    assert two_sample_accuracy(x, x.clone()) == 0.5  # paired identical inputs: exactly one of each pair is right
+    assert two_sample_accuracy(smooth_images(3, 0), smooth_images(3, 1)) != two_sample_accuracy(
+        smooth_images(3, 0), smooth_images(3, 1))  # nan: too few to split
 
 
 def test_edit_locality_known_values():
@@ -215,13 +272,35 @@ def test_a_silhouette_swap_keeps_the_look_and_takes_the_other_outline():
     assert torch.allclose(swapped[0, :3][:, 2:8, :], torch.full((3, 6, 8), 0.8))
 
 
-def test_seeds_follow_the_composer_rule():
-    assert object_seed(0, 0) == 1 and object_seed(2, 3) == 2 * 1_000_003 + 4
-    z = noise_batch([5, 5, 7, 5 + EDIT_OFFSET], 6)
-    assert not torch.equal(z[0], z[3])  # an edit's seed gives other noise (torch keeps a seed's low 32 bits)
-    assert torch.equal(z[0], z[1]) and torch.equal(z[0], torch.randn(6, generator=torch.Generator().manual_seed(5)))
-    from scenecomp import compose
-    assert torch.equal(compose.noise(9, 6), noise_batch([9], 6)[0])
+def test_samples_are_composer_renderings_with_the_documented_seeds(tiny_shapes):
+    """Sample j of layout i is ``Composer.render(layout, seeds=SEED_STRIDE * j + i)``; a new look changes one
+    object's seed only; the baseline's one noise vector is the Composer's background noise."""
+    from scenecomp.data import SceneDataset
+
+    from conftest import make_tiny_nets
+
+    bg, fg = make_tiny_nets(num_categories=5, resolution=32)
+    composer = Composer(bg, fg, CATEGORIES)
+    batch = next(read_batches(SceneDataset(tiny_shapes, None, CATEGORIES, 32, 8), [3, 4, 5], 3, None))
+    layouts = sample_layouts(batch, 1)
+    model = Model("scenecomp", composer, (bg, fg))
+    images = model.render(layouts, batch_size=2)
+    unseeded = [dataclasses.replace(lay, background_seed=None) for lay in layouts]
+    expected = [composer.render(lay, seeds=SEED_STRIDE + i) for lay, i in zip(unseeded, [3, 4, 5])]
+    assert torch.equal(images, as_uint8(torch.stack(expected)))
+    assert [lay.background_seed for lay in layouts] == [SEED_STRIDE + 3, SEED_STRIDE + 4, SEED_STRIDE + 5]
+    edited = model.new_look(layouts[0], 0)
+    seeded = composer.seeded(layouts[0])
+    assert edited.objects[0].seed == (seeded.objects[0].seed + EDIT_OFFSET) % 2**32
+    assert edited.objects[1:] == seeded.objects[1:] and edited.background_seed == seeded.background_seed
+    single = SingleShot(bg, CATEGORIES)
+    image = next(single.render_iter(layouts[:1])).image
+    masks = torch.from_numpy(layouts[0].masks((32, 32)))[None, :, None]
+    cats = torch.tensor([[CATEGORIES.index(o.category) for o in layouts[0].objects]])
+    direct = bg(noise(SEED_STRIDE + 3, bg.z_dim)[None], layout_map(masks, cats, 5))[0]
+    torch.testing.assert_close(image, direct)
+    look = Model("baseline", single, (bg,)).new_look(layouts[0], 0)
+    assert look.background_seed == SEED_STRIDE + 3 + EDIT_OFFSET
 
 
 # ----------------------------------------------------------------------------- the feature network
@@ -276,10 +355,10 @@ def eval_args(r, *extra) -> list[str]:
 def test_eval_both_models_prints_the_table_and_writes_json_without_hydra_or_lightning(tiny_run):
     out = tiny_run["out"] / "results.json"
     args = eval_args(tiny_run, "--checkpoint", str(tiny_run["composer"]), "--baseline", str(tiny_run["baseline"]),
-                     "--json", str(out))
+                     "--baseline-matched", str(tiny_run["baseline"]), "--json", str(out))
     code = f"""
 import sys
-from scenecomp.evaluate import main
+from scenecomp.eval.cli import main
 try:
     main({args!r})
 finally:
@@ -290,10 +369,11 @@ finally:
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert res.returncode == 0, res.stderr
     table = res.stdout
-    assert "split " in table and "first 12 of 64 layouts" in table and "2 sample(s) per layout" in table
+    assert "layouts = its first 12 images, reference = the next 12 (64 in the split)" in table
+    assert "2 sample(s) per layout" in table and "compare 12 images (sample 0 of each layout) with 12" in table
     assert "24 generated images per model" in table and "32x32" in table and "features.pt" in table
     header = next(line for line in table.splitlines() if line.startswith("metric"))
-    assert header.split()[-3:] == ["scenecomp", "baseline", "real"]
+    assert header.split()[-4:] == ["scenecomp", "baseline", "baseline-matched", "real"]
     result = json.loads(out.read_text())
     p = result["protocol"]
     assert (p["layouts"], p["samples_per_layout"], p["resolution"]) == (12, 2, 32)
@@ -302,7 +382,10 @@ finally:
     for key in ("fid", "kid", "inception_score", "object_accuracy", "appearance_accuracy", "diversity",
                 "locality_look", "locality_category", "background_purity", "illumination"):
         assert set(m[key]) >= {"scenecomp", "baseline"}, key
-    assert m["fid"]["scenecomp"] >= 0 and m["fid"]["real"] is None
+    assert m["fid"]["scenecomp"] >= 0 and m["fid"]["real"] >= 0  # real: the floor
+    # the same bundle given as both baselines: the same numbers, in its own column
+    assert all(v["baseline"] == v["baseline-matched"] for v in m.values()), m
+    assert result["models"]["baseline-matched"]["kind"] == "baseline"
     for key in ("object_accuracy", "appearance_accuracy", "background_purity"):
         assert all(0 <= v <= 1 for v in m[key].values()), key
     assert 1 <= m["inception_score"]["real"] <= 5
@@ -310,10 +393,12 @@ finally:
     assert m["locality_look"]["baseline"] > 0  # its only noise vector re-sampled: the whole image changes
     assert -1 <= m["illumination"]["real"] <= 1
     assert result["models"]["scenecomp"]["kind"] == "scenecomp"
-    assert set(result["diversity_per_category"]) == {"scenecomp", "baseline"}
+    assert set(result["diversity_per_category"]) == {"scenecomp", "baseline", "baseline-matched"}
     assert all(set(v) == set(CATEGORIES) for v in result["diversity_per_category"].values())
     assert m["diversity_min_category"]["real"] is None and set(result["diversity_every_category_above_zero"]) == {
-        "scenecomp", "baseline"}
+        "scenecomp", "baseline", "baseline-matched"}
+    for key in ("two_sample_scenes", "two_sample_objects", "two_sample_backgrounds"):  # with the calibration
+        assert all(0 <= v <= 1 for v in m[key].values()), key
     for cat in CATEGORIES:  # one row per category, "-" for real (no seeds)
         row = next(line for line in table.splitlines() if line.startswith(f"diversity, {cat} objects"))
         assert row.split()[-1] == "-"
@@ -343,6 +428,9 @@ def test_eval_errors(tiny_run, capsys, tmp_path):
     assert "no such file" in _error(capsys, eval_args(r, "--checkpoint", str(tmp_path / "missing.pt")))
     assert "not a readable scenecomp bundle" in _error(capsys, eval_args(r, "--checkpoint", str(r["data"])))
     assert "nothing to evaluate" in _error(capsys, eval_args(r))
+    assert "--samples 40 needs 80 images" in _error(capsys, eval_args(r, "--checkpoint", str(r["composer"]),
+                                                                     "--samples", "40"))
+    assert "no baseline network" in _error(capsys, eval_args(r, "--baseline-matched", str(r["composer"])))
     assert "no baseline network" in _error(capsys, eval_args(r, "--baseline", str(r["composer"])))
     assert "--samples must be a positive" in _error(capsys, eval_args(r, "--checkpoint", str(r["composer"]),
                                                                       "--samples", "0"))

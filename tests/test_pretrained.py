@@ -8,11 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from scenecomp import Composer
 from scenecomp.compose import DEFAULT_MODEL
-from scenecomp.evaluate import DEFAULT_FEATURES, LayeredModel, evaluate, load_features
+from scenecomp.eval.features import DEFAULT_FEATURES, load_features
+from scenecomp.eval.protocol import Model, evaluate
 from scenecomp.render import main as render_main
 from scenecomp.shapes import CATEGORIES, write_dataset
 
@@ -34,11 +33,11 @@ def test_pretrained_renders_the_examples(tmp_path):
 
 
 def test_pretrained_objects_are_recognisable(tmp_path):
-    write_dataset(tmp_path, count=48, size=64, seed=777)
-    composer = Composer.pretrained(dtype=torch.float32)  # evaluate feeds the networks float32
-    model = LayeredModel(composer.background_net, composer.foreground_net)
+    write_dataset(tmp_path, count=96, size=64, seed=777)  # 48 layouts and a reference of 48
+    composer = Composer.pretrained()
+    model = Model("scenecomp", composer, (composer.background_net, composer.foreground_net))
     result = evaluate(tmp_path / "annotations.json", {"scenecomp": model}, load_features(DEFAULT_FEATURES),
-                      samples=48, seeds=1, batch_size=16)
+                      samples=48, seeds=1, batch_size=16, two_sample=False)
     accuracy = result["metrics"]["object_accuracy"]
     assert accuracy["real"] > 0.9  # the classifier itself works on this split
     assert accuracy["scenecomp"] >= ACCURACY_FLOOR, accuracy

@@ -230,6 +230,7 @@ def test_foreground_stage_counts_a_batch_without_eligible_objects(tiny_config):
     trainer.fit(model, datamodule=datamodule)
     assert steps == [4, 8] and model.batches_done == 2
 
+
 def test_compile_keeps_plain_state_dict_keys_so_bundles_load_without_compile(tiny_config):
     cfg = tiny_config("compile=true")
     _, model, _ = build(cfg)  # torch.compile is lazy: nothing compiles until the first batch

@@ -1,10 +1,17 @@
 """Train the in-domain feature network that ``scenecomp-eval`` uses (FID/KID features and the classifier).
 
-    python tools/train_features.py --data data/shapes64/train --out scenecomp/assets/features.pt
-    python tools/train_features.py --data data/shapes64/train --out /tmp/features.pt --steps 300 --images 1000
+    python tools/train_features.py --generate-shapes 2 --data data/shapes64-features --out scenecomp/assets/features.pt
+    python tools/train_features.py --data data/shapes64-features --out /tmp/features.pt --steps 300 --images 1000
 
-Trains `scenecomp.evaluate.FeatureNet` with `scenecomp.evaluate.train_features`
-on real images and object crops of a training split (Shapes: also on its
+The network must not be trained on the generators' training data
+(data/shapes64/train, Shapes seed 0) nor on the test split (seed 1):
+``--generate-shapes SEED`` first writes its own Shapes split of ``--images +
+--holdout`` scenes with that seed into ``--data`` (unless one is there
+already), 64x64 unless ``--resolution`` says otherwise. The shipped
+``scenecomp/assets/features.pt`` records the split and its seed in its meta.
+
+Trains `scenecomp.eval.features.FeatureNet` with `scenecomp.eval.feature_training.train_features`
+on real images and object crops of that split (Shapes: also on its
 object-free ``backgrounds/``, as negatives for the presence head; this is
 evaluation tooling, the generators never see them), reports its accuracy on
 held-out images of the same split (the last ``--holdout``, never trained on)
@@ -20,15 +27,23 @@ from pathlib import Path
 
 import torch
 
-from scenecomp.evaluate import save_features, train_features
+from scenecomp.eval.feature_training import train_features
+from scenecomp.eval.features import save_features
+from scenecomp.shapes import write_dataset
+
+USED_SEEDS = {0: "the generators' training split (data/shapes64/train)", 1: "the test split (data/shapes64/test)"}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                epilog="example:\n  python tools/train_features.py --data data/shapes64/train "
-                                       "--out scenecomp/assets/features.pt",
+                                epilog="example:\n  python tools/train_features.py --generate-shapes 2 "
+                                       "--data data/shapes64-features --out scenecomp/assets/features.pt",
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True, help="training split: COCO JSON or folder holding annotations.json")
+    p.add_argument("--data", required=True, help="training split: COCO JSON or folder holding annotations.json "
+                   "(with --generate-shapes: the folder to write it to)")
+    p.add_argument("--generate-shapes", type=int, metavar="SEED",
+                   help="first write a Shapes split with this seed into --data unless it holds one (use a seed "
+                        "no generator trains or is tested on: not 0 or 1)")
     p.add_argument("--out", required=True, help="where to write the network (.pt)")
     p.add_argument("--images", type=int, default=6000, help="training images, the first of the split (default 6000)")
     p.add_argument("--holdout", type=int, default=1000, help="held-out images, the last of the split (default 1000)")
@@ -41,6 +56,15 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     try:
+        if args.generate_shapes is not None:
+            if args.generate_shapes in USED_SEEDS:
+                raise ValueError(f"--generate-shapes {args.generate_shapes}: that seed is {USED_SEEDS[args.generate_shapes]}; "
+                                 "the feature network needs scenes disjoint from it")
+            if not (Path(args.data) / "annotations.json").is_file():
+                stats = write_dataset(args.data, count=args.images + args.holdout, size=args.resolution or 64,
+                                      seed=args.generate_shapes)
+                print(f"wrote {stats['count']} Shapes scenes (seed {args.generate_shapes}) to {args.data} "
+                      f"in {stats['seconds']:.0f} s", flush=True)
         net = train_features(args.data, images=args.images, holdout=args.holdout, steps=args.steps,
                              batch_size=args.batch_size, seed=args.seed, resolution=args.resolution,
                              progress=False, log=lambda m: print(m, flush=True))
