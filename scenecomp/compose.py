@@ -30,7 +30,6 @@ image for every sample seed.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import numbers
 import os
 from dataclasses import dataclass
@@ -40,7 +39,8 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
-from scenecomp.layout import SEED_LIMIT, Layout, LayoutError, LayoutObject, rasterize
+from scenecomp.layout import (SEED_LIMIT, Layout, LayoutError, LayoutObject, did_you_mean, image_mask, quote,
+                              rasterize)
 from scenecomp.nets import ForegroundGenerator, LayoutGenerator, composite
 
 DEFAULT_MODEL = Path(__file__).parent / "assets" / "composer.pt"
@@ -309,16 +309,18 @@ class Composer:
                 return self._categories[category]
             raise CompositionError(f"category index {category} out of range: this composer has "
                                    f"{len(self._categories)} categories ({', '.join(self._categories)})")
-        close = difflib.get_close_matches(category, self._categories, n=1) if isinstance(category, str) else []
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise CompositionError(f"unknown category {category!r}{hint}; known categories: {', '.join(self._categories)}")
+        if isinstance(category, str):
+            shown = f"{quote(category)}{did_you_mean(category, self._categories)}"
+        else:
+            shown = repr(category) if isinstance(category, numbers.Number) else f"of type {type(category).__name__}"
+        raise CompositionError(f"unknown category {shown}; known categories: {', '.join(self._categories)}")
 
     def _mask(self, mask, what: str = "mask") -> np.ndarray:
         """A read-only bool ``[R,R]`` array from any accepted mask form (see `Scene.add`)."""
         R = self.resolution
         if isinstance(mask, dict):
             try:
-                array = rasterize(mask, (R, R))
+                array = rasterize(mask, (R, R), trusted=True)  # a file the caller names in code, not a layout's
             except LayoutError as e:
                 raise CompositionError(f"{what}: {e.problem}") from None
         else:
@@ -487,11 +489,13 @@ class Scene:
 
         ``category``: a name from ``composer.categories`` (or its index).
         ``mask``: a numpy array or torch tensor ``[R,R]`` or ``[1,R,R]``
-        (bool, or numbers that are all 0 or 1), a PIL image ``R×R`` (nonzero in
-        any channel = inside), or a layout shape in the composer's pixels:
+        (bool, or numbers that are all 0 or 1), a PIL image ``R×R`` (inside as in
+        a mask file: alpha > 127 where alpha varies, else luminance > 127; see
+        `scenecomp.layout.image_mask`), or a layout shape in the composer's pixels:
         ``{"polygon": [[x, y], ...]}``, ``{"bbox": [x, y, w, h]}``,
         ``{"rle": {...}}`` or ``{"mask": "file.png"}`` (relative to the working
-        directory; RLEs and files of another size are scaled, nearest neighbour). Arrays and images of
+        directory, any regular file: the path is the caller's, not a layout file's;
+        RLEs and files of another size are scaled, nearest neighbour). Arrays and images of
         another size are an error, never silently resized. An empty mask is an
         error. ``seed`` defaults to ``object_seed(background_seed, len(scene))``.
         """
@@ -603,9 +607,9 @@ def _seed_list(seeds) -> list[int]:
 def _mask_array(mask, what: str) -> np.ndarray:
     """A 2-D bool array from an array, tensor or PIL image; size unchecked."""
     from PIL import Image
-    if isinstance(mask, Image.Image):
-        pixels = np.asarray(mask)
-        return pixels.any(axis=2) if pixels.ndim == 3 else pixels != 0
+    if isinstance(mask, Image.Image):  # the rule of mask files (`image_mask`); a flat image is empty
+        inside = image_mask(mask)
+        return np.zeros((mask.height, mask.width), bool) if inside is None else inside
     if isinstance(mask, torch.Tensor):
         mask = mask.detach().to("cpu")
         mask = mask.float().numpy() if mask.dtype in (torch.bfloat16, torch.float16) else mask.numpy()

@@ -321,9 +321,11 @@ def test_every_mask_form_gives_the_same_object(composer, tmp_path):
     png = tmp_path / "m.png"
     Image.fromarray(m.astype(np.uint8) * 200).save(png)
     rgb = np.zeros((R, R, 3), np.uint8)
-    rgb[m, 1] = 1
+    rgb[m] = [250, 200, 0]  # PIL images follow the mask-file rule: luminance > 127 here
     forms = [m, m.astype(np.float32), m.astype(np.uint8)[None], torch.from_numpy(m), torch.from_numpy(m).float()[None],
              Image.fromarray(m.astype(np.uint8) * 255), Image.fromarray(m), Image.fromarray(rgb),
+             Image.fromarray(np.dstack([np.zeros((R, R, 3), np.uint8), m.astype(np.uint8) * 255]), "RGBA"),
+             Image.fromarray(np.dstack([rgb, np.full((R, R), 255, np.uint8)]), "RGBA"),  # opaque: luminance
              {"bbox": [3, 4, 7, 5]}, {"polygon": [[3, 4], [10, 4], [10, 9], [3, 9]]}, {"rle": rle(m)},
              {"mask": str(png)}]
     base = composer.background(0)
@@ -356,6 +358,9 @@ def test_error_messages(composer, scene, tmp_path):
         (lambda: base.add("tree", np.ones((8, 8), bool)),
          "mask is 8x8 (height x width) but this composer paints 16x16; resize it to 16x16 first"),
         (lambda: base.add("tree", Image.new("L", (R, 2 * R), 255)), "mask is 32x16 (height x width)"),
+        (lambda: base.add("tree", Image.new("RGBA", (R, R), (255, 255, 255, 255))), "mask is empty"),  # flat
+        (lambda: base.add("t" * 10**7, BOXES[0]), "unknown category 'tttttttt"),
+        (lambda: base.add([1, 2], BOXES[0]), "unknown category of type list; known categories"),
         (lambda: base.add("tree", np.ones((2, R, R))), "mask must be [H, W] or [1, H, W], got shape [2, 16, 16]"),
         (lambda: base.add("tree", BOXES[0] * 255), "mask values must be 0 and 1 (or bool), got values from 0 to 255"),
         (lambda: base.add("tree", np.full((R, R), np.nan)), "mask values must be 0 and 1"),
@@ -384,7 +389,8 @@ def test_error_messages(composer, scene, tmp_path):
     for call, message in cases:
         with pytest.raises(CompositionError) as info:
             call()
-        assert message in str(info.value), (message, str(info.value))
+        assert message in str(info.value), (message, str(info.value)[:500])
+        assert len(str(info.value)) < 400  # a huge input is cut short, not echoed
     bad = Layout((R, R), [LayoutObject("tree", {"bbox": [0, 0, 4, 4]}), LayoutObject("hous", {"bbox": [0, 0, 4, 4]})],
                  path=tmp_path / "bad.json")
     with pytest.raises(LayoutError, match=r"bad.json: object 1: unknown category 'hous' \(did you mean 'house'\?\); "
