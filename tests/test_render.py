@@ -161,6 +161,48 @@ def test_folder_of_valid_and_invalid_layouts_then_resume_then_overwrite(bundle, 
     assert sorted(line["image"] for line in manifest(out)) == sorted(expected)  # one line per image
 
 
+def test_hostile_layouts_are_reported_and_the_good_ones_still_render(bundle, tmp_path, capsys):
+    """Issue 13, defects 2, 3 and 7: each is one failed layout with its file named, never a traceback."""
+    folder = tmp_path / "layouts"
+    folder.mkdir()
+    write_json(folder / "good.json", {"size": [16, 16], "objects": [{"category": "tree", "bbox": [2, 2, 8, 8]}]})
+    write_json(folder / "deep.json", "[" * 100_000 + "]" * 100_000)
+    one = [{"category": "tree", "bbox": [2, 2, 8, 8]}]
+    write_json(folder / "huge.json", {"size": [100_000, 100_000], "objects": one})
+    write_json(folder / "large.json", {"size": [30_000, 30_000], "objects": one})
+    write_json(folder / "longname.json", {"size": [16, 16], "objects": [{"category": "x" * 5_000_000,
+                                                                          "bbox": [2, 2, 8, 8]}]})
+    write_json(folder / "escape.json", {"size": [16, 16], "objects": [{"category": "sun",
+                                                                       "mask": "../../../../etc/passwd"}]})
+    points = [[8 + 6 * np.cos(t), 8 + 6 * np.sin(t)] for t in np.linspace(0, 6.28, 20_000)]
+    write_json(folder / "points.json", {"size": [16, 16], "objects": [{"category": "sun", "polygon": points}]})
+    status, err = cli([folder, "--checkpoint", bundle, "--out", tmp_path / "out"], capsys)
+    assert status == 1 and "Traceback" not in err
+    assert "1 image rendered, 6 layouts failed" in err and (tmp_path / "out" / "good_s0000.png").is_file()
+    failed = {line.split(": failed: ", 1)[1].split(":", 1)[0]: line for line in err.splitlines() if ": failed: " in line}
+    assert sorted(os.path.basename(f) for f in failed) == ["deep.json", "escape.json", "huge.json", "large.json",
+                                                          "longname.json", "points.json"]
+    reasons = {os.path.basename(f): line for f, line in failed.items()}
+    assert "nested too deeply" in reasons["deep.json"]
+    assert "100000x100000 (height x width) is too large" in reasons["huge.json"]
+    assert "30000x30000 (height x width) is too large" in reasons["large.json"]
+    assert "(5000000 characters)" in reasons["longname.json"] and len(reasons["longname.json"]) < 400
+    assert "outside the layout's folder" in reasons["escape.json"]
+    assert "polygon has 20000 points" in reasons["points.json"]
+
+
+def test_trusted_masks_reads_masks_outside_the_layout_folder(bundle, tmp_path, capsys):
+    square = np.zeros((16, 16), np.uint8)
+    square[4:12, 4:12] = 255
+    Image.fromarray(square).save(tmp_path / "shared.png")
+    folder = tmp_path / "layouts"
+    write_json(folder / "s.json", {"size": [16, 16], "objects": [{"category": "sun", "mask": "../shared.png"}]})
+    status, err = cli([folder, "--checkpoint", bundle, "--out", tmp_path / "out"], capsys)
+    assert status == 1 and "s.json: object 0: mask file '../shared.png' is outside the layout's folder" in err
+    status, err = cli([folder, "--checkpoint", bundle, "--out", tmp_path / "out", "--trusted-masks"], capsys)
+    assert status == 0 and "1 image rendered" in err and (tmp_path / "out" / "s_s0000.png").is_file()
+
+
 def test_resume_repairs_a_half_written_manifest_line(bundle, tmp_path, capsys):
     folder = tmp_path / "layouts"
     folder.mkdir()
