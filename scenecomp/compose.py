@@ -124,9 +124,11 @@ class Composer:
 
     @classmethod
     def from_checkpoint(cls, path, device=None, dtype: torch.dtype | None = None) -> Composer:
-        """Load a ``composer.pt`` bundle (plain data, read with ``weights_only=True``;
-        neither Hydra nor Lightning is imported). Raises `BundleError` naming the
-        file when it is not a usable bundle."""
+        """Load a ``composer.pt`` bundle, or the one in a run folder (plain data, read
+        with ``weights_only=True``; neither Hydra nor Lightning is imported). Raises
+        `BundleError` naming the file when it is not a usable bundle (a Lightning
+        ``last.ckpt``, NaN weights, ...)."""
+        path = bundle_file(path)
         data = load_bundle(path)
         background = build_network(data, "background", path)
         foreground = build_network(data, "foreground", path)
@@ -688,21 +690,32 @@ def bundle_dict(categories: list[str], half: bool = False, **networks: torch.nn.
 
 def save_bundle(path, data: dict) -> None:
     """Write atomically: a temporary file renamed into place, never a half-written bundle."""
-    from pathlib import Path
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     torch.save(data, tmp)
     tmp.replace(path)
 
 
+def bundle_file(path) -> Path:
+    """The bundle a path names: the path itself, or ``composer.pt`` in a run folder."""
+    path = Path(path)
+    return path / "composer.pt" if path.is_dir() else path
+
+
 def load_bundle(path) -> dict:
-    """Read a bundle with ``weights_only=True`` (loading never runs code) and check its tag and version."""
+    """Read a bundle (or a run folder's ``composer.pt``) with ``weights_only=True``
+    (loading never runs code) and check its tag and version."""
+    path = bundle_file(path)
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise BundleError(f"{path}: no such file") from None
     except Exception as e:  # unpickling refused, truncated file, not a torch file
-        raise BundleError(f"{path}: not a readable scenecomp bundle ({type(e).__name__}: {e})") from None
+        hint = f"; {_lightning_hint(path)}" if path.suffix == ".ckpt" else ""
+        raise BundleError(f"{path}: not a readable scenecomp bundle ({type(e).__name__}: {e}){hint}") from None
+    if isinstance(data, dict) and ("pytorch-lightning_version" in data or {"state_dict", "global_step"} <= set(data)):
+        raise BundleError(f"{path}: this is a Lightning training checkpoint (for resuming scenecomp-train), "
+                          f"not a composer bundle; {_lightning_hint(path)}")
     if not isinstance(data, dict) or data.get("format") != BUNDLE_FORMAT:
         raise BundleError(f"{path}: not a scenecomp bundle (format tag {data.get('format') if isinstance(data, dict) else None!r})")
     if data.get("version") != BUNDLE_VERSION:
@@ -710,11 +723,24 @@ def load_bundle(path) -> dict:
     return data
 
 
+def _lightning_hint(path: Path) -> str:
+    """Where the bundle of the run that wrote a Lightning checkpoint is."""
+    run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    return (f"load the bundle the run writes when it ends: {run / 'composer.pt'} "
+            f"(or the run folder {run}; --checkpoint takes either)")
+
+
 def build_network(data: dict, name: str, path=None) -> torch.nn.Module:
-    """Rebuild network ``name`` of a loaded bundle from its saved constructor arguments, in eval mode."""
+    """Rebuild network ``name`` of a loaded bundle from its saved constructor arguments, in eval mode.
+    Weights that are not finite (a diverged run) are refused: they would paint black images."""
     if name not in data["networks"]:
         raise BundleError(f"{path or 'bundle'}: holds no {name!r} network (it has {sorted(data['networks'])})")
     entry = data["networks"][name]
+    for key, value in entry["state_dict"].items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all():
+            bad = int((~torch.isfinite(value)).sum())
+            raise BundleError(f"{path or 'bundle'}: network {name!r}, tensor {key!r}: {bad} of {value.numel()} "
+                              "values are NaN or infinite (the training diverged); use a checkpoint from before")
     net = NETWORKS[name](**entry["kwargs"])
     net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in entry["state_dict"].items()})
     return net.eval().requires_grad_(False)

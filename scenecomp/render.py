@@ -106,7 +106,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from scenecomp.compose import DEFAULT_MODEL, BundleError, Composer, Rendering
+from scenecomp.compose import DEFAULT_MODEL, BundleError, Composer, Rendering, bundle_file
 from scenecomp.layout import SEED_LIMIT, Layout, LayoutError, load_layouts
 
 PROG = "scenecomp-render"
@@ -193,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "or COCO instances JSON files (one layout per image)")
     parser.add_argument("--out", "-o", required=True, metavar="DIR", help="output folder (created if needed)")
     parser.add_argument("--checkpoint", metavar="PATH",
-                        help="composer.pt bundle (default: the model shipped with scenecomp)")
+                        help="composer.pt bundle or a run folder holding one (default: the model shipped with scenecomp)")
     parser.add_argument("--seeds", type=_seeds_arg, default=[0], metavar="SEEDS",
                         help="sample seeds, one image each: 0-3, 1,5,9 or 0-2,7 (default 0); they fill in only "
                              "the seeds a layout leaves unset")
@@ -805,7 +805,7 @@ def _run(args, console: Console, child: bool) -> int:
         torch.set_num_threads(args.threads)
         os.environ["OMP_NUM_THREADS"] = str(args.threads)  # DDP ranks started by Lightning inherit it
     args.device_obj = _device(args.device, args.devices)
-    checkpoint = Path(args.checkpoint) if args.checkpoint else DEFAULT_MODEL
+    checkpoint = bundle_file(args.checkpoint) if args.checkpoint else DEFAULT_MODEL  # a run folder: its composer.pt
     if args.checkpoint is None and not checkpoint.is_file():
         raise UsageError(f"no default model is shipped with this scenecomp yet (looked for {checkpoint}); "
                          "give one with --checkpoint run/composer.pt")

@@ -481,3 +481,39 @@ def test_bundle_errors_name_the_file(composer, tmp_path, monkeypatch):
     (tmp_path / "assets").mkdir()
     save_bundle(tmp_path / "assets" / "composer.pt", data)
     assert Composer.pretrained().categories == tuple(CATEGORIES)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_diverged_bundle_is_refused_naming_the_tensor(composer, tmp_path, bad):
+    """Issue 13, defect 6: NaN weights rendered all-black images with exit 0."""
+    data = bundle_dict(CATEGORIES, half=True, background=composer.background_net,
+                       foreground=composer.foreground_net)
+    key = next(k for k, v in data["networks"]["foreground"]["state_dict"].items() if v.is_floating_point())
+    data["networks"]["foreground"]["state_dict"][key].view(-1)[0] = bad
+    path = tmp_path / "diverged.pt"
+    save_bundle(path, data)
+    with pytest.raises(BundleError, match=rf"{path}: network 'foreground', tensor '{re.escape(key)}': 1 of \d+ "
+                                          r"values are NaN or infinite \(the training diverged\)"):
+        Composer.from_checkpoint(path)
+
+
+def test_a_lightning_checkpoint_points_to_the_run_bundle_and_a_run_folder_loads(composer, tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    ckpt = run / "checkpoints" / "last.ckpt"
+    torch.save({"epoch": 0, "global_step": 8, "pytorch-lightning_version": "2.5.0",
+                "state_dict": {"g_bg.weight": torch.zeros(2)}, "optimizer_states": []}, ckpt)
+    with pytest.raises(BundleError) as info:
+        Composer.from_checkpoint(ckpt)
+    assert str(info.value).startswith(f"{ckpt}: this is a Lightning training checkpoint")
+    assert f"{run / 'composer.pt'}" in str(info.value)
+    ckpt.write_bytes(b"not even a zip")  # unreadable, but its suffix still gets the hint
+    with pytest.raises(BundleError, match="not a readable scenecomp bundle") as info:
+        Composer.from_checkpoint(ckpt)
+    assert str(info.value).endswith(f"load the bundle the run writes when it ends: {run / 'composer.pt'} "
+                                    f"(or the run folder {run}; --checkpoint takes either)")
+    with pytest.raises(BundleError, match=rf"{re.escape(str(run / 'composer.pt'))}: no such file"):
+        Composer.from_checkpoint(run)
+    save_bundle(run / "composer.pt", bundle_dict(CATEGORIES, background=composer.background_net,
+                                                 foreground=composer.foreground_net))
+    assert Composer.from_checkpoint(run).categories == tuple(CATEGORIES)

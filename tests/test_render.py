@@ -410,6 +410,27 @@ def test_another_checkpoint_does_not_silently_skip(bundle, tmp_path, capsys):
     assert manifest(out)[0]["checkpoint_sha256"] == render.file_sha256(other) and len(manifest(out)) == 1
 
 
+def test_a_run_folder_renders_with_its_bundle_and_last_ckpt_or_nan_is_refused(bundle, composer, tmp_path, capsys):
+    """Issue 13, defects 6 and 10: a Lightning checkpoint or a diverged bundle is a bad option, exit 2."""
+    valid_layouts(tmp_path)
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    save_bundle(run / "composer.pt", torch.load(bundle, weights_only=True))
+    torch.save({"global_step": 4, "pytorch-lightning_version": "2.5.0", "state_dict": {}},
+               run / "checkpoints" / "last.ckpt")
+    out = tmp_path / "out"
+    status, err = cli([tmp_path / "box.json", "--checkpoint", run / "checkpoints" / "last.ckpt", "--out", out], capsys)
+    assert status == 2 and "a Lightning training checkpoint" in err and str(run / "composer.pt") in err
+    data = torch.load(bundle, weights_only=True)
+    next(iter(data["networks"]["background"]["state_dict"].values())).fill_(float("nan"))
+    save_bundle(tmp_path / "nan.pt", data)
+    status, err = cli([tmp_path / "box.json", "--checkpoint", tmp_path / "nan.pt", "--out", out], capsys)
+    assert status == 2 and "network 'background', tensor" in err and "NaN or infinite" in err
+    assert not out.exists()
+    status, err = cli([tmp_path / "box.json", "--checkpoint", run, "--out", out], capsys)
+    assert status == 0 and manifest(out)[0]["checkpoint"] == str(run / "composer.pt")
+
+
 @pytest.mark.parametrize("text, seeds", [("0-3", [0, 1, 2, 3]), ("1,5,9", [1, 5, 9]), ("0-2,7", [0, 1, 2, 7]),
                                          (" 4 ", [4]), ("2,0-3", [2, 0, 1, 3]), ("4294967295",
                                                                                   [2**32 - 1])])
