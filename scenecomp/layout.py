@@ -701,6 +701,8 @@ def _decode_rle(rle: dict) -> np.ndarray:
 
 def _coco_layouts(data: dict, path: Path, categories) -> list[Layout]:
     names = {}
+    if not isinstance(data.get("categories", []), list):
+        raise LayoutError(f"categories must be a list, got {_show(data['categories'])}", path)
     for j, cat in enumerate(data.get("categories") or []):
         if not (isinstance(cat, dict) and _is_int(cat.get("id")) and isinstance(cat.get("name"), str)):
             raise LayoutError(f"categories[{j}] needs an integer 'id' and a string 'name', got {_show(cat)}", path)

@@ -5,6 +5,8 @@ import re
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from pycocotools import mask as mask_utils
 
@@ -675,3 +677,74 @@ def test_fifo_or_device_as_mask_is_refused_without_opening(outside):
     (outside / "folder.png").mkdir()
     with pytest.raises(LayoutError, match=r"mask file 'folder\.png' is not a regular file"):
         load_mask_layout(outside, "folder.png")
+
+
+# --- property: any JSON gives a Layout or a LayoutError ------------------------
+
+SCALARS = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12)
+JSON = st.recursive(SCALARS | st.sampled_from(["tree", "", "x" * 300]),
+                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+                    max_leaves=20)
+
+
+def sometimes(good, *bad):
+    """Mostly a plausible value, sometimes any JSON or a chosen bad one: near-valid
+    input gets past the first checks to the deeper ones."""
+    worse = st.one_of(JSON, *bad)
+    return st.integers(0, 9).flatmap(lambda k: good if k < 8 else worse)  # one_of would pick each branch equally
+
+
+NUMBER = sometimes(st.integers(-4, 40) | st.floats(-4, 40), st.sampled_from([1e300, -1e10, 10**30, float("nan")]))
+SIZE = sometimes(st.lists(st.integers(1, 24), min_size=2, max_size=2),
+                 st.sampled_from([[0, 8], [100_000, 100_000], [8, 8, 8]]))
+RLE = sometimes(
+    st.builds(lambda h, w, bits, compress: (compressed_rle if compress else uncompressed_rle)(
+        np.resize(np.array(bits, bool), (h, w))), st.integers(1, 12), st.integers(1, 12),
+        st.lists(st.booleans(), min_size=1, max_size=40), st.booleans()),
+    st.fixed_dictionaries({"size": SIZE, "counts": st.lists(st.integers(-1, 300), max_size=6)
+                           | st.text("0123456789:;<=>?@ABCDEFGHIJKLMNOPQRSTUVWXYZ[\\]^_`abcdefghijklmno", max_size=10)}))
+SHAPE = st.one_of(
+    st.fixed_dictionaries({"polygon": sometimes(st.lists(st.lists(NUMBER, min_size=2, max_size=2), min_size=3,
+                                                         max_size=6))}),
+    st.fixed_dictionaries({"bbox": sometimes(st.lists(NUMBER, min_size=4, max_size=4))}),
+    st.fixed_dictionaries({"rle": RLE}),
+    st.fixed_dictionaries({"mask": sometimes(st.sampled_from(["m.png", "flat.png", "../m.png", "/dev/null", ".",
+                                                              "a\x00b", "missing.png"]))}))
+OBJECT = sometimes(st.builds(lambda category, shape, seed: {"category": category, **shape, **seed},
+                             sometimes(st.sampled_from(CATEGORIES)), SHAPE,
+                             st.just({}) | st.fixed_dictionaries({"seed": sometimes(st.integers(0, 2**32 - 1))})))
+LAYOUT = st.fixed_dictionaries({"size": SIZE, "objects": sometimes(st.lists(OBJECT, min_size=1, max_size=4))},
+                               optional={"version": sometimes(st.just(1)),
+                                         "background": sometimes(st.fixed_dictionaries({"seed": sometimes(
+                                             st.integers(0, 2**32 - 1))}))})
+IMAGES = st.lists(st.tuples(sometimes(st.text(max_size=6)), sometimes(st.integers(1, 24)),
+                            sometimes(st.integers(1, 24))), min_size=1, max_size=3).map(
+    lambda rows: [{"id": i, "file_name": f, "height": h, "width": w} for i, (f, h, w) in enumerate(rows)])
+ANNOTATION = sometimes(st.fixed_dictionaries(
+    {"image_id": sometimes(st.integers(0, 1)), "category_id": sometimes(st.integers(1, 5)),
+     "segmentation": sometimes(RLE | st.lists(st.lists(NUMBER, min_size=6, max_size=12), min_size=1, max_size=2))},
+    optional={"area": NUMBER, "id": JSON}))
+COCO = st.fixed_dictionaries(
+    {"images": IMAGES, "annotations": st.lists(ANNOTATION, min_size=1, max_size=4),
+     "categories": sometimes(st.just([{"id": i + 1, "name": n} for i, n in enumerate(CATEGORIES)]))},
+    optional={"info": sometimes(st.just({"paint_order": "annotation_order"}))})
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                   HealthCheck.too_slow])
+@given(document=st.one_of(JSON, LAYOUT, COCO))
+def test_any_json_gives_a_layout_or_a_layout_error(tmp_path, document):
+    """Whatever a file holds (any JSON, near-valid layouts, near-valid COCO files), the parser
+    returns layouts that rasterise, or a LayoutError naming the file; never another exception."""
+    if not (tmp_path / "m.png").exists():
+        mask_image("grey").save(tmp_path / "m.png")
+        write_png(tmp_path / "flat.png", np.zeros((4, 4)))
+    path = tmp_path / "any.json"
+    path.write_text(json.dumps(document))
+    try:
+        layouts = load_layouts(path, categories=CATEGORIES)
+        for layout in layouts:
+            assert layout.masks((8, 8)).shape[1:] == (8, 8)
+            Layout.from_dict(layout.to_dict(), path)  # what it writes, it reads
+    except LayoutError as e:
+        assert str(e).startswith(str(path)) and len(str(e)) < 1000
