@@ -39,8 +39,8 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
-from scenecomp.layout import (SEED_LIMIT, Layout, LayoutError, LayoutObject, did_you_mean, image_mask, quote,
-                              rasterize)
+from scenecomp.layout import (SEED_LIMIT, Layout, LayoutError, LayoutObject, did_you_mean, encode_rle, image_mask,
+                              quote, rasterize)
 from scenecomp.nets import ForegroundGenerator, LayoutGenerator, composite
 
 DEFAULT_MODEL = Path(__file__).parent / "assets" / "composer.pt"
@@ -445,12 +445,8 @@ class Scene:
     def layout(self) -> Layout:
         """This scene as a `Layout`: size ``[R,R]``, every seed filled in, each mask
         an exact COCO RLE. ``composer.render(scene.layout())`` reproduces ``scene.image``."""
-        from pycocotools import mask as mask_utils
         R = self._composer.resolution
-        objects = []
-        for obj in self._objects:
-            counts = mask_utils.encode(np.asfortranarray(obj.mask.astype(np.uint8)))["counts"].decode("ascii")
-            objects.append(LayoutObject(obj.category, {"rle": {"size": [R, R], "counts": counts}}, obj.seed))
+        objects = [LayoutObject(obj.category, {"rle": encode_rle(obj.mask)}, obj.seed) for obj in self._objects]
         return Layout((R, R), objects, self._background_seed)
 
     def save_layers(self, directory) -> Path:

@@ -19,7 +19,7 @@ Mask images: inside is alpha > 127 where the image has a varying alpha channel,
 else luminance > 127 (`image_mask`); a flat image is an error. Mask files are
 read only when they are regular files inside the layout file's folder, unless
 the layout is loaded with ``trusted=True``. Sizes, point counts and coordinates
-are bounded (`MAX_SIDE`, `MAX_PIXELS`, `MAX_POLYGON_POINTS`, `MAX_COORDINATE`)
+are bounded (`MAX_SIDE`, `MAX_PIXELS`, `MAX_OBJECTS`, `MAX_POLYGON_POINTS`, `MAX_COORDINATE`)
 and checked before anything is allocated, so a hostile file costs little.
 """
 from __future__ import annotations
@@ -53,6 +53,7 @@ SEED_LIMIT = 2**32
 MAX_SIDE = 8192                  # pixels per side
 MAX_PIXELS = 2**24               # height * width (16.7M, e.g. 4096 x 4096)
 MAX_POLYGON_POINTS = 10_000
+MAX_OBJECTS = 1000               # per layout: rendering holds a mask per object and batch entry
 MAX_COORDINATE = 1e9             # |x|, |y| of polygon and bbox values
 MAX_ECHO = 60                    # characters of a user's string shown in a message
 
@@ -169,6 +170,8 @@ class Layout:
             raise LayoutError("missing 'objects' (a list, may be empty)", path)
         if not isinstance(d["objects"], list):
             raise LayoutError(f"objects must be a list, got {_show(d['objects'])}", path)
+        if len(d["objects"]) > MAX_OBJECTS:
+            raise LayoutError(f"{len(d['objects'])} objects; at most {MAX_OBJECTS} are accepted", path)
 
         base_dir = path.parent if path is not None else None
         objects = []
@@ -205,18 +208,24 @@ class Layout:
 
     def save(self, path) -> None:
         """Write the layout file atomically: a reader sees the old file or the
-        new one, never half of one. Mask paths are rewritten relative to the
-        new file's folder so they still point at the same images."""
+        new one, never half of one. A mask file inside the new file's folder is
+        referred to relative to it; any other mask file is embedded as an exact
+        RLE (at the layout's size), since masks outside a layout's folder are
+        read only from trusted layouts. Either way the file renders the same."""
         path = Path(path)
         d = self.to_dict()
         old_dir = self.path.parent if self.path is not None else Path(".")
-        for entry in d["objects"]:
-            if "mask" in entry and not Path(entry["mask"]).is_absolute():
-                target = os.path.abspath(old_dir / entry["mask"])
-                try:
-                    entry["mask"] = Path(os.path.relpath(target, os.path.abspath(path.parent))).as_posix()
-                except ValueError:  # another drive on Windows: no relative path exists
-                    entry["mask"] = Path(target).as_posix()
+        new_dir = os.path.realpath(path.parent)
+        for i, (entry, obj) in enumerate(zip(d["objects"], self.objects)):
+            if "mask" not in entry:
+                continue
+            target = old_dir / entry["mask"]
+            if os.path.commonpath([new_dir, os.path.realpath(target)]) == new_dir:
+                entry["mask"] = Path(os.path.relpath(os.path.realpath(target), new_dir)).as_posix()
+            else:
+                mask = rasterize(obj.shape, self.size, base_dir=old_dir, path=self.path, index=i,
+                                 trusted=self.trusted)
+                d["objects"][i] = {k: v for k, v in entry.items() if k != "mask"} | {"rle": encode_rle(mask)}
         text = _layout_json(d)
 
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -259,6 +268,12 @@ class Layout:
     @property
     def _image_label(self) -> str | None:
         return None if self._image is None else _image_name(*self._image)
+
+
+def encode_rle(mask: np.ndarray) -> dict:
+    """The compressed COCO RLE of a 2-D mask, counts as str (as a layout file holds it)."""
+    counts = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))["counts"].decode("ascii")
+    return {"size": [int(v) for v in mask.shape], "counts": counts}
 
 
 def did_you_mean(name: str, known) -> str:
@@ -577,7 +592,8 @@ def quote(text: str, limit: int = MAX_ECHO, show=repr) -> str:
     length, so a huge string from a file cannot flood the terminal."""
     if len(text) <= limit:
         return show(text)
-    return f"{show(text[:limit])[:-1]}… ({len(text)} characters)"
+    shown = show(text[:limit])
+    return f"{shown[:-1]}…{shown[-1]} ({len(text)} characters)"
 
 
 def _names(keys, limit: int = 10) -> str:
@@ -669,12 +685,16 @@ def _read_mask(name: str, base_dir, trusted: bool = False) -> np.ndarray:
                 raise LayoutError(f"mask file {shown} is outside the layout's folder {root}; only files inside "
                                   "it are read (for a layout you trust: Layout.load(..., trusted=True), "
                                   "scenecomp-render --trusted-masks)")
-        info = os.stat(file)
-        if not stat.S_ISREG(info.st_mode):  # checked before opening: opening a FIFO would wait forever
+        # Checked before opening: opening a FIFO waits forever, opening a device may act.
+        # Opened non-blocking and checked again, in case the file was swapped in between.
+        if not stat.S_ISREG(os.stat(file).st_mode):
             raise LayoutError(f"mask file {shown} is not a regular file")
-        with warnings.catch_warnings():
+        with open(os.open(file, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb") as f, \
+                warnings.catch_warnings():
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise LayoutError(f"mask file {shown} is not a regular file")
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(file) as image:
+            with Image.open(f) as image:
                 width, height = image.size  # from the header; nothing is decoded yet
                 _check_pixels(height, width, f"mask file {shown}:")
                 inside = image_mask(image)
@@ -734,7 +754,7 @@ def _coco_layouts(data: dict, path: Path, categories) -> list[Layout]:
         if not _is_key(ann.get("category_id")) or ann["category_id"] not in names:
             raise LayoutError(f"annotations[{j}] (id {_show(ann.get('id'))}): unknown category_id "
                               f"{_show(ann.get('category_id'))}; the file's categories have ids "
-                              f"{sorted(names)}", path)
+                              f"{_show(sorted(names))}", path)
         per_image[ann["image_id"]].append(ann)
 
     info = data.get("info") if isinstance(data.get("info"), dict) else None
@@ -742,6 +762,9 @@ def _coco_layouts(data: dict, path: Path, categories) -> list[Layout]:
     for image_id in sorted(images, key=lambda i: (isinstance(i, str), i)):
         image = images[image_id]
         size = (image["height"], image["width"])
+        if len(per_image[image_id]) > MAX_OBJECTS:
+            raise LayoutError(f"{len(per_image[image_id])} objects; at most {MAX_OBJECTS} are accepted", path,
+                              image=_image_name(image_id, image["file_name"]))
         objects = []
         for i, ann in enumerate(order_annotations(per_image[image_id], info)):
             try:

@@ -89,12 +89,15 @@ def test_save_to_another_folder_keeps_masks_resolvable(scene, tmp_path):
     layout = Layout.load(path)
     out = tmp_path / "elsewhere" / "deeper" / "moved.json"
     layout.save(out)
-    assert json.loads(out.read_text())["objects"][2]["mask"] == "../../masks/sun.png"
-    with pytest.raises(LayoutError, match="outside the layout's folder"):
-        Layout.load(out)  # a mask above the file's folder is read only when trusted
-    moved = Layout.load(out, trusted=True)
+    # a mask file outside the new folder would be read only from a trusted layout: it is embedded
+    assert json.loads(out.read_text())["objects"][2] == {"category": "sun", "seed": 0,
+                                                         "rle": compressed_rle(layout.masks()[2] > 0)}
+    moved = Layout.load(out)
     np.testing.assert_array_equal(moved.masks(), layout.masks())
+    np.testing.assert_array_equal(moved.masks((7, 40)), layout.masks((7, 40)))
     assert moved.name == "moved"
+    layout.save(tmp_path / "beside.json")  # inside the folder: still a file reference, relative to it
+    assert json.loads((tmp_path / "beside.json").read_text())["objects"][2]["mask"] == "masks/sun.png"
 
 
 def test_save_replaces_atomically_and_keeps_old_file_on_failure(scene, tmp_path):
@@ -545,6 +548,18 @@ def test_largest_canvas_is_accepted():
         layout.masks((9000, 9000))
 
 
+def test_too_many_objects_are_refused(tmp_path):
+    box = {"category": "tree", "bbox": [0, 0, 1, 1]}
+    assert len(Layout.from_dict({"size": [8, 8], "objects": [box] * 1000}).objects) == 1000
+    path = write_json(tmp_path / "many.json", {"size": [8, 8], "objects": [box] * 1001})
+    with pytest.raises(LayoutError, match=r"many\.json: 1001 objects; at most 1000 are accepted"):
+        Layout.load(path)
+    doc, _, _ = coco_document()
+    doc["annotations"] += [{**doc["annotations"][0], "id": 10 + i} for i in range(1000)]
+    with pytest.raises(LayoutError, match=r"ann\.json: image 3 \('a\.png'\): 1002 objects; at most 1000"):
+        load_coco_layouts(write_json(tmp_path / "ann.json", doc))
+
+
 def test_huge_polygons_and_coordinates_are_refused():
     circle = [[50 + 40 * np.cos(t), 50 + 40 * np.sin(t)] for t in np.linspace(0, 2 * np.pi, 10_001)]
     with pytest.raises(LayoutError, match="polygon has 10001 points; at most 10000"):
@@ -620,7 +635,7 @@ def test_huge_strings_are_cut_short_in_messages(tmp_path):
         Layout.load(path, categories=CATEGORIES)
     assert time.perf_counter() - started < 10
     message = str(info.value)
-    assert len(message) < 300 and "unknown category 'treeeee" in message and "… (20000003 characters)" in message
+    assert len(message) < 300 and "unknown category 'treeeee" in message and "eee…' (20000003 characters)" in message
     for doc, fragment in [({"size": [8, 8], "objects": [{"category": "a", "mask": huge}]}, "mask file 'treee"),
                           ({"size": [8, 8], "objects": [], huge: 1}, "unknown top-level key(s) 'treee"),
                           ({"size": huge, "objects": []}, 'size must be [height, width]')]:
