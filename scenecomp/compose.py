@@ -30,7 +30,6 @@ image for every sample seed.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import numbers
 import os
 from dataclasses import dataclass
@@ -40,7 +39,8 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
-from scenecomp.layout import SEED_LIMIT, Layout, LayoutError, LayoutObject, rasterize
+from scenecomp.layout import (SEED_LIMIT, Layout, LayoutError, LayoutObject, did_you_mean, encode_rle, image_mask,
+                              quote, rasterize)
 from scenecomp.nets import ForegroundGenerator, LayoutGenerator, composite
 from scenecomp.precision import auto_dtype
 
@@ -128,9 +128,11 @@ class Composer:
 
     @classmethod
     def from_checkpoint(cls, path, device=None, dtype: torch.dtype | str | None = "auto") -> Composer:
-        """Load a ``composer.pt`` bundle (plain data, read with ``weights_only=True``;
-        neither Hydra nor Lightning is imported). Raises `BundleError` naming the
-        file when it is not a usable bundle."""
+        """Load a ``composer.pt`` bundle, or the one in a run folder (plain data, read
+        with ``weights_only=True``; neither Hydra nor Lightning is imported). Raises
+        `BundleError` naming the file when it is not a usable bundle (a Lightning
+        ``last.ckpt``, NaN weights, ...)."""
+        path = bundle_file(path)
         data = load_bundle(path)
         background = build_network(data, "background", path)
         foreground = build_network(data, "foreground", path)
@@ -323,16 +325,18 @@ class Composer:
                 return self._categories[category]
             raise CompositionError(f"category index {category} out of range: this composer has "
                                    f"{len(self._categories)} categories ({', '.join(self._categories)})")
-        close = difflib.get_close_matches(category, self._categories, n=1) if isinstance(category, str) else []
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise CompositionError(f"unknown category {category!r}{hint}; known categories: {', '.join(self._categories)}")
+        if isinstance(category, str):
+            shown = f"{quote(category)}{did_you_mean(category, self._categories)}"
+        else:
+            shown = repr(category) if isinstance(category, numbers.Number) else f"of type {type(category).__name__}"
+        raise CompositionError(f"unknown category {shown}; known categories: {', '.join(self._categories)}")
 
     def _mask(self, mask, what: str = "mask") -> np.ndarray:
         """A read-only bool ``[R,R]`` array from any accepted mask form (see `Scene.add`)."""
         R = self.resolution
         if isinstance(mask, dict):
             try:
-                array = rasterize(mask, (R, R))
+                array = rasterize(mask, (R, R), trusted=True)  # a file the caller names in code, not a layout's
             except LayoutError as e:
                 raise CompositionError(f"{what}: {e.problem}") from None
         else:
@@ -455,12 +459,8 @@ class Scene:
     def layout(self) -> Layout:
         """This scene as a `Layout`: size ``[R,R]``, every seed filled in, each mask
         an exact COCO RLE. ``composer.render(scene.layout())`` reproduces ``scene.image``."""
-        from pycocotools import mask as mask_utils
         R = self._composer.resolution
-        objects = []
-        for obj in self._objects:
-            counts = mask_utils.encode(np.asfortranarray(obj.mask.astype(np.uint8)))["counts"].decode("ascii")
-            objects.append(LayoutObject(obj.category, {"rle": {"size": [R, R], "counts": counts}}, obj.seed))
+        objects = [LayoutObject(obj.category, {"rle": encode_rle(obj.mask)}, obj.seed) for obj in self._objects]
         return Layout((R, R), objects, self._background_seed)
 
     def save_layers(self, directory) -> Path:
@@ -501,11 +501,13 @@ class Scene:
 
         ``category``: a name from ``composer.categories`` (or its index).
         ``mask``: a numpy array or torch tensor ``[R,R]`` or ``[1,R,R]``
-        (bool, or numbers that are all 0 or 1), a PIL image ``R×R`` (nonzero in
-        any channel = inside), or a layout shape in the composer's pixels:
+        (bool, or numbers that are all 0 or 1), a PIL image ``R×R`` (inside as in
+        a mask file: alpha > 127 where alpha varies, else luminance > 127; see
+        `scenecomp.layout.image_mask`), or a layout shape in the composer's pixels:
         ``{"polygon": [[x, y], ...]}``, ``{"bbox": [x, y, w, h]}``,
         ``{"rle": {...}}`` or ``{"mask": "file.png"}`` (relative to the working
-        directory; RLEs and files of another size are scaled, nearest neighbour). Arrays and images of
+        directory, any regular file: the path is the caller's, not a layout file's;
+        RLEs and files of another size are scaled, nearest neighbour). Arrays and images of
         another size are an error, never silently resized. An empty mask is an
         error. ``seed`` defaults to ``object_seed(background_seed, len(scene))``.
         """
@@ -617,9 +619,9 @@ def _seed_list(seeds) -> list[int]:
 def _mask_array(mask, what: str) -> np.ndarray:
     """A 2-D bool array from an array, tensor or PIL image; size unchecked."""
     from PIL import Image
-    if isinstance(mask, Image.Image):
-        pixels = np.asarray(mask)
-        return pixels.any(axis=2) if pixels.ndim == 3 else pixels != 0
+    if isinstance(mask, Image.Image):  # the rule of mask files (`image_mask`); a flat image is empty
+        inside = image_mask(mask)
+        return np.zeros((mask.height, mask.width), bool) if inside is None else inside
     if isinstance(mask, torch.Tensor):
         mask = mask.detach().to("cpu")
         mask = mask.float().numpy() if mask.dtype in (torch.bfloat16, torch.float16) else mask.numpy()
@@ -698,21 +700,32 @@ def bundle_dict(categories: list[str], half: bool = False, **networks: torch.nn.
 
 def save_bundle(path, data: dict) -> None:
     """Write atomically: a temporary file renamed into place, never a half-written bundle."""
-    from pathlib import Path
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     torch.save(data, tmp)
     tmp.replace(path)
 
 
+def bundle_file(path) -> Path:
+    """The bundle a path names: the path itself, or ``composer.pt`` in a run folder."""
+    path = Path(path)
+    return path / "composer.pt" if path.is_dir() else path
+
+
 def load_bundle(path) -> dict:
-    """Read a bundle with ``weights_only=True`` (loading never runs code) and check its tag and version."""
+    """Read a bundle (or a run folder's ``composer.pt``) with ``weights_only=True``
+    (loading never runs code) and check its tag and version."""
+    path = bundle_file(path)
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise BundleError(f"{path}: no such file") from None
     except Exception as e:  # unpickling refused, truncated file, not a torch file
-        raise BundleError(f"{path}: not a readable scenecomp bundle ({type(e).__name__}: {e})") from None
+        hint = f"; {_lightning_hint(path)}" if path.suffix == ".ckpt" else ""
+        raise BundleError(f"{path}: not a readable scenecomp bundle ({type(e).__name__}: {e}){hint}") from None
+    if isinstance(data, dict) and ("pytorch-lightning_version" in data or {"state_dict", "global_step"} <= set(data)):
+        raise BundleError(f"{path}: this is a Lightning training checkpoint (for resuming scenecomp-train), "
+                          f"not a composer bundle; {_lightning_hint(path)}")
     if not isinstance(data, dict) or data.get("format") != BUNDLE_FORMAT:
         raise BundleError(f"{path}: not a scenecomp bundle (format tag {data.get('format') if isinstance(data, dict) else None!r})")
     if data.get("version") != BUNDLE_VERSION:
@@ -720,11 +733,24 @@ def load_bundle(path) -> dict:
     return data
 
 
+def _lightning_hint(path: Path) -> str:
+    """Where the bundle of the run that wrote a Lightning checkpoint is."""
+    run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    return (f"load the bundle the run writes when it ends: {run / 'composer.pt'} "
+            f"(or the run folder {run}; --checkpoint takes either)")
+
+
 def build_network(data: dict, name: str, path=None) -> torch.nn.Module:
-    """Rebuild network ``name`` of a loaded bundle from its saved constructor arguments, in eval mode."""
+    """Rebuild network ``name`` of a loaded bundle from its saved constructor arguments, in eval mode.
+    Weights that are not finite (a diverged run) are refused: they would paint black images."""
     if name not in data["networks"]:
         raise BundleError(f"{path or 'bundle'}: holds no {name!r} network (it has {sorted(data['networks'])})")
     entry = data["networks"][name]
+    for key, value in entry["state_dict"].items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all():
+            bad = int((~torch.isfinite(value)).sum())
+            raise BundleError(f"{path or 'bundle'}: network {name!r}, tensor {key!r}: {bad} of {value.numel()} "
+                              "values are NaN or infinite (the training diverged); use a checkpoint from before")
     net = NETWORKS[name](**entry["kwargs"])
     net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in entry["state_dict"].items()})
     return net.eval().requires_grad_(False)

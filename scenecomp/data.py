@@ -19,9 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
+import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
@@ -423,6 +426,48 @@ def __getattr__(name: str):
 
 
 # --------------------------------------------------------------------------- command line
+@contextmanager
+def new_folder(out, overwrite: bool = False):
+    """Write a data set as a whole: yields a temporary sibling folder of ``out``
+    that is renamed to ``out`` when the block ends without an error (and removed
+    when it fails), so a crash never leaves two data sets mixed or one half written.
+
+    A non-empty ``out`` is refused unless ``overwrite``; then the old folder is
+    moved aside, the new one renamed into place and the old one deleted (a crash
+    between the two renames leaves the old data set whole, beside it, as
+    ``.NAME.*.old``).
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out}: exists and is not a folder")
+    if not overwrite and out.is_dir() and any(out.iterdir()):
+        raise DataError(f"{out}: folder is not empty; choose another --out, or --overwrite to replace it "
+                        "(its whole content) with the new data set")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}.tmp"
+    old = tmp.with_suffix(".old")
+    tmp.mkdir()
+    try:
+        yield tmp
+        if overwrite and out.exists():
+            os.rename(out, old)
+        try:
+            os.rename(tmp, out)  # also refuses a folder that another writer filled meanwhile
+        except OSError:
+            if old.exists():
+                os.rename(old, out)  # put the old data set back
+            raise DataError(f"{out}: could not be replaced (another process wrote there?); nothing was changed") \
+                from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    path, folder = path.resolve(), folder.resolve()
+    return path == folder or folder in path.parents
+
+
 def _write_json_atomic(path: Path, data) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
@@ -436,16 +481,26 @@ def _write_json_atomic(path: Path, data) -> None:
 
 
 def prepare_coco(annotations, images, out, categories=None, size: int = 128, max_objects: int | None = None,
-                 min_area: float = 0.0, limit: int | None = None, progress: bool = False) -> dict:
-    """Write a resized, filtered COCO subset to ``out`` (see ``scenecomp-data coco --help``).
+                 min_area: float = 0.0, limit: int | None = None, progress: bool = False,
+                 overwrite: bool = False) -> dict:
+    """Write a resized, filtered COCO subset to ``out`` (see ``scenecomp-data coco --help``),
+    as a whole (`new_folder`: a non-empty ``out`` is refused unless ``overwrite``).
 
     Returns a summary dict: ``images``, ``objects``, ``categories``, ``annotations`` (path), ``seconds``.
     """
     start = time.perf_counter()
     dataset = SceneDataset(annotations, images, categories, size, max_objects, min_area, limit)
-    out = Path(out)
-    if (out / "images").resolve() == dataset.images_dir.resolve():
-        raise DataError(f"{out}: the output folder would overwrite the source images; choose another --out")
+    final = Path(out)
+    if _inside(dataset.images_dir, final) or _inside(dataset.annotations_path, final):
+        raise DataError(f"{final}: the output folder holds the source images or annotations, which writing "
+                        "it would replace; choose another --out")
+    with new_folder(final, overwrite) as out:
+        result = _write_coco_subset(dataset, out, size, max_objects, progress)
+    return {"images": len(result["images"]), "objects": len(result["annotations"]), "categories": dataset.categories,
+            "annotations": final / "annotations.json", "seconds": time.perf_counter() - start}
+
+
+def _write_coco_subset(dataset: SceneDataset, out: Path, size: int, max_objects, progress: bool) -> dict:
     (out / "images").mkdir(parents=True, exist_ok=True)
     from PIL import Image
 
@@ -492,8 +547,7 @@ def prepare_coco(annotations, images, out, categories=None, size: int = 128, max
                        for i, n in enumerate(dataset.categories)],
     }
     _write_json_atomic(out / "annotations.json", result)
-    return {"images": len(images_out), "objects": len(anns_out), "categories": dataset.categories,
-            "annotations": out / "annotations.json", "seconds": time.perf_counter() - start}
+    return result
 
 
 _EPILOG = """examples:
@@ -514,7 +568,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="output folder (images/, backgrounds/, annotations.json)")
     s.add_argument("--count", type=int, required=True, help="number of scenes")
     s.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
-    s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    s.add_argument("--seed", type=int, default=0, help="random seed, a non-negative integer (default 0)")
     s.add_argument("--workers", type=int, default=1, help="processes to render with (default 1; same output)")
     c = sub.add_parser("coco", help="prepare a resized subset of a COCO instances file",
                        epilog="example:\n" + _EPILOG.split("\n", 2)[2],
@@ -528,6 +582,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--min-area", type=float, default=0.0,
                    help="drop objects smaller than this fraction of the image (default 0)")
     c.add_argument("--limit", type=int, help="write at most this many images")
+    for parser in (s, c):
+        parser.add_argument("--overwrite", action="store_true",
+                            help="replace a non-empty --out folder as a whole (default: refuse it)")
     return p
 
 
@@ -545,9 +602,11 @@ def main(argv: list[str] | None = None) -> int:
             _positive("size", args.size)
             from scenecomp.shapes import write_dataset
             _positive("workers", args.workers)
+            if args.seed < 0:
+                raise DataError(f"--seed must be a non-negative integer, got {args.seed}")
             start = time.perf_counter()
             stats = write_dataset(args.out, count=args.count, size=args.size, seed=args.seed,
-                                  workers=args.workers) or {}
+                                  workers=args.workers, overwrite=args.overwrite) or {}
             seconds = time.perf_counter() - start
             out = Path(args.out)
             objects = f" with {stats['objects']} objects" if "objects" in stats else ""
@@ -561,7 +620,8 @@ def main(argv: list[str] | None = None) -> int:
             _positive("max-objects", args.max_objects)
             _positive("limit", args.limit)
             r = prepare_coco(args.annotations, args.images, args.out, args.categories, args.size,
-                             args.max_objects, args.min_area, args.limit, progress=True)
+                             args.max_objects, args.min_area, args.limit, progress=True,
+                             overwrite=args.overwrite)
             print(f"wrote {r['images']} images ({args.size}x{args.size}) with {r['objects']} objects of "
                   f"{len(r['categories'])} categories ({', '.join(r['categories'])}) in {r['seconds']:.1f} s")
             print(f"annotations: {r['annotations']}")

@@ -14,6 +14,13 @@ Coordinates are pixels, x right, y down; a pixel is inside a polygon or box
 when its centre is. A COCO instances JSON is also a source of layouts, one per
 image. Bad input raises `LayoutError`, whose message names the file, the
 object index and the problem.
+
+Mask images: inside is alpha > 127 where the image has a varying alpha channel,
+else luminance > 127 (`image_mask`); a flat image is an error. Mask files are
+read only when they are regular files inside the layout file's folder, unless
+the layout is loaded with ``trusted=True``. Sizes, point counts and coordinates
+are bounded (`MAX_SIDE`, `MAX_PIXELS`, `MAX_OBJECTS`, `MAX_POLYGON_POINTS`, `MAX_COORDINATE`)
+and checked before anything is allocated, so a hostile file costs little.
 """
 from __future__ import annotations
 
@@ -22,7 +29,9 @@ import json
 import math
 import numbers
 import os
+import stat
 import uuid
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +46,16 @@ _OBJECT_KEYS = {"category", "seed", *SHAPE_KINDS}
 # torch's CPU generator keeps only the low 32 bits of a seed (2**32 + 5 draws what 5 draws),
 # so larger seeds would silently repeat smaller ones.
 SEED_LIMIT = 2**32
+
+# Limits that keep a hostile file from costing more than a few hundred MB or a
+# few seconds; every one is checked before anything is allocated. Sizes are those
+# of the canvas, an RLE and a mask image's header alike.
+MAX_SIDE = 8192                  # pixels per side
+MAX_PIXELS = 2**24               # height * width (16.7M, e.g. 4096 x 4096)
+MAX_POLYGON_POINTS = 10_000
+MAX_OBJECTS = 1000               # per layout: rendering holds a mask per object and batch entry
+MAX_COORDINATE = 1e9             # |x|, |y| of polygon and bbox values
+MAX_ECHO = 60                    # characters of a user's string shown in a message
 
 
 class LayoutError(ValueError):
@@ -79,6 +98,9 @@ class Layout:
     objects: list[LayoutObject]
     background_seed: int | None = None
     path: Path | None = None  # the file it came from; mask paths are relative to its folder
+    # Mask files may lie outside the layout's folder (see `rasterize`); kept here
+    # because masks are read again whenever `masks()` is called.
+    trusted: bool = field(default=False, repr=False, compare=False, kw_only=True)
     # (id, file_name) of the COCO image this layout was made from; gives `name`
     # and error messages.
     _image: tuple | None = field(default=None, repr=False, compare=False)
@@ -110,19 +132,21 @@ class Layout:
         return self.path.stem
 
     @classmethod
-    def load(cls, path, categories=None) -> Layout:
-        """Read and validate a layout file (see `load_layouts` for COCO files)."""
+    def load(cls, path, categories=None, *, trusted: bool = False) -> Layout:
+        """Read and validate a layout file (see `load_layouts` for COCO files).
+        Mask files must lie inside the file's folder unless ``trusted``."""
         path = Path(path)
         data = _read_json(path)
         if _is_coco(data):
             raise LayoutError(f"this is a COCO instances file ({len(data['images'])} images), not a "
                               "layout file; use load_layouts() or load_coco_layouts()", path)
-        return cls.from_dict(data, path, categories)
+        return cls.from_dict(data, path, categories, trusted=trusted)
 
     @classmethod
-    def from_dict(cls, d, path=None, categories=None) -> Layout:
+    def from_dict(cls, d, path=None, categories=None, *, trusted: bool = False) -> Layout:
         """Validate a parsed layout file; ``path`` is where mask files are found
         relative to (the working directory when None) and what errors name.
+        Only mask files inside that folder are read unless ``trusted``.
 
         Each shape must cover at least one pixel at the layout's own size.
         """
@@ -146,6 +170,8 @@ class Layout:
             raise LayoutError("missing 'objects' (a list, may be empty)", path)
         if not isinstance(d["objects"], list):
             raise LayoutError(f"objects must be a list, got {_show(d['objects'])}", path)
+        if len(d["objects"]) > MAX_OBJECTS:
+            raise LayoutError(f"{len(d['objects'])} objects; at most {MAX_OBJECTS} are accepted", path)
 
         base_dir = path.parent if path is not None else None
         objects = []
@@ -154,7 +180,7 @@ class Layout:
                 obj = _parse_object(raw)
                 # An object that covers no pixel is a mistake (e.g. coordinates
                 # for another canvas), never something to skip silently.
-                if not rasterize(obj.shape, size, base_dir=base_dir).any():
+                if not rasterize(obj.shape, size, base_dir=base_dir, trusted=trusted).any():
                     kind = next(iter(obj.shape))
                     raise LayoutError(f"{kind} is empty after rasterisation at size {list(size)} "
                                       "(wholly off the canvas, or degenerate)")
@@ -162,7 +188,7 @@ class Layout:
                 raise LayoutError(e.problem, path, i) from None
             objects.append(obj)
 
-        layout = cls(size, objects, background_seed, path)
+        layout = cls(size, objects, background_seed, path, trusted=trusted)
         if categories is not None:
             layout.check_categories(categories)
         return layout
@@ -182,18 +208,24 @@ class Layout:
 
     def save(self, path) -> None:
         """Write the layout file atomically: a reader sees the old file or the
-        new one, never half of one. Mask paths are rewritten relative to the
-        new file's folder so they still point at the same images."""
+        new one, never half of one. A mask file inside the new file's folder is
+        referred to relative to it; any other mask file is embedded as an exact
+        RLE (at the layout's size), since masks outside a layout's folder are
+        read only from trusted layouts. Either way the file renders the same."""
         path = Path(path)
         d = self.to_dict()
         old_dir = self.path.parent if self.path is not None else Path(".")
-        for entry in d["objects"]:
-            if "mask" in entry and not Path(entry["mask"]).is_absolute():
-                target = os.path.abspath(old_dir / entry["mask"])
-                try:
-                    entry["mask"] = Path(os.path.relpath(target, os.path.abspath(path.parent))).as_posix()
-                except ValueError:  # another drive on Windows: no relative path exists
-                    entry["mask"] = Path(target).as_posix()
+        new_dir = os.path.realpath(path.parent)
+        for i, (entry, obj) in enumerate(zip(d["objects"], self.objects)):
+            if "mask" not in entry:
+                continue
+            target = old_dir / entry["mask"]
+            if os.path.commonpath([new_dir, os.path.realpath(target)]) == new_dir:
+                entry["mask"] = Path(os.path.relpath(os.path.realpath(target), new_dir)).as_posix()
+            else:
+                mask = rasterize(obj.shape, self.size, base_dir=old_dir, path=self.path, index=i,
+                                 trusted=self.trusted)
+                d["objects"][i] = {k: v for k, v in entry.items() if k != "mask"} | {"rle": encode_rle(mask)}
         text = _layout_json(d)
 
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -218,7 +250,8 @@ class Layout:
         base_dir = self.path.parent if self.path is not None else None
         result = np.zeros((len(self.objects), *out), np.float32)
         for i, obj in enumerate(self.objects):
-            result[i] = rasterize(obj.shape, self.size, out, base_dir, path=self.path, index=i)
+            result[i] = rasterize(obj.shape, self.size, out, base_dir, path=self.path, index=i,
+                                  trusted=self.trusted)
         return result
 
     def check_categories(self, categories) -> None:
@@ -228,18 +261,32 @@ class Layout:
         known_set = set(known)
         for i, obj in enumerate(self.objects):
             if obj.category not in known_set:
-                close = difflib.get_close_matches(obj.category, known, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
                 listed = ", ".join(known) if known else "(none)"
-                raise LayoutError(f"unknown category {obj.category!r}{hint}; known categories: {listed}",
-                                  self.path, i, image=self._image_label)
+                raise LayoutError(f"unknown category {quote(obj.category)}{did_you_mean(obj.category, known)}; "
+                                  f"known categories: {listed}", self.path, i, image=self._image_label)
 
     @property
     def _image_label(self) -> str | None:
-        return None if self._image is None else f"image {self._image[0]} ({self._image[1]!r})"
+        return None if self._image is None else _image_name(*self._image)
 
 
-def rasterize(shape: dict, layout_size, out_size=None, base_dir=None, *, path=None, index=None) -> np.ndarray:
+def encode_rle(mask: np.ndarray) -> dict:
+    """The compressed COCO RLE of a 2-D mask, counts as str (as a layout file holds it)."""
+    counts = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))["counts"].decode("ascii")
+    return {"size": [int(v) for v in mask.shape], "counts": counts}
+
+
+def did_you_mean(name: str, known) -> str:
+    """`` (did you mean 'tree'?)`` for a near miss, else ``""``. Only names of
+    sane length are compared: difflib is quadratic in the length."""
+    if len(name) > 4 * MAX_ECHO:
+        return ""
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def rasterize(shape: dict, layout_size, out_size=None, base_dir=None, *, path=None, index=None,
+              trusted: bool = False) -> np.ndarray:
     """Boolean mask [H, W] of one shape at ``out_size`` (default ``layout_size``).
 
     Polygon and bbox coordinates are in the pixels of ``layout_size`` and scale
@@ -247,8 +294,10 @@ def rasterize(shape: dict, layout_size, out_size=None, base_dir=None, *, path=No
     [x, y, w, h] with integer values covers exactly w*h pixels. Mask images and
     RLEs of another size are first scaled to ``layout_size``, then to
     ``out_size``, nearest neighbour. Relative mask paths are resolved against
-    ``base_dir`` (default: the working directory). Parts off the canvas are
-    clipped; the result may be empty. ``path`` and ``index`` only label errors.
+    ``base_dir`` (default: the working directory), and only files inside it are
+    read unless ``trusted`` (`image_mask` says which pixels of an image are
+    inside). Parts off the canvas are clipped; the result may be empty.
+    ``path`` and ``index`` only label errors.
     """
     try:
         size = _check_size(layout_size, "layout_size")
@@ -260,20 +309,21 @@ def rasterize(shape: dict, layout_size, out_size=None, base_dir=None, *, path=No
                 value = [[x, y], [x + w, y], [x + w, y + h], [x, y + h]]
             scale = np.array([out[1] / size[1], out[0] / size[0]])
             return _fill_polygon(np.asarray(value, np.float64) * scale, out)
-        at_size = _read_mask(value, base_dir) if kind == "mask" else _decode_rle(value)
+        at_size = _read_mask(value, base_dir, trusted) if kind == "mask" else _decode_rle(value)
         return _resize_nearest(_resize_nearest(at_size, size), out)
     except LayoutError as e:
         raise LayoutError(e.problem, path, index) from None
 
 
-def load_layouts(path, categories=None) -> list[Layout]:
+def load_layouts(path, categories=None, *, trusted: bool = False) -> list[Layout]:
     """Layouts from one file: a layout file gives one, a COCO instances JSON
-    (one with "images" and "annotations") gives one per image."""
+    (one with "images" and "annotations") gives one per image. ``trusted`` as
+    in `Layout.load`."""
     path = Path(path)
     data = _read_json(path)
     if _is_coco(data):
         return _coco_layouts(data, path, categories)
-    return [Layout.from_dict(data, path, categories)]
+    return [Layout.from_dict(data, path, categories, trusted=trusted)]
 
 
 def load_coco_layouts(path, categories=None) -> list[Layout]:
@@ -301,7 +351,7 @@ def order_annotations(annotations: list[dict], info: dict | None) -> list[dict]:
     """
     if (info or {}).get("paint_order") == "annotation_order":
         return list(annotations)
-    return sorted(annotations, key=lambda a: -float(a.get("area", 0.0)))
+    return sorted(annotations, key=lambda a: -float(a["area"]) if _is_number(a.get("area")) else 0.0)
 
 
 # --- reading and validating --------------------------------------------------
@@ -323,6 +373,11 @@ def _read_json(path: Path):
         raise LayoutError(f"malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}", path) from None
     except UnicodeDecodeError:
         raise LayoutError("not UTF-8 text", path) from None
+    except RecursionError:
+        raise LayoutError("JSON nested too deeply (brackets inside brackets beyond Python's recursion "
+                          "limit); a layout file needs at most 5 levels", path) from None
+    except ValueError as e:  # an integer longer than Python's int_max_str_digits
+        raise LayoutError(f"unreadable JSON: {e}", path) from None
 
 
 def _is_coco(data) -> bool:
@@ -363,9 +418,17 @@ def _check_seed(seed, what: str) -> int:
 
 
 def _check_size(size, what: str = "size") -> tuple[int, int]:
+    """[height, width] within MAX_SIDE and MAX_PIXELS: checked before anything of that size is allocated."""
     if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(_is_int(v) and v > 0 for v in size)):
         raise LayoutError(f"{what} must be [height, width], two positive integers, got {_show(size)}")
+    _check_pixels(int(size[0]), int(size[1]), what)
     return int(size[0]), int(size[1])
+
+
+def _check_pixels(height: int, width: int, what: str) -> None:
+    if height > MAX_SIDE or width > MAX_SIDE or height * width > MAX_PIXELS:
+        raise LayoutError(f"{what} {height}x{width} (height x width) is too large: at most {MAX_SIDE} pixels "
+                          f"a side and {MAX_PIXELS} pixels in all")
 
 
 def _check_shape(shape) -> tuple[str, object]:
@@ -394,10 +457,13 @@ def _check_shape(shape) -> tuple[str, object]:
 def _check_polygon(polygon) -> list[list[float]]:
     if not isinstance(polygon, (list, tuple, np.ndarray)):
         raise LayoutError(f"polygon must be a list of [x, y] points, got {_show(polygon)}")
+    if len(polygon) > MAX_POLYGON_POINTS:
+        raise LayoutError(f"polygon has {len(polygon)} points; at most {MAX_POLYGON_POINTS} are accepted")
     points = []
     for j, p in enumerate(polygon):
         if not (isinstance(p, (list, tuple, np.ndarray)) and len(p) == 2 and all(map(_is_number, p))):
-            raise LayoutError(f"polygon point {j} must be [x, y], two finite numbers, got {_show(p)}")
+            raise LayoutError(f"polygon point {j} must be [x, y], two finite numbers of magnitude at most "
+                              f"{MAX_COORDINATE:g}, got {_show(p)}")
         points.append([_plain(v) for v in p])
     if len(points) < 3:
         raise LayoutError(f"polygon needs at least 3 points, got {len(points)}")
@@ -408,7 +474,8 @@ def _check_bbox(bbox) -> list[float]:
     if not (isinstance(bbox, (list, tuple, np.ndarray)) and len(bbox) == 4):
         raise LayoutError(f"bbox must be [x, y, width, height], got {_show(bbox)}")
     if not all(map(_is_number, bbox)):
-        raise LayoutError(f"bbox values must be finite numbers, got {_show(bbox)}")
+        raise LayoutError(f"bbox values must be finite numbers of magnitude at most {MAX_COORDINATE:g}, "
+                          f"got {_show(bbox)}")
     if not (bbox[2] > 0 and bbox[3] > 0):
         raise LayoutError(f"bbox width and height must be positive, got width {bbox[2]}, height {bbox[3]}")
     return [_plain(v) for v in bbox]
@@ -426,42 +493,68 @@ def _check_rle(rle) -> dict:
     counts = rle["counts"]
     if isinstance(counts, bytes):  # pycocotools' own output
         counts = counts.decode("ascii", errors="replace")
+    # A mask of h*w pixels has at most h*w + 1 runs (the first may be empty), each
+    # at most 7 characters in a string: anything longer is refused unread.
+    longest = (h * w + 1) * (_RLE_CHARS if isinstance(counts, str) else 1)
+    if isinstance(counts, (str, list)) and len(counts) > longest:
+        raise LayoutError(f"rle counts has {len(counts)} {'characters' if isinstance(counts, str) else 'runs'}, "
+                          f"more than a {h}x{w} mask can need ({longest})")
     if isinstance(counts, str):
-        runs = _rle_string_runs(counts)
+        total = int(_rle_string_runs(counts).sum())
     elif isinstance(counts, list) and all(_is_int(c) and c >= 0 for c in counts):
-        runs = counts = [int(c) for c in counts]
+        counts = [int(c) for c in counts]
+        total = sum(counts)
     else:
         raise LayoutError("rle counts must be a compressed string or a list of non-negative integers")
-    if sum(runs) != h * w:
-        raise LayoutError(f"rle counts cover {sum(runs)} pixels, but its size {[h, w]} has {h * w}")
+    if total != h * w:
+        raise LayoutError(f"rle counts cover {total} pixels, but its size {[h, w]} has {h * w}")
     return {"size": [h, w], "counts": counts}
 
 
-def _rle_string_runs(s: str) -> list[int]:
-    """Run lengths of a compressed COCO RLE string (pycocotools' rleFrString):
-    5 bits per character, a continuation bit, a sign bit, and runs after the
-    third stored as differences to the run two before."""
-    runs, i = [], 0
-    while i < len(s):
-        value, shift, more = 0, 0, True
-        while more:
-            if i == len(s):
-                raise LayoutError("rle counts string is truncated")
-            c = ord(s[i]) - 48
-            if not 0 <= c < 64:
-                raise LayoutError(f"rle counts string has an invalid character {s[i]!r}")
-            value |= (c & 0x1F) << shift
-            more = c & 0x20
-            i += 1
-            shift += 5
-            if not more and c & 0x10:
-                value -= 1 << shift
-        if len(runs) > 2:
-            value += runs[-2]
-        if value < 0:
-            raise LayoutError("rle counts string decodes to a negative run length")
-        runs.append(value)
+_RLE_CHARS = 7  # characters of one run length at most: 35 bits, more than any size allowed needs
+
+
+def _rle_string_runs(s: str) -> np.ndarray:
+    """Run lengths (int64) of a compressed COCO RLE string, as pycocotools'
+    rleFrString reads it: 5 bits per character, a continuation bit, a sign bit,
+    and runs after the third stored as differences to the run two before.
+    Vectorised: a string may hold millions of runs."""
+    try:
+        c = np.frombuffer(s.encode("ascii"), np.uint8).astype(np.int64) - 48
+    except UnicodeEncodeError as e:
+        raise LayoutError(f"rle counts string has an invalid character {s[e.start]!r}") from None
+    bad = np.flatnonzero((c < 0) | (c >= 64))
+    if len(bad):
+        raise LayoutError(f"rle counts string has an invalid character {s[bad[0]]!r}")
+    if len(c) == 0:
+        return np.zeros(0, np.int64)
+    last = (c & 0x20) == 0  # the last character of a value
+    if not last[-1]:
+        raise LayoutError("rle counts string is truncated")
+    ends = np.flatnonzero(last)
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    lengths = ends - starts + 1
+    if lengths.max() > _RLE_CHARS:
+        raise LayoutError(f"rle counts string has a run of more than {_RLE_CHARS} characters")
+    values = np.zeros(len(starts), np.int64)
+    for k in range(_RLE_CHARS):
+        has = lengths > k
+        values[has] |= (c[starts[has] + k] & 0x1F) << (5 * k)
+    negative = (c[ends] & 0x10) != 0
+    values[negative] -= np.left_shift(1, 5 * lengths[negative])
+    runs = values.copy()
+    # run i (i > 2) is value i plus run i - 2: a running sum along each parity from runs 1 and 2
+    for first in (1, 2):
+        if len(runs) > first + 2:
+            runs[first + 2::2] = runs[first] + np.cumsum(values[first + 2::2])
+    if (runs < 0).any():
+        raise LayoutError("rle counts string decodes to a negative run length")
     return runs
+
+
+def _is_key(v) -> bool:
+    """A value that can be a COCO id (a JSON list or object cannot: it is not hashable)."""
+    return isinstance(v, (int, str))
 
 
 def _is_int(v) -> bool:
@@ -469,7 +562,13 @@ def _is_int(v) -> bool:
 
 
 def _is_number(v) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+    """A finite coordinate, small enough that scaling and differences stay finite."""
+    if not isinstance(v, numbers.Real) or isinstance(v, bool):
+        return False
+    try:
+        return math.isfinite(v) and abs(v) <= MAX_COORDINATE
+    except OverflowError:  # an int too large for a float
+        return False
 
 
 def _plain(v):
@@ -477,17 +576,30 @@ def _plain(v):
     return int(v) if isinstance(v, numbers.Integral) else float(v)
 
 
-def _show(value, limit: int = 60) -> str:
+def _show(value, limit: int = MAX_ECHO) -> str:
     """A value as the user wrote it (JSON), shortened for messages."""
+    if isinstance(value, str):
+        return quote(value, limit, json.dumps)
     try:
         text = json.dumps(value)
-    except (TypeError, ValueError):
-        text = repr(value)
+    except (TypeError, ValueError, RecursionError):  # not JSON, an int too long to print, or nested too deep
+        text = f"a {type(value).__name__}"
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-def _names(keys) -> str:
-    return ", ".join(repr(k) for k in keys)
+def quote(text: str, limit: int = MAX_ECHO, show=repr) -> str:
+    """``repr(text)`` for a message, cut to ``limit`` characters plus the full
+    length, so a huge string from a file cannot flood the terminal."""
+    if len(text) <= limit:
+        return show(text)
+    shown = show(text[:limit])
+    return f"{shown[:-1]}…{shown[-1]} ({len(text)} characters)"
+
+
+def _names(keys, limit: int = 10) -> str:
+    keys = list(keys)
+    shown = ", ".join(quote(k) if isinstance(k, str) else repr(k) for k in keys[:limit])
+    return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
 
 
 # --- rasterising ---------------------------------------------------------------
@@ -504,20 +616,24 @@ def _fill_polygon(points: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     height, width = size
     x0, y0 = points[:, 0:1], points[:, 1:2]  # [E, 1]: edge starts
     x1, y1 = np.roll(x0, -1, axis=0), np.roll(y0, -1, axis=0)  # edge ends
-    yc = np.arange(height) + 0.5  # row centres
-    crosses = (y0 <= yc) != (y1 <= yc)  # [E, H]; never true for a horizontal edge
-    with np.errstate(divide="ignore", invalid="ignore"):
-        xs = np.where(crosses, x0 + (yc - y0) * (x1 - x0) / (y1 - y0), np.inf)
-    xs = np.sort(xs, axis=0)  # each row: an even number of crossings, then inf
-    if len(xs) % 2:
-        xs = np.vstack([xs, np.full((1, height), np.inf)])
-    # Inside between crossing pairs; column j is in [a, b) when a <= j + 0.5 < b.
-    starts = np.clip(np.ceil(xs[0::2] - 0.5), 0, width).astype(np.intp)
-    ends = np.clip(np.ceil(xs[1::2] - 0.5), 0, width).astype(np.intp)
-    rows = np.broadcast_to(np.arange(height), starts.shape)
     edges = np.zeros((height, width + 1), np.int32)
-    np.add.at(edges, (rows, starts), 1)
-    np.add.at(edges, (rows, ends), -1)
+    # The work arrays are [E, rows]: a few rows at a time keeps them near 2**22 entries
+    # however many points the polygon has.
+    block = max(1, 2**22 // len(points))
+    for top in range(0, height, block):
+        yc = np.arange(top, min(top + block, height)) + 0.5  # row centres
+        crosses = (y0 <= yc) != (y1 <= yc)  # [E, rows]; never true for a horizontal edge
+        with np.errstate(divide="ignore", invalid="ignore"):
+            xs = np.where(crosses, x0 + (yc - y0) * (x1 - x0) / (y1 - y0), np.inf)
+        xs = np.sort(xs, axis=0)  # each row: an even number of crossings, then inf
+        if len(xs) % 2:
+            xs = np.vstack([xs, np.full((1, len(yc)), np.inf)])
+        # Inside between crossing pairs; column j is in [a, b) when a <= j + 0.5 < b.
+        starts = np.clip(np.ceil(xs[0::2] - 0.5), 0, width).astype(np.intp)
+        ends = np.clip(np.ceil(xs[1::2] - 0.5), 0, width).astype(np.intp)
+        rows = np.broadcast_to(np.arange(top, top + len(yc)), starts.shape)
+        np.add.at(edges, (rows, starts), 1)
+        np.add.at(edges, (rows, ends), -1)
     return np.cumsum(edges[:, :width], axis=1) > 0
 
 
@@ -531,18 +647,71 @@ def _resize_nearest(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return mask[rows[:, None], cols]
 
 
-def _read_mask(name: str, base_dir) -> np.ndarray:
-    """A mask image as bool [h, w]: a pixel is inside when any channel is nonzero
-    (palette images: when its palette index is nonzero)."""
-    file = Path(base_dir if base_dir is not None else ".") / name
+def image_mask(image) -> np.ndarray | None:
+    """Which pixels of a mask image are inside, bool [h, w], or None when the
+    image is one flat value (it marks no shape).
+
+    The rule, so that common exports work: when the image has an alpha channel
+    (RGBA, LA, palette or tRNS transparency) whose values vary, inside is
+    alpha > 127 (a shape cut out of a transparent background, any colour);
+    otherwise inside is luminance > 127 (PIL ``convert("L")``: white on black,
+    greyscale, 1-bit, palette, RGB on an opaque background).
+    """
+    if image.mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in image.info:
+        alpha = np.asarray(image.convert("RGBA").getchannel("A"))
+        if alpha.min() != alpha.max():
+            return alpha > 127
+    luminance = np.asarray(image.convert("L"))
+    if luminance.min() != luminance.max():
+        return luminance > 127
+    return None
+
+
+def _read_mask(name: str, base_dir, trusted: bool = False) -> np.ndarray:
+    """A mask image file as bool [h, w] (`image_mask`'s rule).
+
+    Unless ``trusted``, only a regular file inside ``base_dir`` (the layout
+    file's folder; default the working directory) after resolving symlinks is
+    read: a layout from elsewhere must not read /etc/passwd or hang on a FIFO.
+    The image's size is checked from its header before it is decoded.
+    """
+    base = Path(base_dir if base_dir is not None else ".")
+    file = base / name
+    shown = quote(name)
     try:
-        with Image.open(file) as image:
-            pixels = np.asarray(image)
+        if not trusted:
+            root, real = os.path.realpath(base), os.path.realpath(file)
+            if os.path.isabs(name) or os.path.commonpath([root, real]) != root:
+                raise LayoutError(f"mask file {shown} is outside the layout's folder {root}; only files inside "
+                                  "it are read (for a layout you trust: Layout.load(..., trusted=True), "
+                                  "scenecomp-render --trusted-masks)")
+        # Checked before opening: opening a FIFO waits forever, opening a device may act.
+        # Opened non-blocking and checked again, in case the file was swapped in between.
+        if not stat.S_ISREG(os.stat(file).st_mode):
+            raise LayoutError(f"mask file {shown} is not a regular file")
+        with open(os.open(file, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb") as f, \
+                warnings.catch_warnings():
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise LayoutError(f"mask file {shown} is not a regular file")
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(f) as image:
+                width, height = image.size  # from the header; nothing is decoded yet
+                _check_pixels(height, width, f"mask file {shown}:")
+                inside = image_mask(image)
+    except LayoutError:
+        raise
     except FileNotFoundError:
-        raise LayoutError(f"mask file {name!r} not found (looked for {file})") from None
-    except (OSError, ValueError) as e:
-        raise LayoutError(f"mask file {name!r} is not a readable image ({e})") from None
-    return pixels.any(axis=2) if pixels.ndim == 3 else pixels != 0
+        raise LayoutError(f"mask file {shown} not found (looked for {quote(str(file), 4 * MAX_ECHO)})") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise LayoutError(f"mask file {shown} is too large an image ({e})") from None
+    except (OSError, ValueError) as e:  # not an image, truncated, a NUL in the name, a name too long
+        # an OSError's text repeats the file name, which may be huge: keep only its reason
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)[:4 * MAX_ECHO]
+        raise LayoutError(f"mask file {shown} is not a readable image ({reason})") from None
+    if inside is None:
+        raise LayoutError(f"mask file {shown} is empty: one flat value (constant alpha and luminance), "
+                          "so it marks no shape")
+    return inside
 
 
 def _decode_rle(rle: dict) -> np.ndarray:
@@ -559,6 +728,8 @@ def _decode_rle(rle: dict) -> np.ndarray:
 
 def _coco_layouts(data: dict, path: Path, categories) -> list[Layout]:
     names = {}
+    if not isinstance(data.get("categories", []), list):
+        raise LayoutError(f"categories must be a list, got {_show(data['categories'])}", path)
     for j, cat in enumerate(data.get("categories") or []):
         if not (isinstance(cat, dict) and _is_int(cat.get("id")) and isinstance(cat.get("name"), str)):
             raise LayoutError(f"categories[{j}] needs an integer 'id' and a string 'name', got {_show(cat)}", path)
@@ -573,17 +744,17 @@ def _coco_layouts(data: dict, path: Path, categories) -> list[Layout]:
         try:
             _check_size([image.get("height"), image.get("width")], "height and width")
         except LayoutError as e:
-            raise LayoutError(f"images[{j}] (id {image['id']}): {e.problem}", path) from None
+            raise LayoutError(f"images[{j}] (id {_show(image['id'])}): {e.problem}", path) from None
         images[image["id"]] = image
 
     per_image = {image_id: [] for image_id in images}
     for j, ann in enumerate(data["annotations"]):
-        if not isinstance(ann, dict) or ann.get("image_id") not in per_image:
+        if not isinstance(ann, dict) or not _is_key(ann.get("image_id")) or ann["image_id"] not in per_image:
             raise LayoutError(f"annotations[{j}] refers to no image in 'images'", path)
-        if ann.get("category_id") not in names:
-            raise LayoutError(f"annotations[{j}] (id {ann.get('id')}): unknown category_id "
+        if not _is_key(ann.get("category_id")) or ann["category_id"] not in names:
+            raise LayoutError(f"annotations[{j}] (id {_show(ann.get('id'))}): unknown category_id "
                               f"{_show(ann.get('category_id'))}; the file's categories have ids "
-                              f"{sorted(names)}", path)
+                              f"{_show(sorted(names))}", path)
         per_image[ann["image_id"]].append(ann)
 
     info = data.get("info") if isinstance(data.get("info"), dict) else None
@@ -591,19 +762,27 @@ def _coco_layouts(data: dict, path: Path, categories) -> list[Layout]:
     for image_id in sorted(images, key=lambda i: (isinstance(i, str), i)):
         image = images[image_id]
         size = (image["height"], image["width"])
+        if len(per_image[image_id]) > MAX_OBJECTS:
+            raise LayoutError(f"{len(per_image[image_id])} objects; at most {MAX_OBJECTS} are accepted", path,
+                              image=_image_name(image_id, image["file_name"]))
         objects = []
         for i, ann in enumerate(order_annotations(per_image[image_id], info)):
             try:
                 rle = _coco_rle(ann.get("segmentation"), size)
             except LayoutError as e:
-                raise LayoutError(f"annotation {ann.get('id')}: {e.problem}", path, i,
-                                  image=f"image {image_id} ({image['file_name']!r})") from None
+                raise LayoutError(f"annotation {_show(ann.get('id'))}: {e.problem}", path, i,
+                                  image=_image_name(image_id, image["file_name"])) from None
             objects.append(LayoutObject(names[ann["category_id"]], {"rle": rle}))
         layout = Layout(size, objects, path=path, _image=(image_id, image["file_name"]))
         if categories is not None:
             layout.check_categories(categories)
         layouts.append(layout)
     return layouts
+
+
+def _image_name(image_id, file_name: str) -> str:
+    """How a COCO image is named in messages: ``image 7 ('dir/b.png')``."""
+    return f"image {_show(image_id)} ({quote(file_name)})"
 
 
 def _coco_rle(segmentation, size: tuple[int, int]) -> dict:

@@ -123,7 +123,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from scenecomp.compose import DEFAULT_MODEL, BundleError, Composer, Rendering
+from scenecomp.compose import DEFAULT_MODEL, BundleError, Composer, Rendering, bundle_file
 from scenecomp.layout import SEED_LIMIT, Layout, LayoutError, load_layouts
 from scenecomp.precision import auto_dtype
 
@@ -219,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "or COCO instances JSON files (one layout per image)")
     parser.add_argument("--out", "-o", required=True, metavar="DIR", help="output folder (created if needed)")
     parser.add_argument("--checkpoint", metavar="PATH",
-                        help="composer.pt bundle (default: the model shipped with scenecomp)")
+                        help="composer.pt bundle or a run folder holding one (default: the model shipped with scenecomp)")
     parser.add_argument("--seeds", type=_seeds_arg, default=[0], metavar="SEEDS",
                         help="sample seeds, one image each: 0-3, 1,5,9 or 0-2,7 (default 0); they fill in only "
                              "the seeds a layout leaves unset")
@@ -241,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also save {name}_s{seed}_steps.png: the canvas after each object, as a strip")
     parser.add_argument("--layers", action="store_true",
                         help="also save each step, each mask and the seeded layout into {name}_s{seed}_layers/")
+    parser.add_argument("--trusted-masks", action="store_true",
+                        help="read mask files anywhere (default: only regular files inside each layout's folder)")
     parser.add_argument("--overwrite", action="store_true",
                         help="render again outputs that already exist (default: skip them, so a run resumes)")
     parser.add_argument("--quiet", "-q", action="store_true",
@@ -309,6 +311,7 @@ class Job:
     name: str
     seed: int
     image_id: object = None
+    trusted: bool = False  # --trusted-masks: mask files may lie outside the layout's folder
 
     @property
     def stem(self) -> str:
@@ -330,7 +333,7 @@ class Plan:
 
 def plan(files, composer: Composer, seeds, out: Path, *, overwrite=False, steps=False, layers=False,
          done_images: dict | None = None, sha256: str | None = None, report=lambda message: None,
-         warn=lambda message: None) -> Plan:
+         warn=lambda message: None, trusted: bool = False) -> Plan:
     """Read and check every layout once, decide for each (layout, seed) whether it is
     already done, and return what to render. Layouts are not kept: a `Job` names
     its file and position, so memory does not grow with the layouts' content."""
@@ -345,7 +348,7 @@ def plan(files, composer: Composer, seeds, out: Path, *, overwrite=False, steps=
 
     for path in files:
         try:
-            layouts = load_layouts(path)
+            layouts = load_layouts(path, trusted=trusted)
         except LayoutError as e:
             fail(str(e))
             continue
@@ -368,7 +371,7 @@ def plan(files, composer: Composer, seeds, out: Path, *, overwrite=False, steps=
                      f"cover{'' if len(empty) > 1 else 's'} no pixel at the model's resolution {R}x{R} "
                      f"(layout size {layout.size[0]}x{layout.size[1]}) and will paint nothing")
             for seed in seeds:
-                job = Job(str(path), item, name, seed, layout.image_id)
+                job = Job(str(path), item, name, seed, layout.image_id, trusted)
                 if not overwrite and _is_done(out, job.stem, done_images, steps, layers):
                     skipped += 1
                     if sha256 is not None and done_images[f"{job.stem}.png"] != sha256:
@@ -395,7 +398,7 @@ class LayoutSource:
         if job.path != self._path:
             self._path, self._layouts, self._error = job.path, None, None
             try:
-                self._layouts = load_layouts(job.path)
+                self._layouts = load_layouts(job.path, trusted=job.trusted)
             except LayoutError as e:
                 self._error = e
         if self._error is not None:
@@ -866,7 +869,7 @@ def _run(args, console: Console, child: bool) -> int:
         torch.set_num_threads(args.threads)
         os.environ["OMP_NUM_THREADS"] = str(args.threads)  # DDP ranks started by Lightning inherit it
     args.device_obj = _device(args.device, args.devices)
-    checkpoint = Path(args.checkpoint) if args.checkpoint else DEFAULT_MODEL
+    checkpoint = bundle_file(args.checkpoint) if args.checkpoint else DEFAULT_MODEL  # a run folder: its composer.pt
     if args.checkpoint is None and not checkpoint.is_file():
         raise UsageError(f"no default model is shipped with this scenecomp yet (looked for {checkpoint}); "
                          "give one with --checkpoint run/composer.pt")
@@ -899,7 +902,8 @@ def _run(args, console: Console, child: bool) -> int:
     broken: list[str] = []
     done = {line["image"]: line.get("checkpoint_sha256") for line in read_manifest(manifest, broken)}
     work = plan(files, composer, args.seeds, out, overwrite=args.overwrite, steps=args.steps, layers=args.layers,
-                done_images=done, sha256=sha256, report=console.failed, warn=console.warn)
+                done_images=done, sha256=sha256, report=console.failed, warn=console.warn,
+                trusted=args.trusted_masks)
     if work.foreign:
         raise UsageError(f"{out} already holds {len(work.foreign)} of these images rendered with another "
                          f"checkpoint (e.g. {work.foreign[0]}; see {manifest}); use another --out, or "

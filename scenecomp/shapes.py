@@ -518,15 +518,17 @@ def _contact_sheet(images: list[np.ndarray], cols: int = 4, scale: int = 2, gap:
     return sheet
 
 
-def write_dataset(out, count: int, size: int = 64, seed: int = 0, workers: int = 1) -> dict:
+def write_dataset(out, count: int, size: int = 64, seed: int = 0, workers: int = 1,
+                  overwrite: bool = False) -> dict:
     """Write ``count`` scenes to the folder ``out`` as a COCO instances dataset.
 
     Layout: ``images/{i:06d}.png`` and ``backgrounds/{i:06d}.png`` (RGB; the
     backgrounds are for evaluation only), ``annotations.json`` (COCO
     instances, compressed-RLE masks, annotations in paint order, written
     atomically, no timestamps so equal seeds give byte-identical files) and
-    ``preview.png`` (the first up to 16 scenes, 4x4, upscaled 2x). Existing
-    files of the same names are overwritten; nothing else is removed.
+    ``preview.png`` (the first up to 16 scenes, 4x4, upscaled 2x). The folder
+    is written as a whole (`scenecomp.data.new_folder`): a non-empty ``out`` is
+    refused unless ``overwrite``, which replaces it, never mixing old and new files.
     ``workers > 1`` renders with that many processes (same output).
 
     Returns stats: count, objects, per_category, per_light, seconds, scenes_per_s.
@@ -536,8 +538,18 @@ def write_dataset(out, count: int, size: int = 64, seed: int = 0, workers: int =
         raise ValueError(f"count must be at least 1, got {count}")
     if size < _MIN_SIZE:
         raise ValueError(f"size must be at least {_MIN_SIZE}, got {size}")
+    if seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed}")
+    from scenecomp.data import new_folder  # imported here: data imports torch, the render workers need not
+
     t0 = time.perf_counter()
-    out = Path(out)
+    with new_folder(out, overwrite) as tmp:
+        stats = _write_dataset(tmp, count, size, seed, workers)
+    seconds = time.perf_counter() - t0
+    return {**stats, "seconds": seconds, "scenes_per_s": count / seconds}
+
+
+def _write_dataset(out: Path, count: int, size: int, seed: int, workers: int) -> dict:
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "backgrounds").mkdir(parents=True, exist_ok=True)
     chunk = 256
@@ -582,6 +594,4 @@ def write_dataset(out, count: int, size: int = 64, seed: int = 0, workers: int =
         f.write("\n")
     os.replace(tmp, out / "annotations.json")
     _write_png(str(out / "preview.png"), _contact_sheet(previews))
-    seconds = time.perf_counter() - t0
-    return {"count": count, "objects": len(annotations), "per_category": per_category,
-            "per_light": per_light, "seconds": seconds, "scenes_per_s": count / seconds}
+    return {"count": count, "objects": len(annotations), "per_category": per_category, "per_light": per_light}

@@ -323,9 +323,11 @@ def test_every_mask_form_gives_the_same_object(composer, tmp_path):
     png = tmp_path / "m.png"
     Image.fromarray(m.astype(np.uint8) * 200).save(png)
     rgb = np.zeros((R, R, 3), np.uint8)
-    rgb[m, 1] = 1
+    rgb[m] = [250, 200, 0]  # PIL images follow the mask-file rule: luminance > 127 here
     forms = [m, m.astype(np.float32), m.astype(np.uint8)[None], torch.from_numpy(m), torch.from_numpy(m).float()[None],
              Image.fromarray(m.astype(np.uint8) * 255), Image.fromarray(m), Image.fromarray(rgb),
+             Image.fromarray(np.dstack([np.zeros((R, R, 3), np.uint8), m.astype(np.uint8) * 255]), "RGBA"),
+             Image.fromarray(np.dstack([rgb, np.full((R, R), 255, np.uint8)]), "RGBA"),  # opaque: luminance
              {"bbox": [3, 4, 7, 5]}, {"polygon": [[3, 4], [10, 4], [10, 9], [3, 9]]}, {"rle": rle(m)},
              {"mask": str(png)}]
     base = composer.background(0)
@@ -358,6 +360,9 @@ def test_error_messages(composer, scene, tmp_path):
         (lambda: base.add("tree", np.ones((8, 8), bool)),
          "mask is 8x8 (height x width) but this composer paints 16x16; resize it to 16x16 first"),
         (lambda: base.add("tree", Image.new("L", (R, 2 * R), 255)), "mask is 32x16 (height x width)"),
+        (lambda: base.add("tree", Image.new("RGBA", (R, R), (255, 255, 255, 255))), "mask is empty"),  # flat
+        (lambda: base.add("t" * 10**7, BOXES[0]), "unknown category 'tttttttt"),
+        (lambda: base.add([1, 2], BOXES[0]), "unknown category of type list; known categories"),
         (lambda: base.add("tree", np.ones((2, R, R))), "mask must be [H, W] or [1, H, W], got shape [2, 16, 16]"),
         (lambda: base.add("tree", BOXES[0] * 255), "mask values must be 0 and 1 (or bool), got values from 0 to 255"),
         (lambda: base.add("tree", np.full((R, R), np.nan)), "mask values must be 0 and 1"),
@@ -387,7 +392,8 @@ def test_error_messages(composer, scene, tmp_path):
     for call, message in cases:
         with pytest.raises(CompositionError) as info:
             call()
-        assert message in str(info.value), (message, str(info.value))
+        assert message in str(info.value), (message, str(info.value)[:500])
+        assert len(str(info.value)) < 400  # a huge input is cut short, not echoed
     bad = Layout((R, R), [LayoutObject("tree", {"bbox": [0, 0, 4, 4]}), LayoutObject("hous", {"bbox": [0, 0, 4, 4]})],
                  path=tmp_path / "bad.json")
     with pytest.raises(LayoutError, match=r"bad.json: object 1: unknown category 'hous' \(did you mean 'house'\?\); "
@@ -505,3 +511,39 @@ def test_bundle_errors_name_the_file(composer, tmp_path, monkeypatch):
     (tmp_path / "assets").mkdir()
     save_bundle(tmp_path / "assets" / "composer.pt", data)
     assert Composer.pretrained().categories == tuple(CATEGORIES)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_diverged_bundle_is_refused_naming_the_tensor(composer, tmp_path, bad):
+    """Issue 13, defect 6: NaN weights rendered all-black images with exit 0."""
+    data = bundle_dict(CATEGORIES, half=True, background=composer.background_net,
+                       foreground=composer.foreground_net)
+    key = next(k for k, v in data["networks"]["foreground"]["state_dict"].items() if v.is_floating_point())
+    data["networks"]["foreground"]["state_dict"][key].view(-1)[0] = bad
+    path = tmp_path / "diverged.pt"
+    save_bundle(path, data)
+    with pytest.raises(BundleError, match=rf"{path}: network 'foreground', tensor '{re.escape(key)}': 1 of \d+ "
+                                          r"values are NaN or infinite \(the training diverged\)"):
+        Composer.from_checkpoint(path)
+
+
+def test_a_lightning_checkpoint_points_to_the_run_bundle_and_a_run_folder_loads(composer, tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    ckpt = run / "checkpoints" / "last.ckpt"
+    torch.save({"epoch": 0, "global_step": 8, "pytorch-lightning_version": "2.5.0",
+                "state_dict": {"g_bg.weight": torch.zeros(2)}, "optimizer_states": []}, ckpt)
+    with pytest.raises(BundleError) as info:
+        Composer.from_checkpoint(ckpt)
+    assert str(info.value).startswith(f"{ckpt}: this is a Lightning training checkpoint")
+    assert f"{run / 'composer.pt'}" in str(info.value)
+    ckpt.write_bytes(b"not even a zip")  # unreadable, but its suffix still gets the hint
+    with pytest.raises(BundleError, match="not a readable scenecomp bundle") as info:
+        Composer.from_checkpoint(ckpt)
+    assert str(info.value).endswith(f"load the bundle the run writes when it ends: {run / 'composer.pt'} "
+                                    f"(or the run folder {run}; --checkpoint takes either)")
+    with pytest.raises(BundleError, match=rf"{re.escape(str(run / 'composer.pt'))}: no such file"):
+        Composer.from_checkpoint(run)
+    save_bundle(run / "composer.pt", bundle_dict(CATEGORIES, background=composer.background_net,
+                                                 foreground=composer.foreground_net))
+    assert Composer.from_checkpoint(run).categories == tuple(CATEGORIES)

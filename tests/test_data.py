@@ -423,7 +423,9 @@ def test_coco_subcommand_max_objects_and_limit(tmp_path, mixed):
      "unknown category 'zebra'; known: tree, house, sun"),
     (["coco", "--annotations", "{mixed}", "--out", "{tmp}/o", "--size", "0"], "--size must be a positive integer"),
     (["shapes", "--out", "{tmp}/s", "--count", "0"], "--count must be a positive integer"),
-    (["coco", "--annotations", "{mixed}", "--out", "{tmp}/mixed"], "would overwrite the source images"),
+    (["coco", "--annotations", "{mixed}", "--out", "{tmp}/mixed"], "holds the source images or annotations"),
+    (["coco", "--annotations", "{mixed}", "--out", "{tmp}", "--overwrite"], "holds the source images"),
+    (["shapes", "--out", "{tmp}/s", "--count", "2", "--seed", "-1"], "--seed must be a non-negative integer, got -1"),
 ])
 def test_cli_errors_exit_2_without_traceback(tmp_path, mixed, capsys, argv, message):
     argv = [a.format(tmp=tmp_path, mixed=mixed) for a in argv]
@@ -450,3 +452,62 @@ def test_shapes_subcommand(tmp_path, capsys):
     ds = SceneDataset(out, resolution=32)
     assert ds.categories == ["tree", "house", "sun", "cloud", "rock"] and ds.has_paint_order
     assert ds[0]["image"].shape == (3, 32, 32)
+
+
+# --------------------------------------------------------------------------- a data set is written as a whole
+def shapes_cli(out, *extra):
+    return main(["shapes", "--out", str(out), "--count", "3", "--size", "32", "--seed", "0", *map(str, extra)])
+
+
+def siblings(out):
+    return sorted(p.name for p in out.parent.iterdir())
+
+
+@pytest.mark.parametrize("command", ["shapes", "coco"])
+def test_a_non_empty_out_is_refused_and_overwrite_replaces_it_whole(tmp_path, mixed, capsys, command):
+    """Issue 13, defect 8: stale images were left beside a new annotations.json."""
+    out = tmp_path / "data"
+    (out / "images").mkdir(parents=True)
+    (out / "images" / "999999.png").write_bytes(b"stale")
+    (out / "notes.txt").write_text("mine")
+    if command == "shapes":
+        run = lambda *extra: shapes_cli(out, *extra)  # noqa: E731
+    else:
+        run = lambda *extra: main(["coco", "--annotations", str(mixed), "--out", str(out),  # noqa: E731
+                                   "--size", "16", *extra])
+    with pytest.raises(SystemExit) as e:
+        run()
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"{out}: folder is not empty; choose another --out, or --overwrite" in err
+    assert sorted(p.name for p in out.rglob("*")) == ["999999.png", "images", "notes.txt"]  # untouched
+
+    assert run("--overwrite") == 0
+    assert not (out / "notes.txt").exists() and not (out / "images" / "999999.png").exists()
+    assert SceneDataset(out, resolution=16).categories  # a whole data set
+    assert siblings(out) == ["data", "mixed"]  # no temporary folder left beside it
+
+
+def test_an_empty_out_folder_is_fine(tmp_path):
+    (tmp_path / "data").mkdir()
+    assert shapes_cli(tmp_path / "data") == 0 and (tmp_path / "data" / "annotations.json").is_file()
+
+
+def test_a_crash_while_writing_leaves_the_old_data_set_whole(tmp_path, monkeypatch, capsys):
+    import scenecomp.shapes as shapes
+
+    out = tmp_path / "data"
+    assert shapes_cli(out) == 0
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def crash(job):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(shapes, "_render_range", crash)
+    with pytest.raises(SystemExit) as e:
+        main(["shapes", "--out", str(out), "--count", "5", "--size", "32", "--overwrite"])
+    assert e.value.code == 2 and "No space left on device" in capsys.readouterr().err
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert siblings(out) == ["data"]
+
+    with pytest.raises(OSError):  # a fresh folder is not created half-written either
+        shapes.write_dataset(tmp_path / "new", 5, size=32)
+    assert siblings(out) == ["data"]

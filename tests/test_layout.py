@@ -5,6 +5,8 @@ import re
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from pycocotools import mask as mask_utils
 
@@ -87,10 +89,15 @@ def test_save_to_another_folder_keeps_masks_resolvable(scene, tmp_path):
     layout = Layout.load(path)
     out = tmp_path / "elsewhere" / "deeper" / "moved.json"
     layout.save(out)
-    assert json.loads(out.read_text())["objects"][2]["mask"] == "../../masks/sun.png"
+    # a mask file outside the new folder would be read only from a trusted layout: it is embedded
+    assert json.loads(out.read_text())["objects"][2] == {"category": "sun", "seed": 0,
+                                                         "rle": compressed_rle(layout.masks()[2] > 0)}
     moved = Layout.load(out)
     np.testing.assert_array_equal(moved.masks(), layout.masks())
+    np.testing.assert_array_equal(moved.masks((7, 40)), layout.masks((7, 40)))
     assert moved.name == "moved"
+    layout.save(tmp_path / "beside.json")  # inside the folder: still a file reference, relative to it
+    assert json.loads((tmp_path / "beside.json").read_text())["objects"][2]["mask"] == "masks/sun.png"
 
 
 def test_save_replaces_atomically_and_keeps_old_file_on_failure(scene, tmp_path):
@@ -146,17 +153,71 @@ def test_polygon_concave_and_clipped():
 
 
 def test_mask_png_is_scaled_nearest_neighbour(tmp_path):
-    small = np.array([[0, 255], [7, 0]], np.uint8)
+    small = np.array([[0, 255], [200, 0]], np.uint8)
     write_png(tmp_path / "m.png", small)
     m = rasterize({"mask": "m.png"}, (4, 4), base_dir=tmp_path)
     expected = np.array([[0, 0, 1, 1], [0, 0, 1, 1], [1, 1, 0, 0], [1, 1, 0, 0]], bool)
     np.testing.assert_array_equal(m, expected)
     # layout size -> another out_size, also nearest neighbour
     np.testing.assert_array_equal(rasterize({"mask": "m.png"}, (4, 4), (2, 2), tmp_path), small > 0)
-    rgb = np.zeros((4, 4, 3), np.uint8)
-    rgb[1, 2, 2] = 1  # any nonzero channel counts
-    write_png(tmp_path / "rgb.png", rgb)
-    assert rasterize({"mask": "rgb.png"}, (4, 4), base_dir=tmp_path).nonzero() == (np.array([1]), np.array([2]))
+
+
+# --- which pixels of a mask image are inside -----------------------------------
+
+SQUARE = np.zeros((16, 16), bool)
+SQUARE[4:10, 5:12] = True
+
+
+def mask_image(mode):
+    """The SQUARE as the common exports write it."""
+    if mode == "rgba-opaque":  # white square on an opaque black background: alpha 255 everywhere
+        rgba = np.zeros((16, 16, 4), np.uint8)
+        rgba[..., 3] = 255
+        rgba[SQUARE, :3] = 255
+        return Image.fromarray(rgba, "RGBA")
+    if mode == "rgba-cutout":  # a dark red shape on a transparent (white) background
+        rgba = np.full((16, 16, 4), 255, np.uint8)
+        rgba[..., 3] = 0
+        rgba[SQUARE] = [90, 0, 0, 255]
+        return Image.fromarray(rgba, "RGBA")
+    if mode == "grey":
+        return Image.fromarray(np.where(SQUARE, 180, 40).astype(np.uint8), "L")
+    if mode == "1bit":
+        return Image.fromarray(SQUARE).convert("1")
+    if mode == "palette":  # index 0 is white, index 1 black: the rule reads colours, not indices
+        image = Image.fromarray(np.where(SQUARE, 0, 1).astype(np.uint8), "P")
+        image.putpalette([255, 255, 255, 0, 0, 0])
+        return image
+    if mode == "palette-transparent":  # palette with a transparent background index (tRNS)
+        image = Image.fromarray(np.where(SQUARE, 1, 0).astype(np.uint8), "P")
+        image.putpalette([0, 0, 0, 20, 20, 20])  # both dark: only the transparency marks the shape
+        image.info["transparency"] = 0
+        return image
+    raise AssertionError(mode)
+
+
+@pytest.mark.parametrize("mode", ["rgba-opaque", "rgba-cutout", "grey", "1bit", "palette",
+                                  "palette-transparent"])
+def test_mask_image_rule_gets_common_exports_right(tmp_path, mode):
+    image = mask_image(mode)
+    image.save(tmp_path / "m.png", transparency=image.info.get("transparency"))
+    assert Image.open(tmp_path / "m.png").mode == image.mode
+    np.testing.assert_array_equal(rasterize({"mask": "m.png"}, (16, 16), base_dir=tmp_path), SQUARE)
+
+
+def test_rgba_mask_with_opaque_background_is_the_square_not_the_canvas(tmp_path):
+    """Issue 13, defect 1: the whole frame became the sun."""
+    mask_image("rgba-opaque").save(tmp_path / "m.png")
+    path = write_json(tmp_path / "scene.json", {"size": [16, 16], "objects": [{"category": "sun", "mask": "m.png"}]})
+    assert Layout.load(path).masks()[0].sum() == SQUARE.sum()
+
+
+@pytest.mark.parametrize("pixels", [np.zeros((4, 4, 4)), np.full((4, 4, 4), 255), np.full((4, 4), 255)])
+def test_a_flat_mask_image_is_empty(tmp_path, pixels):
+    write_png(tmp_path / "flat.png", pixels)
+    path = write_json(tmp_path / "scene.json", layout_with({"category": "sun", "mask": "flat.png"}))
+    with pytest.raises(LayoutError, match=r"scene\.json: object 1: mask file 'flat\.png' is empty: one flat value"):
+        Layout.load(path)
 
 
 def test_rle_compressed_and_uncompressed_decode_the_same_mask():
@@ -246,7 +307,7 @@ BAD_LAYOUTS = [
     (layout_with({"category": "tree", "bbox": [20, 20, 5, 5]}), 1, ["bbox is empty after rasterisation",
                                                                     "off the canvas"]),
     (layout_with({"category": "tree", "polygon": [[1, 1], [5, 5], [9, 9]]}), 1, ["polygon is empty"]),
-    (layout_with({"category": "tree", "mask": "blank.png"}), 1, ["mask is empty"]),
+    (layout_with({"category": "tree", "mask": "blank.png"}), 1, ["mask file 'blank.png' is empty"]),
     (layout_with({"category": "tree", "rle": {"size": [16, 16], "counts": [256]}}), 1, ["rle is empty"]),
     (layout_with({"category": "tree", "rle": OTHER_SIZE_RLE}), None, []),  # valid: resized, not empty
     (layout_with({"category": "tree", "bbox": [1, 1, 2, 2], "seed": -1}), 1,
@@ -456,3 +517,249 @@ def test_not_a_coco_file(tmp_path):
     with pytest.raises(LayoutError, match=r"scene\.json: not a COCO instances file"):
         load_coco_layouts(path)
     assert os.path.exists(path)
+
+
+# --- hostile input: bounded cost, a LayoutError naming the file ----------------
+
+def test_deeply_nested_json_is_a_layout_error(tmp_path):
+    path = write_json(tmp_path / "deep.json", "[" * 100_000 + "]" * 100_000)
+    with pytest.raises(LayoutError, match=r"deep\.json: JSON nested too deeply"):
+        load_layouts(path)
+    inner = write_json(tmp_path / "inner.json", '{"size": [8, 8], "objects": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(LayoutError, match=r"inner\.json: JSON nested too deeply"):
+        Layout.load(inner)
+    long_int = write_json(tmp_path / "int.json", '{"size": [' + "9" * 5000 + ", 8]}")
+    with pytest.raises(LayoutError, match=r"int\.json: unreadable JSON"):
+        Layout.load(long_int)
+
+
+@pytest.mark.parametrize("size", [[100_000, 100_000], [30_000, 30_000], [8193, 16], [4097, 4096]])
+def test_huge_canvas_is_refused_before_allocating(tmp_path, size):
+    path = write_json(tmp_path / "big.json", {"size": size, "objects": [{"category": "sun", "bbox": [0, 0, 4, 4]}]})
+    with pytest.raises(LayoutError, match=rf"big\.json: size {size[0]}x{size[1]} .* too large: at most 8192 pixels "
+                                          r"a side and 16777216 pixels in all"):
+        Layout.load(path)
+
+
+def test_largest_canvas_is_accepted():
+    layout = Layout.from_dict({"size": [4096, 4096], "objects": [{"category": "sun", "bbox": [0, 0, 4, 4]}]})
+    assert layout.size == (4096, 4096)
+    with pytest.raises(LayoutError, match="masks size 9000x9000 .* too large"):
+        layout.masks((9000, 9000))
+
+
+def test_too_many_objects_are_refused(tmp_path):
+    box = {"category": "tree", "bbox": [0, 0, 1, 1]}
+    assert len(Layout.from_dict({"size": [8, 8], "objects": [box] * 1000}).objects) == 1000
+    path = write_json(tmp_path / "many.json", {"size": [8, 8], "objects": [box] * 1001})
+    with pytest.raises(LayoutError, match=r"many\.json: 1001 objects; at most 1000 are accepted"):
+        Layout.load(path)
+    doc, _, _ = coco_document()
+    doc["annotations"] += [{**doc["annotations"][0], "id": 10 + i} for i in range(1000)]
+    with pytest.raises(LayoutError, match=r"ann\.json: image 3 \('a\.png'\): 1002 objects; at most 1000"):
+        load_coco_layouts(write_json(tmp_path / "ann.json", doc))
+
+
+def test_huge_polygons_and_coordinates_are_refused():
+    circle = [[50 + 40 * np.cos(t), 50 + 40 * np.sin(t)] for t in np.linspace(0, 2 * np.pi, 10_001)]
+    with pytest.raises(LayoutError, match="polygon has 10001 points; at most 10000"):
+        rasterize({"polygon": circle}, (100, 100))
+    for value in [1e300, 10**400, -2e9]:
+        with pytest.raises(LayoutError, match="finite numbers of magnitude at most 1e"):
+            rasterize({"polygon": [[0, 0], [value, 0], [0, 5]]}, (8, 8))
+        with pytest.raises(LayoutError, match="bbox values must be finite numbers of magnitude"):
+            rasterize({"bbox": [0, 0, value, 5]}, (8, 8))
+    # large but allowed coordinates clip to the canvas
+    assert rasterize({"polygon": [[-1e9, -1e9], [1e9, -1e9], [1e9, 1e9], [-1e9, 1e9]]}, (8, 8)).all()
+
+
+def test_a_polygon_with_many_points_is_filled_a_few_rows_at_a_time():
+    """10,000 points make the [points, rows] work arrays span several row blocks; the result is exact."""
+    side = np.linspace(10, 990, 2500)
+    square = ([[x, 10] for x in side] + [[990, y] for y in side] + [[x, 990] for x in side[::-1]]
+              + [[10, y] for y in side[::-1]])
+    np.testing.assert_array_equal(rasterize({"polygon": square}, (1000, 1000)),
+                                  rasterize({"bbox": [10, 10, 980, 980]}, (1000, 1000)))
+
+
+def test_huge_rles_are_refused_unread():
+    with pytest.raises(LayoutError, match=r"rle size 100000x100000 .* too large"):
+        rasterize({"rle": {"size": [100_000, 100_000], "counts": [10**10]}}, (8, 8))
+    with pytest.raises(LayoutError, match="rle counts has 18 runs, more than a 4x4 mask can need"):
+        rasterize({"rle": {"size": [4, 4], "counts": [0] * 2 + [1] * 16}}, (8, 8))
+    with pytest.raises(LayoutError, match="rle counts has 120 characters, more than a 4x4 mask can need"):
+        rasterize({"rle": {"size": [4, 4], "counts": "1" * 120}}, (8, 8))
+    with pytest.raises(LayoutError, match="rle counts string has a run of more than 7 characters"):
+        rasterize({"rle": {"size": [4, 4], "counts": "o" * 20 + "0"}}, (8, 8))  # 'o' continues a value
+
+
+def test_rle_strings_decode_like_pycocotools():
+    rng = np.random.default_rng(1)
+    for shape, p in [((7, 5), 0.5), ((40, 60), 0.9), ((300, 200), 0.999), ((3, 3), 0.0)]:
+        mask = rng.random(shape) > p
+        rle = compressed_rle(mask)
+        np.testing.assert_array_equal(rasterize({"rle": rle}, shape), mask)
+        np.testing.assert_array_equal(rasterize({"rle": uncompressed_rle(mask)}, shape), mask)
+
+
+def png_header_only(path, width, height):
+    """A PNG whose header claims width x height, with no real pixel data: opening it costs nothing."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.mark.parametrize("width, height, fragment", [
+    (9000, 9000, r"mask file 'bomb\.png': 9000x9000 \(height x width\) is too large"),
+    (100_000, 100_000, r"mask file 'bomb\.png' is too large an image"),  # PIL's own decompression-bomb limit
+    (5000, 4000, r"mask file 'bomb\.png': 4000x5000 \(height x width\) is too large")])
+def test_mask_image_size_is_checked_from_its_header(tmp_path, width, height, fragment):
+    png_header_only(tmp_path / "bomb.png", width, height)
+    path = write_json(tmp_path / "scene.json", layout_with({"category": "sun", "mask": "bomb.png"}))
+    with pytest.raises(LayoutError, match=rf"scene\.json: object 1: {fragment}"):
+        Layout.load(path)
+
+
+def test_huge_strings_are_cut_short_in_messages(tmp_path):
+    """Issue 13, defect 3: a 200 MB category took 8.7 GB and 34 s ("did you mean") and was echoed whole."""
+    import time
+    huge = "tre" + "e" * 20_000_000
+    path = write_json(tmp_path / "scene.json", {"size": [8, 8], "objects": [{"category": huge, "bbox": [0, 0, 2, 2]}]})
+    started = time.perf_counter()
+    with pytest.raises(LayoutError) as info:
+        Layout.load(path, categories=CATEGORIES)
+    assert time.perf_counter() - started < 10
+    message = str(info.value)
+    assert len(message) < 300 and "unknown category 'treeeee" in message and "eee…' (20000003 characters)" in message
+    for doc, fragment in [({"size": [8, 8], "objects": [{"category": "a", "mask": huge}]}, "mask file 'treee"),
+                          ({"size": [8, 8], "objects": [], huge: 1}, "unknown top-level key(s) 'treee"),
+                          ({"size": huge, "objects": []}, 'size must be [height, width]')]:
+        with pytest.raises(LayoutError) as info:
+            Layout.from_dict(doc)
+        assert fragment in str(info.value) and len(str(info.value)) < 400
+    many_keys = {"size": [8, 8], "objects": [], **{f"k{i}": 0 for i in range(1000)}}
+    with pytest.raises(LayoutError, match=r"'k106' and 990 more; allowed"):
+        Layout.from_dict(many_keys)
+
+
+# --- mask paths: inside the layout's folder, regular files only ----------------
+
+@pytest.fixture
+def outside(tmp_path):
+    """A layout folder, and a valid mask PNG one level above it."""
+    folder = tmp_path / "layouts"
+    folder.mkdir()
+    mask_image("grey").save(tmp_path / "secret.png")
+    return folder
+
+
+def load_mask_layout(folder, mask, **kwargs):
+    path = write_json(folder / "scene.json", {"size": [16, 16], "objects": [{"category": "sun", "mask": mask}]})
+    return Layout.load(path, **kwargs)
+
+
+@pytest.mark.parametrize("mask", ["../secret.png", "../../../../etc/passwd", "/etc/passwd", "sub/../../secret.png",
+                                  "link.png"])
+def test_mask_outside_the_layout_folder_is_refused_unless_trusted(outside, mask):
+    (outside / "link.png").symlink_to(outside.parent / "secret.png")  # a symlink inside that points outside
+    with pytest.raises(LayoutError, match=r"scene\.json: object 0: mask file .* is outside the layout's folder"):
+        load_mask_layout(outside, mask)
+    if mask in ("../secret.png", "link.png"):
+        layout = load_mask_layout(outside, mask, trusted=True)
+        np.testing.assert_array_equal(layout.masks()[0] > 0, SQUARE)
+        assert layout.trusted and load_layouts(layout.path, trusted=True)[0].trusted
+
+
+def test_mask_inside_the_folder_and_its_subfolders_is_read(outside):
+    (outside / "masks").mkdir()
+    mask_image("grey").save(outside / "masks" / "m.png")
+    np.testing.assert_array_equal(load_mask_layout(outside, "masks/m.png").masks()[0] > 0, SQUARE)
+    np.testing.assert_array_equal(load_mask_layout(outside, "./masks/../masks/m.png").masks()[0] > 0, SQUARE)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_fifo_or_device_as_mask_is_refused_without_opening(outside):
+    os.mkfifo(outside / "pipe.png")  # opening it for reading would wait for a writer forever
+    with pytest.raises(LayoutError, match=r"object 0: mask file 'pipe\.png' is not a regular file"):
+        load_mask_layout(outside, "pipe.png", trusted=True)
+    with pytest.raises(LayoutError, match=r"object 0: mask file '/dev/null' is not a regular file"):
+        load_mask_layout(outside, "/dev/null", trusted=True)
+    (outside / "folder.png").mkdir()
+    with pytest.raises(LayoutError, match=r"mask file 'folder\.png' is not a regular file"):
+        load_mask_layout(outside, "folder.png")
+
+
+# --- property: any JSON gives a Layout or a LayoutError ------------------------
+
+SCALARS = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12)
+JSON = st.recursive(SCALARS | st.sampled_from(["tree", "", "x" * 300]),
+                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+                    max_leaves=20)
+
+
+def sometimes(good, *bad):
+    """Mostly a plausible value, sometimes any JSON or a chosen bad one: near-valid
+    input gets past the first checks to the deeper ones."""
+    worse = st.one_of(JSON, *bad)
+    return st.integers(0, 9).flatmap(lambda k: good if k < 8 else worse)  # one_of would pick each branch equally
+
+
+NUMBER = sometimes(st.integers(-4, 40) | st.floats(-4, 40), st.sampled_from([1e300, -1e10, 10**30, float("nan")]))
+SIZE = sometimes(st.lists(st.integers(1, 24), min_size=2, max_size=2),
+                 st.sampled_from([[0, 8], [100_000, 100_000], [8, 8, 8]]))
+RLE = sometimes(
+    st.builds(lambda h, w, bits, compress: (compressed_rle if compress else uncompressed_rle)(
+        np.resize(np.array(bits, bool), (h, w))), st.integers(1, 12), st.integers(1, 12),
+        st.lists(st.booleans(), min_size=1, max_size=40), st.booleans()),
+    st.fixed_dictionaries({"size": SIZE, "counts": st.lists(st.integers(-1, 300), max_size=6)
+                           | st.text("0123456789:;<=>?@ABCDEFGHIJKLMNOPQRSTUVWXYZ[\\]^_`abcdefghijklmno", max_size=10)}))
+SHAPE = st.one_of(
+    st.fixed_dictionaries({"polygon": sometimes(st.lists(st.lists(NUMBER, min_size=2, max_size=2), min_size=3,
+                                                         max_size=6))}),
+    st.fixed_dictionaries({"bbox": sometimes(st.lists(NUMBER, min_size=4, max_size=4))}),
+    st.fixed_dictionaries({"rle": RLE}),
+    st.fixed_dictionaries({"mask": sometimes(st.sampled_from(["m.png", "flat.png", "../m.png", "/dev/null", ".",
+                                                              "a\x00b", "missing.png"]))}))
+OBJECT = sometimes(st.builds(lambda category, shape, seed: {"category": category, **shape, **seed},
+                             sometimes(st.sampled_from(CATEGORIES)), SHAPE,
+                             st.just({}) | st.fixed_dictionaries({"seed": sometimes(st.integers(0, 2**32 - 1))})))
+LAYOUT = st.fixed_dictionaries({"size": SIZE, "objects": sometimes(st.lists(OBJECT, min_size=1, max_size=4))},
+                               optional={"version": sometimes(st.just(1)),
+                                         "background": sometimes(st.fixed_dictionaries({"seed": sometimes(
+                                             st.integers(0, 2**32 - 1))}))})
+IMAGES = st.lists(st.tuples(sometimes(st.text(max_size=6)), sometimes(st.integers(1, 24)),
+                            sometimes(st.integers(1, 24))), min_size=1, max_size=3).map(
+    lambda rows: [{"id": i, "file_name": f, "height": h, "width": w} for i, (f, h, w) in enumerate(rows)])
+ANNOTATION = sometimes(st.fixed_dictionaries(
+    {"image_id": sometimes(st.integers(0, 1)), "category_id": sometimes(st.integers(1, 5)),
+     "segmentation": sometimes(RLE | st.lists(st.lists(NUMBER, min_size=6, max_size=12), min_size=1, max_size=2))},
+    optional={"area": NUMBER, "id": JSON}))
+COCO = st.fixed_dictionaries(
+    {"images": IMAGES, "annotations": st.lists(ANNOTATION, min_size=1, max_size=4),
+     "categories": sometimes(st.just([{"id": i + 1, "name": n} for i, n in enumerate(CATEGORIES)]))},
+    optional={"info": sometimes(st.just({"paint_order": "annotation_order"}))})
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                   HealthCheck.too_slow])
+@given(document=st.one_of(JSON, LAYOUT, COCO))
+def test_any_json_gives_a_layout_or_a_layout_error(tmp_path, document):
+    """Whatever a file holds (any JSON, near-valid layouts, near-valid COCO files), the parser
+    returns layouts that rasterise, or a LayoutError naming the file; never another exception."""
+    if not (tmp_path / "m.png").exists():
+        mask_image("grey").save(tmp_path / "m.png")
+        write_png(tmp_path / "flat.png", np.zeros((4, 4)))
+    path = tmp_path / "any.json"
+    path.write_text(json.dumps(document))
+    try:
+        layouts = load_layouts(path, categories=CATEGORIES)
+        for layout in layouts:
+            assert layout.masks((8, 8)).shape[1:] == (8, 8)
+            Layout.from_dict(layout.to_dict(), path)  # what it writes, it reads
+    except LayoutError as e:
+        assert str(e).startswith(str(path)) and len(str(e)) < 1000

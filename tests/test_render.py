@@ -163,6 +163,48 @@ def test_folder_of_valid_and_invalid_layouts_then_resume_then_overwrite(bundle, 
     assert sorted(line["image"] for line in manifest(out)) == sorted(expected)  # one line per image
 
 
+def test_hostile_layouts_are_reported_and_the_good_ones_still_render(bundle, tmp_path, capsys):
+    """Issue 13, defects 2, 3 and 7: each is one failed layout with its file named, never a traceback."""
+    folder = tmp_path / "layouts"
+    folder.mkdir()
+    write_json(folder / "good.json", {"size": [16, 16], "objects": [{"category": "tree", "bbox": [2, 2, 8, 8]}]})
+    write_json(folder / "deep.json", "[" * 100_000 + "]" * 100_000)
+    one = [{"category": "tree", "bbox": [2, 2, 8, 8]}]
+    write_json(folder / "huge.json", {"size": [100_000, 100_000], "objects": one})
+    write_json(folder / "large.json", {"size": [30_000, 30_000], "objects": one})
+    write_json(folder / "longname.json", {"size": [16, 16], "objects": [{"category": "x" * 5_000_000,
+                                                                          "bbox": [2, 2, 8, 8]}]})
+    write_json(folder / "escape.json", {"size": [16, 16], "objects": [{"category": "sun",
+                                                                       "mask": "../../../../etc/passwd"}]})
+    points = [[8 + 6 * np.cos(t), 8 + 6 * np.sin(t)] for t in np.linspace(0, 6.28, 20_000)]
+    write_json(folder / "points.json", {"size": [16, 16], "objects": [{"category": "sun", "polygon": points}]})
+    status, err = cli([folder, "--checkpoint", bundle, "--out", tmp_path / "out"], capsys)
+    assert status == 1 and "Traceback" not in err
+    assert "1 image rendered, 6 layouts failed" in err and (tmp_path / "out" / "good_s0000.png").is_file()
+    failed = {line.split(": failed: ", 1)[1].split(":", 1)[0]: line for line in err.splitlines() if ": failed: " in line}
+    assert sorted(os.path.basename(f) for f in failed) == ["deep.json", "escape.json", "huge.json", "large.json",
+                                                          "longname.json", "points.json"]
+    reasons = {os.path.basename(f): line for f, line in failed.items()}
+    assert "nested too deeply" in reasons["deep.json"]
+    assert "100000x100000 (height x width) is too large" in reasons["huge.json"]
+    assert "30000x30000 (height x width) is too large" in reasons["large.json"]
+    assert "(5000000 characters)" in reasons["longname.json"] and len(reasons["longname.json"]) < 400
+    assert "outside the layout's folder" in reasons["escape.json"]
+    assert "polygon has 20000 points" in reasons["points.json"]
+
+
+def test_trusted_masks_reads_masks_outside_the_layout_folder(bundle, tmp_path, capsys):
+    square = np.zeros((16, 16), np.uint8)
+    square[4:12, 4:12] = 255
+    Image.fromarray(square).save(tmp_path / "shared.png")
+    folder = tmp_path / "layouts"
+    write_json(folder / "s.json", {"size": [16, 16], "objects": [{"category": "sun", "mask": "../shared.png"}]})
+    status, err = cli([folder, "--checkpoint", bundle, "--out", tmp_path / "out"], capsys)
+    assert status == 1 and "s.json: object 0: mask file '../shared.png' is outside the layout's folder" in err
+    status, err = cli([folder, "--checkpoint", bundle, "--out", tmp_path / "out", "--trusted-masks"], capsys)
+    assert status == 0 and "1 image rendered" in err and (tmp_path / "out" / "s_s0000.png").is_file()
+
+
 def test_resume_repairs_a_half_written_manifest_line(bundle, tmp_path, capsys):
     folder = tmp_path / "layouts"
     folder.mkdir()
@@ -424,6 +466,27 @@ def test_another_checkpoint_does_not_silently_skip(bundle, tmp_path, capsys):
     status, err = cli([tmp_path / "box.json", "--checkpoint", other, "--out", out, "--overwrite"], capsys)
     assert status == 0
     assert manifest(out)[0]["checkpoint_sha256"] == render.file_sha256(other) and len(manifest(out)) == 1
+
+
+def test_a_run_folder_renders_with_its_bundle_and_last_ckpt_or_nan_is_refused(bundle, composer, tmp_path, capsys):
+    """Issue 13, defects 6 and 10: a Lightning checkpoint or a diverged bundle is a bad option, exit 2."""
+    valid_layouts(tmp_path)
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    save_bundle(run / "composer.pt", torch.load(bundle, weights_only=True))
+    torch.save({"global_step": 4, "pytorch-lightning_version": "2.5.0", "state_dict": {}},
+               run / "checkpoints" / "last.ckpt")
+    out = tmp_path / "out"
+    status, err = cli([tmp_path / "box.json", "--checkpoint", run / "checkpoints" / "last.ckpt", "--out", out], capsys)
+    assert status == 2 and "a Lightning training checkpoint" in err and str(run / "composer.pt") in err
+    data = torch.load(bundle, weights_only=True)
+    next(iter(data["networks"]["background"]["state_dict"].values())).fill_(float("nan"))
+    save_bundle(tmp_path / "nan.pt", data)
+    status, err = cli([tmp_path / "box.json", "--checkpoint", tmp_path / "nan.pt", "--out", out], capsys)
+    assert status == 2 and "network 'background', tensor" in err and "NaN or infinite" in err
+    assert not out.exists()
+    status, err = cli([tmp_path / "box.json", "--checkpoint", run, "--out", out], capsys)
+    assert status == 0 and manifest(out)[0]["checkpoint"] == str(run / "composer.pt")
 
 
 @pytest.mark.parametrize("text, seeds", [("0-3", [0, 1, 2, 3]), ("1,5,9", [1, 5, 9]), ("0-2,7", [0, 1, 2, 7]),
