@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -29,6 +27,7 @@ import numpy as np
 import torch
 from pycocotools import mask as mask_utils
 
+from scenecomp.atomic import write_atomically
 from scenecomp.layout import order_annotations
 
 __all__ = [
@@ -423,18 +422,6 @@ def __getattr__(name: str):
 
 
 # --------------------------------------------------------------------------- command line
-def _write_json_atomic(path: Path, data) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def prepare_coco(annotations, images, out, categories=None, size: int = 128, max_objects: int | None = None,
                  min_area: float = 0.0, limit: int | None = None, progress: bool = False) -> dict:
     """Write a resized, filtered COCO subset to ``out`` (see ``scenecomp-data coco --help``).
@@ -491,7 +478,7 @@ def prepare_coco(annotations, images, out, categories=None, size: int = 128, max
         "categories": [{"id": i + 1, "name": n, "source_id": dataset.category_ids[i]}
                        for i, n in enumerate(dataset.categories)],
     }
-    _write_json_atomic(out / "annotations.json", result)
+    write_atomically(out / "annotations.json", lambda tmp: tmp.write_text(json.dumps(result), encoding="utf-8"))
     return {"images": len(images_out), "objects": len(anns_out), "categories": dataset.categories,
             "annotations": out / "annotations.json", "seconds": time.perf_counter() - start}
 

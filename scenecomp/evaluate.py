@@ -80,9 +80,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -93,6 +91,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from scenecomp.atomic import write_atomically
 from scenecomp.compose import BundleError, build_network, load_bundle, noise, object_seed, paint_layers
 from scenecomp.layout import SEED_LIMIT
 from scenecomp.nets import crop_objects, layout_map, visible_masks
@@ -193,11 +192,7 @@ def save_features(path, net: FeatureNet, categories, meta: dict | None = None, h
     data = {"format": FEATURES_FORMAT, "version": FEATURES_VERSION, "kwargs": dict(net.init_kwargs),
             "state_dict": state, "categories": list(categories), "resolution": net.resolution,
             "meta": dict(meta or {})}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(data, tmp)
-    tmp.replace(path)
+    write_atomically(path, lambda tmp: torch.save(data, tmp))
 
 
 def load_features(path) -> FeatureNet:
@@ -1063,16 +1058,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _write_json(path, data) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomically(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2), encoding="utf-8"))
 
 
 def run(args: argparse.Namespace) -> dict:
