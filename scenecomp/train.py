@@ -102,10 +102,16 @@ def build(cfg: DictConfig) -> tuple[SceneDataModule, SceneGAN, L.Trainer]:
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_cfg["precision"] = training_precision(trainer_cfg.get("precision", "32-true"),
                                                   trainer_cfg.get("accelerator", "auto"))
-    trainer = L.Trainer(**trainer_cfg, default_root_dir=out,
-                        max_steps=cfg.steps * model.optimizer_steps_per_batch, callbacks=callbacks,
-                        logger=loggers, log_every_n_steps=cfg.log_every * model.optimizer_steps_per_batch,
-                        num_sanity_val_steps=0, limit_val_batches=0, enable_model_summary=False)
+    try:
+        trainer = L.Trainer(**trainer_cfg, default_root_dir=out,
+                            max_steps=cfg.steps * model.optimizer_steps_per_batch, callbacks=callbacks,
+                            logger=loggers, log_every_n_steps=cfg.log_every * model.optimizer_steps_per_batch,
+                            num_sanity_val_steps=0, limit_val_batches=0, enable_model_summary=False)
+        cluster = getattr(trainer.strategy, "cluster_environment", None)
+        if cluster is not None and cluster.creates_processes_externally:  # Lightning checks this only in fit
+            cluster.validate_settings(num_devices=trainer.num_devices, num_nodes=trainer.num_nodes)
+    except ValueError as e:  # e.g. devices x num_nodes is not what torchrun or srun started
+        raise ConfigError(f"trainer: {e}") from None
     return datamodule, model, trainer
 
 

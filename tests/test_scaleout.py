@@ -157,10 +157,31 @@ def test_render_options_that_do_not_match_the_launch_are_an_error(given, monkeyp
         render._processes(args)
 
 
+def test_train_refuses_a_trainer_that_does_not_match_the_launch(tiny_config, monkeypatch):
+    from scenecomp.train import ConfigError, build
+
+    for key, value in {"TORCHELASTIC_RUN_ID": "x", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "1", "RANK": "0",
+                       "LOCAL_RANK": "0", "GROUP_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(ConfigError, match=r"\(1 \* 1\) does not match the world size \(2\)"):
+        build(tiny_config("trainer=ddp", "trainer.devices=1", "trainer.accelerator=cpu"))
+
+
 def test_noise_streams_differ_by_rank_and_by_the_batch_a_run_resumes_at():
     seeds = {noise_seed(0, rank, batch) for rank in range(8) for batch in (0, 3, 500)}
     assert len(seeds) == 24 and all(0 <= s < 2**32 for s in seeds)
     assert noise_seed(0, 1, 3) == noise_seed(0, 1, 3) != noise_seed(1, 1, 3)
+
+
+def test_a_resumed_run_does_not_replay_the_noise_it_started_with(tiny_config, tmp_path):
+    from scenecomp.train import run
+
+    # both runs start from the same seed; Lightning's checkpoint holds no RNG state
+    run(tiny_config("steps=3", f"out={tmp_path / 'first'}", "rank_checksums=true"))
+    run(tiny_config("steps=4", f"out={tmp_path / 'resumed'}", "rank_checksums=true",
+                    f"ckpt_path={tmp_path / 'first' / 'checkpoints' / 'last.ckpt'}"))
+    z = [json.loads((tmp_path / d / "rank_checksums" / "rank0.json").read_text())["first_z"] for d in ("first", "resumed")]
+    assert z[0] != z[1]
 
 
 BUILD = """
