@@ -716,7 +716,7 @@ def _processes(args) -> None:
                          f"leave both out to use the launch as it is")
 
 
-def _trainer(args, callbacks=()):
+def _trainer(args):
     """Lightning's DDP for predicting on ``args.devices`` x ``args.num_nodes`` processes; its
     ``global_rank`` is known at once (from the launcher's variables or Lightning's own)."""
     import logging
@@ -731,8 +731,7 @@ def _trainer(args, callbacks=()):
     try:
         return L.Trainer(accelerator="gpu" if args.device_obj.type == "cuda" else "cpu", devices=args.devices,
                          num_nodes=args.num_nodes, strategy="ddp", logger=False, enable_progress_bar=False,
-                         enable_model_summary=False, enable_checkpointing=False, callbacks=list(callbacks),
-                         use_distributed_sampler=True)
+                         enable_model_summary=False, enable_checkpointing=False, use_distributed_sampler=True)
     except ValueError as e:  # Lightning's check of the devices against the cluster's
         raise UsageError(str(e)) from None
 

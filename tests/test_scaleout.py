@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 
 import scenecomp.render as render
+from conftest import make_tiny_nets
 from scenecomp.atomic import build_folder_once
+from scenecomp.compose import bundle_dict, save_bundle
 from scenecomp.training import noise_seed
 from test_render import bundle, valid_layouts  # noqa: F401  (bundle is a fixture)
 
@@ -34,7 +36,7 @@ def clean_env(**extra) -> dict:
     return {**env, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **extra}
 
 
-def run_together(commands: list[list[str]], cwd: Path, envs: list[dict], timeout: int = 300) -> list[tuple[int, str]]:
+def run_together(commands: list[list[str]], cwd: Path, envs: list[dict], timeout: int = 900) -> list[tuple[int, str]]:
     """Start the processes at once (a race, as on a cluster); (exit code, output) of each.
     On a timeout every process group started here is killed, so no rank is left hanging."""
     procs = [subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -125,6 +127,17 @@ def test_two_torchrun_nodes_render_every_image_once_as_one_process_does(bundle, 
     assert [line["image"] for line in lines] == [json.loads(line)["image"] for line in
                                                  (single / "manifest.jsonl").read_text().splitlines()]
 
+    # rank 0 refuses to mix in another checkpoint's images: every rank hears of it and stops, none hangs
+    other = tmp_path / "other.pt"
+    save_bundle(other, bundle_dict(["tree", "house", "sun"], background=make_tiny_nets(seed=1)[0],
+                                   foreground=make_tiny_nets(seed=1)[1]))
+    before = {p.name: p.stat().st_mtime_ns for p in nodes.iterdir()}
+    results = torchrun_nodes("scenecomp.render", lambda r: [*common[:2], "--checkpoint", str(other), *common[4:],
+                                                          "--out", str(nodes)], tmp_path)
+    for code, out in results:
+        assert code == 2 and "rendered with another checkpoint" in out, out[-4000:]
+    assert {p.name: p.stat().st_mtime_ns for p in nodes.iterdir()} == before
+
 
 @pytest.mark.parametrize("env, given, expected", [
     ({}, (None, None), (1, 1)),
@@ -187,7 +200,9 @@ def test_a_resumed_run_does_not_replay_the_noise_it_started_with(tiny_config, tm
 BUILD = """
 import sys, time
 from pathlib import Path
+from conftest import make_tiny_nets
 from scenecomp.atomic import build_folder_once
+from scenecomp.compose import bundle_dict, save_bundle
 
 def build(tmp):
     (tmp / "part").write_text("half")
