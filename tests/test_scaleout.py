@@ -132,7 +132,7 @@ def test_two_torchrun_nodes_render_every_image_once_as_one_process_does(bundle, 
     save_bundle(other, bundle_dict(["tree", "house", "sun"], background=make_tiny_nets(seed=1)[0],
                                    foreground=make_tiny_nets(seed=1)[1]))
     before = {p.name: p.stat().st_mtime_ns for p in nodes.iterdir()}
-    results = torchrun_nodes("scenecomp.render", lambda r: [*common[:2], "--checkpoint", str(other), *common[4:],
+    results = torchrun_nodes("scenecomp.render", lambda r: [common[0], "--checkpoint", str(other), *common[3:],
                                                           "--out", str(nodes)], tmp_path)
     for code, out in results:
         assert code == 2 and "rendered with another checkpoint" in out, out[-4000:]
