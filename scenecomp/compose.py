@@ -39,6 +39,7 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
+from scenecomp.atomic import write_atomically
 from scenecomp.layout import (SEED_LIMIT, Layout, LayoutError, LayoutObject, did_you_mean, encode_rle, image_mask,
                               quote, rasterize)
 from scenecomp.nets import ForegroundGenerator, LayoutGenerator, composite
@@ -665,12 +666,7 @@ def _to_pil(canvas: torch.Tensor):
 
 
 def _save_png(image, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        image.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomically(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
 # ----------------------------------------------------------------------------- bundles
@@ -700,10 +696,7 @@ def bundle_dict(categories: list[str], half: bool = False, **networks: torch.nn.
 
 def save_bundle(path, data: dict) -> None:
     """Write atomically: a temporary file renamed into place, never a half-written bundle."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(data, tmp)
-    tmp.replace(path)
+    write_atomically(path, lambda tmp: torch.save(data, tmp))
 
 
 def bundle_file(path) -> Path:

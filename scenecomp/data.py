@@ -21,7 +21,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 import uuid
 from contextlib import contextmanager
@@ -32,6 +31,7 @@ import numpy as np
 import torch
 from pycocotools import mask as mask_utils
 
+from scenecomp.atomic import write_atomically
 from scenecomp.layout import order_annotations
 
 __all__ = [
@@ -468,18 +468,6 @@ def _inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
-def _write_json_atomic(path: Path, data) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def prepare_coco(annotations, images, out, categories=None, size: int = 128, max_objects: int | None = None,
                  min_area: float = 0.0, limit: int | None = None, progress: bool = False,
                  overwrite: bool = False) -> dict:
@@ -546,7 +534,7 @@ def _write_coco_subset(dataset: SceneDataset, out: Path, size: int, max_objects,
         "categories": [{"id": i + 1, "name": n, "source_id": dataset.category_ids[i]}
                        for i, n in enumerate(dataset.categories)],
     }
-    _write_json_atomic(out / "annotations.json", result)
+    write_atomically(out / "annotations.json", lambda tmp: tmp.write_text(json.dumps(result), encoding="utf-8"))
     return result
 
 

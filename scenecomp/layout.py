@@ -30,7 +30,6 @@ import math
 import numbers
 import os
 import stat
-import uuid
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +37,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
+
+from scenecomp.atomic import write_atomically
 
 SHAPE_KINDS = ("polygon", "bbox", "mask", "rle")
 _TOP_KEYS = {"version", "size", "background", "objects"}
@@ -228,16 +229,7 @@ class Layout:
                 d["objects"][i] = {k: v for k, v in entry.items() if k != "mask"} | {"rle": encode_rle(mask)}
         text = _layout_json(d)
 
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-        try:
-            with open(tmp, "x", encoding="utf-8") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
     def masks(self, size=None) -> np.ndarray:
         """Object masks, float32 [N, H, W] in {0, 1}, in paint order, at ``size``

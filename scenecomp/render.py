@@ -95,16 +95,22 @@ exits 1 if anything failed, 0 otherwise. Bad options (no such checkpoint, a
 file that is not a bundle, bad ``--seeds``, no inputs) exit 2 with
 ``scenecomp-render: error: ...`` before anything is rendered.
 
-Several devices
----------------
-``--devices N`` (N > 1) renders through Lightning: ``Trainer.predict`` with
-the ``ddp`` strategy, one process per device (CPU processes over gloo, or
-GPUs), each rendering its share (rank r takes jobs r, r+N, ...) and writing
-its own ``.manifest.rank{r}.jsonl``; after a barrier rank 0 appends them to
-``manifest.jsonl`` in input order. Rank files left by a killed run are merged
-at the start of the next one. Lightning is imported only on this path; one
-device imports neither Lightning nor Hydra. Images do not depend on the batch
-size or the number of processes.
+Several devices and nodes
+-------------------------
+``--devices N`` (N > 1) or ``--num-nodes M`` (M > 1) renders through
+Lightning: ``Trainer.predict`` with the ``ddp`` strategy, one process per
+device (CPU processes over gloo, or GPUs), each rendering its share (rank r of
+W takes jobs r, r+W, ...) and writing its own ``.manifest.rank{r}.jsonl``;
+after a barrier rank 0 appends them to ``manifest.jsonl`` in input order.
+Rank files left by a killed run are merged at the start of the next one.
+Alone, the command starts its N processes itself; started by ``torchrun`` or
+SLURM's ``srun`` (one process per device, on every node), it takes their
+layout: ``--devices`` defaults to the processes per node and ``--num-nodes``
+to the node count, and options that do not match the launch are an error
+(exit 2), so no process renders twice or sits idle. ``--out`` must then be a
+folder every node sees (a shared filesystem). Lightning is imported only on
+this path; one device imports neither Lightning nor Hydra. Images do not
+depend on the batch size or the number of processes.
 """
 from __future__ import annotations
 
@@ -154,6 +160,10 @@ examples:
 
   # two GPUs (or --device cpu --devices 2: two CPU processes), through Lightning DDP
   scenecomp-render layouts/ --checkpoint run/composer.pt --out renders/ --device cuda --devices 2
+
+  # two nodes of 4 GPUs: run on each node (or start it with srun); --out on a shared filesystem
+  torchrun --nnodes 2 --nproc-per-node 4 --node-rank $NODE --master-addr $HOST0 --master-port 29500 \\
+      $(which scenecomp-render) layouts/ --checkpoint run/composer.pt --out /shared/renders/ --device cuda
 
   # interrupted? run the same command again: finished images are skipped.
   # --overwrite renders everything again.
@@ -229,8 +239,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "padded to N; either way an image's pixels do not depend on what else is rendered. "
                              "Keep N the same to reproduce them bit for bit")
     parser.add_argument("--device", metavar="DEV", help="cpu, cuda or cuda:1 (default: cuda if available, else cpu)")
-    parser.add_argument("--devices", type=_positive_int, default=1, metavar="N",
-                        help="render on N devices of --device's kind through Lightning DDP (default 1)")
+    parser.add_argument("--devices", type=_positive_int, metavar="N",
+                        help="render on N devices of --device's kind per node through Lightning DDP (default 1, "
+                             "or the processes per node of a torchrun/srun launch)")
+    parser.add_argument("--num-nodes", type=_positive_int, metavar="M",
+                        help="nodes of a multi-node launch (default 1, or the node count of a torchrun/srun launch)")
     parser.add_argument("--threads", type=_positive_int, metavar="N",
                         help="CPU threads per process (default: torch's choice; with --devices N on CPU, "
                              "the cores divided by N)")
@@ -739,38 +752,75 @@ def render_single(composer: Composer, jobs: list[Job], outputs: Outputs, batch_s
 # ----------------------------------------------------------------------------- several devices
 
 
-def _child_rank() -> int:
-    """This process's rank when Lightning's DDP launcher started it (LOCAL_RANK set); 0 otherwise."""
-    for key in ("LOCAL_RANK", "RANK"):
-        if os.environ.get(key, "0") not in ("", "0"):
-            return int(os.environ[key])
-    return 0
+def launch() -> tuple[str, int, int] | None:
+    """(launcher, processes, processes per node) when torchrun or srun started this process, else None.
+
+    Detected as Lightning's cluster environments detect them, so that what is
+    checked here is what Lightning will use."""
+    env = os.environ
+    if "TORCHELASTIC_RUN_ID" in env:
+        return "torchrun", int(env["WORLD_SIZE"]), int(env["LOCAL_WORLD_SIZE"])
+    if "SLURM_NTASKS" in env and env.get("SLURM_JOB_NAME") not in ("bash", "interactive"):
+        tasks = int(env["SLURM_NTASKS"])
+        return "srun", tasks, int(env.get("SLURM_NTASKS_PER_NODE") or tasks // int(env.get("SLURM_NNODES", 1)))
+    return None
+
+
+def _processes(args) -> None:
+    """Fill in ``args.devices`` and ``args.num_nodes``: as given, else from the launch that started
+    this process, else 1. A launch they do not match is a `UsageError`: with too few processes
+    asked for, the others would render nothing; with too many, the run would wait for ever."""
+    started = launch()
+    if started is None:
+        args.devices, args.num_nodes = args.devices or 1, args.num_nodes or 1
+        return
+    name, world, per_node = started
+    args.devices = args.devices or per_node
+    args.num_nodes = args.num_nodes or max(1, world // args.devices)
+    if (args.devices, args.num_nodes) != (per_node, world // per_node):
+        raise UsageError(f"{name} started {world} processes, {per_node} per node, but --devices {args.devices} "
+                         f"--num-nodes {args.num_nodes} asks for {args.num_nodes} node(s) of {args.devices}; "
+                         f"leave both out to use the launch as it is")
+
+
+def _trainer(args):
+    """Lightning's DDP for predicting on ``args.devices`` x ``args.num_nodes`` processes; its
+    ``global_rank`` is known at once (from the launcher's variables or Lightning's own)."""
+    import logging
+    import warnings
+
+    import lightning as L
+
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module=r"lightning(\.|$)")
+    warnings.filterwarnings("ignore", message=r".*(does not have many workers|predict_dataloader).*")
+    try:
+        return L.Trainer(accelerator="gpu" if args.device_obj.type == "cuda" else "cpu", devices=args.devices,
+                         num_nodes=args.num_nodes, strategy="ddp", logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, enable_checkpointing=False, use_distributed_sampler=True)
+    except ValueError as e:  # Lightning's check of the devices against the cluster's
+        raise UsageError(str(e)) from None
 
 
 def _as_list(batch):
     return [job for job in batch if job is not None]
 
 
-def render_distributed(composer: Composer, jobs: list[Job], args, meta: dict, console: Console,
-                       steps: bool) -> tuple[int, int]:
-    """Render through Lightning ``Trainer.predict`` (DDP, ``args.devices`` processes).
+def render_distributed(trainer, composer: Composer, jobs: list[Job], args, meta: dict, console: Console,
+                       steps: bool, error: UsageError | None = None) -> tuple[int, int]:
+    """Render through Lightning ``Trainer.predict`` (DDP, ``trainer.world_size`` processes).
 
-    Rank 0 holds the plan and broadcasts it; every rank renders its share and writes
-    its own rank manifest; rank 0 merges them after a barrier. Returns (images
-    written, layouts failed while rendering), summed over ranks, on rank 0."""
-    import logging
-    import warnings
-
+    Rank 0 holds the plan and broadcasts it, or ``error``, which every rank then
+    raises (the other ranks may have been started by torchrun and are waiting);
+    every rank renders its share and writes its own rank manifest; rank 0 merges
+    them after a barrier. Returns (images written, layouts failed while rendering),
+    summed over ranks, on rank 0."""
     import lightning as L
     from lightning.pytorch.callbacks import BasePredictionWriter
     from torch.utils.data import DataLoader
 
-    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", module=r"lightning(\.|$)")
-    warnings.filterwarnings("ignore", message=r".*(does not have many workers|predict_dataloader).*")
-
-    out, world = Path(args.out), args.devices
+    out, world = Path(args.out), trainer.world_size
     order = {f"{job.stem}.png": i for i, job in enumerate(jobs)}
 
     class Jobs(L.LightningDataModule):
@@ -779,7 +829,9 @@ def render_distributed(composer: Composer, jobs: list[Job], args, meta: dict, co
             self.jobs = jobs
 
         def setup(self, stage):
-            self.jobs = self.trainer.strategy.broadcast(self.jobs, src=0)
+            self.jobs, message = self.trainer.strategy.broadcast((self.jobs, error and str(error)), src=0)
+            if message is not None:
+                raise UsageError(message)
             # every rank gets at least one batch, or Lightning skips the hooks that hold the barrier
             self.jobs = self.jobs + [None] * max(0, world - len(self.jobs))
 
@@ -836,9 +888,7 @@ def render_distributed(composer: Composer, jobs: list[Job], args, meta: dict, co
             trainer.strategy.barrier("scenecomp-render: merged")
 
     writer = Writer()
-    trainer = L.Trainer(accelerator="gpu" if args.device_obj.type == "cuda" else "cpu", devices=world,
-                        strategy="ddp", logger=False, enable_progress_bar=False, enable_model_summary=False,
-                        enable_checkpointing=False, callbacks=[writer], use_distributed_sampler=True)
+    trainer.callbacks.append(writer)
     trainer.predict(Painter(), datamodule=Jobs(), return_predictions=False)
     return writer.rendered, writer.failed_count
 
@@ -849,9 +899,8 @@ def render_distributed(composer: Composer, jobs: list[Job], args, meta: dict, co
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     console = Console(args.quiet)
-    child = _child_rank() != 0
     try:
-        return _run(args, console, child)
+        return _run(args, console)
     except UsageError as e:
         console.close()
         print(f"{PROG}: error: {e}", file=sys.stderr)
@@ -863,12 +912,18 @@ def main(argv=None) -> int:
         return 130
 
 
-def _run(args, console: Console, child: bool) -> int:
+def _run(args, console: Console) -> int:
     started = time.perf_counter()
     if args.threads:
         torch.set_num_threads(args.threads)
         os.environ["OMP_NUM_THREADS"] = str(args.threads)  # DDP ranks started by Lightning inherit it
+    _processes(args)
     args.device_obj = _device(args.device, args.devices)
+    distributed = args.devices * args.num_nodes > 1
+    trainer = _trainer(args) if distributed else None
+    child = distributed and not trainer.is_global_zero
+    # torchrun or srun started every rank already: they wait for rank 0's plan, whatever it is
+    external = distributed and trainer.strategy.cluster_environment.creates_processes_externally
     checkpoint = bundle_file(args.checkpoint) if args.checkpoint else DEFAULT_MODEL  # a run folder: its composer.pt
     if args.checkpoint is None and not checkpoint.is_file():
         raise UsageError(f"no default model is shipped with this scenecomp yet (looked for {checkpoint}); "
@@ -877,7 +932,7 @@ def _run(args, console: Console, child: bool) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out}: exists and is not a folder")
-    device = args.device_obj if args.devices == 1 else torch.device("cpu")  # Lightning moves it per rank
+    device = torch.device("cpu") if distributed else args.device_obj  # Lightning moves it per rank
     try:
         dtype = auto_dtype(args.device_obj) if args.dtype == "auto" else DTYPES[args.dtype]
         composer = Composer.from_checkpoint(checkpoint, device=device, dtype=dtype)
@@ -892,8 +947,8 @@ def _run(args, console: Console, child: bool) -> int:
             "batch_size": args.batch_size,
             "scenecomp": _version()}
     want_steps = args.steps or args.layers
-    if child:  # a DDP rank started by Lightning: rank 0 plans, reports and merges
-        render_distributed(composer, [], args, meta, Console(quiet=True), want_steps)
+    if child:  # rank 0 plans, reports and merges
+        render_distributed(trainer, composer, [], args, meta, Console(quiet=True), want_steps)
         return 0
 
     out.mkdir(parents=True, exist_ok=True)
@@ -904,17 +959,21 @@ def _run(args, console: Console, child: bool) -> int:
     work = plan(files, composer, args.seeds, out, overwrite=args.overwrite, steps=args.steps, layers=args.layers,
                 done_images=done, sha256=sha256, report=console.failed, warn=console.warn,
                 trusted=args.trusted_masks)
+    error = None
     if work.foreign:
-        raise UsageError(f"{out} already holds {len(work.foreign)} of these images rendered with another "
-                         f"checkpoint (e.g. {work.foreign[0]}; see {manifest}); use another --out, or "
-                         "--overwrite to render them again with this one")
+        error = UsageError(f"{out} already holds {len(work.foreign)} of these images rendered with another "
+                           f"checkpoint (e.g. {work.foreign[0]}; see {manifest}); use another --out, or "
+                           "--overwrite to render them again with this one")
+    if error and not external:
+        raise error  # no other process is running yet
 
     failed_layouts = len(work.failures)
-    if not work.jobs:
-        rendered = 0
-    elif args.devices > 1:
-        rendered, failed_later = render_distributed(composer, work.jobs, args, meta, console, want_steps)
+    if distributed and (work.jobs or external):
+        rendered, failed_later = render_distributed(trainer, composer, work.jobs, args, meta, console, want_steps,
+                                                    error)
         failed_layouts += failed_later
+    elif not work.jobs:
+        rendered = 0
     else:
         outputs = Outputs(out, manifest, meta, resolution=composer.resolution, steps=args.steps,
                           layers=args.layers)

@@ -34,6 +34,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from scenecomp.atomic import write_atomically
+
 CATEGORIES = ("tree", "house", "sun", "cloud", "rock")
 SKY = frozenset({"sun", "cloud"})
 LIGHTS = ("day", "dusk", "night")
@@ -588,10 +590,7 @@ def _write_dataset(out: Path, count: int, size: int, seed: int, workers: int) ->
         "categories": [{"id": k + 1, "name": name, "supercategory": "sky" if name in SKY else "ground"}
                        for k, name in enumerate(CATEGORIES)],
     }
-    tmp = out / "annotations.json.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(coco, f, separators=(",", ":"))
-        f.write("\n")
-    os.replace(tmp, out / "annotations.json")
+    write_atomically(out / "annotations.json",
+                     lambda tmp: tmp.write_text(json.dumps(coco, separators=(",", ":")) + "\n", encoding="utf-8"))
     _write_png(str(out / "preview.png"), _contact_sheet(previews))
     return {"count": count, "objects": len(annotations), "per_category": per_category, "per_light": per_light}

@@ -25,6 +25,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from scenecomp.atomic import build_folder_once
 from scenecomp.compose import bundle_dict, save_bundle
 from scenecomp.data import DataError, SceneDataModule
 from scenecomp.precision import training_precision
@@ -36,7 +37,11 @@ class ConfigError(ValueError):
 
 
 def prepare_shapes(data: DictConfig) -> None:
-    """Generate the Shapes splits named by ``data.generate`` when they are missing."""
+    """Generate the Shapes splits named by ``data.generate`` when they are missing.
+
+    Every process of a launch calls this (DDP ranks on every node): one generates
+    under a lock while the others wait, then all find the folder complete.
+    """
     from scenecomp.shapes import write_dataset
 
     for split in ("train", "val"):
@@ -45,8 +50,15 @@ def prepare_shapes(data: DictConfig) -> None:
         if count and path and not Path(path).exists():
             folder = Path(path).parent if str(path).endswith(".json") else Path(path)
             seed = data.generate.seed + (0 if split == "train" else 1)  # disjoint scenes for the held-out split
-            print(f"generating {count} Shapes scenes into {folder} (seed {seed})")
-            write_dataset(folder, count=count, size=data.generate.size, seed=seed)
+
+            def generate(tmp: Path, count=count, seed=seed):
+                print(f"generating {count} Shapes scenes into {folder} (seed {seed})")
+                write_dataset(tmp, count=count, size=data.generate.size, seed=seed)
+
+            try:
+                build_folder_once(folder, generate, complete=lambda f: (f / "annotations.json").is_file())
+            except FileExistsError as e:
+                raise DataError(f"data.{split}: {e}") from None
 
 
 def build(cfg: DictConfig) -> tuple[SceneDataModule, SceneGAN, L.Trainer]:
@@ -64,6 +76,7 @@ def build(cfg: DictConfig) -> tuple[SceneDataModule, SceneGAN, L.Trainer]:
         model = SceneGAN(categories=datamodule.categories, resolution=cfg.data.resolution, **model_cfg)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"model: {e}") from None
+    model.seed = cfg.seed
     if cfg.channels_last:
         model.memory_format = torch.channels_last
         model.to(memory_format=torch.channels_last)
@@ -91,10 +104,16 @@ def build(cfg: DictConfig) -> tuple[SceneDataModule, SceneGAN, L.Trainer]:
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_cfg["precision"] = training_precision(trainer_cfg.get("precision", "32-true"),
                                                   trainer_cfg.get("accelerator", "auto"))
-    trainer = L.Trainer(**trainer_cfg, default_root_dir=out,
-                        max_steps=cfg.steps * model.optimizer_steps_per_batch, callbacks=callbacks,
-                        logger=loggers, log_every_n_steps=cfg.log_every * model.optimizer_steps_per_batch,
-                        num_sanity_val_steps=0, limit_val_batches=0, enable_model_summary=False)
+    try:
+        trainer = L.Trainer(**trainer_cfg, default_root_dir=out,
+                            max_steps=cfg.steps * model.optimizer_steps_per_batch, callbacks=callbacks,
+                            logger=loggers, log_every_n_steps=cfg.log_every * model.optimizer_steps_per_batch,
+                            num_sanity_val_steps=0, limit_val_batches=0, enable_model_summary=False)
+        cluster = getattr(trainer.strategy, "cluster_environment", None)
+        if cluster is not None and cluster.creates_processes_externally:  # Lightning checks this only in fit
+            cluster.validate_settings(num_devices=trainer.num_devices, num_nodes=trainer.num_nodes)
+    except ValueError as e:  # e.g. devices x num_nodes is not what torchrun or srun started
+        raise ConfigError(f"trainer: {e}") from None
     return datamodule, model, trainer
 
 

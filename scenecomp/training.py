@@ -92,6 +92,11 @@ def agreement(head_b: torch.Tensor, head_a: torch.Tensor, outside: torch.Tensor)
     return diff.sum() / (outside.sum() * head_b.shape[1]).clamp(min=1)
 
 
+def noise_seed(seed: int, rank: int, batches: int) -> int:
+    """A 32-bit seed for the noise of ``rank`` from batch ``batches`` on: well mixed, so streams do not overlap."""
+    return int(np.random.SeedSequence([seed, rank, batches]).generate_state(1)[0])
+
+
 @torch.no_grad()
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float, step: int) -> None:
     """EMA with a warm-up (decay at most ``(1 + step) / (10 + step)``), so early averages are not dominated by the initial weights."""
@@ -164,6 +169,19 @@ class SceneGAN(L.LightningModule):
     def on_after_batch_transfer(self, batch, dataloader_idx):
         batch["image"] = batch["image"].contiguous(memory_format=self.memory_format)
         return batch
+
+    seed = 0  # the run's seed (``build`` sets it): each rank's noise stream is derived from it
+
+    def on_train_start(self):
+        """Seed this rank's noise from (seed, rank, batches done).
+
+        Every rank starts from the same seed, so the initial weights agree (and
+        Lightning's DDP reseeds all ranks alike): without this they would all draw
+        the same z. Lightning's checkpoints hold no RNG state, so a resumed run
+        reseeds here from the batch it starts at, which keeps ranks distinct and
+        does not replay the noise of the run's first part.
+        """
+        torch.manual_seed(noise_seed(self.seed, self.global_rank, self.batches_done))
 
     @property
     def optimizer_steps_per_batch(self) -> int:
@@ -474,22 +492,34 @@ class PreviewGrid(L.Callback):
 
 
 class RankChecksums(L.Callback):
-    """At the end of training every rank writes a SHA-256 of each network's weights to
-    ``folder/rank{N}.json``: under DDP all ranks must agree, and this shows whether they do."""
+    """Every rank writes ``folder/rank{N}.json``: ``weights``, a SHA-256 of each network's weights at
+    the end of training (under DDP all ranks must agree), and ``first_z``, a SHA-256 of the first
+    noise batch the rank draws (ranks must differ)."""
 
     def __init__(self, folder: str):
         self.folder = Path(folder)
+        self.first_z = None
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if self.first_z is None:  # the first draw of the first stage, without consuming it
+            with torch.random.fork_rng(devices=[module.device] if module.device.type == "cuda" else []):
+                z = torch.randn(batch["image"].shape[0], module.z_dim, device=module.device)
+            self.first_z = _sha256([z])
 
     def on_train_end(self, trainer, module):
-        import hashlib
         import json
 
-        sums = {}
-        for name, net in module.named_children():
-            h = hashlib.sha256()
-            for key, value in sorted(net.state_dict().items()):
-                h.update(key.encode())
-                h.update(value.detach().cpu().contiguous().numpy().tobytes())
-            sums[name] = h.hexdigest()
+        sums = {name: _sha256(value for _, value in sorted(net.state_dict().items()))
+                for name, net in module.named_children()}
         self.folder.mkdir(parents=True, exist_ok=True)
-        (self.folder / f"rank{trainer.global_rank}.json").write_text(json.dumps(sums, indent=1))
+        (self.folder / f"rank{trainer.global_rank}.json").write_text(
+            json.dumps({"weights": sums, "first_z": self.first_z}, indent=1))
+
+
+def _sha256(tensors) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from scenecomp.atomic import write_atomically
 from scenecomp.eval import EvaluationError
 from scenecomp.nets import crop_objects
 
@@ -106,11 +107,7 @@ def save_features(path, net: FeatureNet, categories, meta: dict | None = None, h
     data = {"format": FEATURES_FORMAT, "version": FEATURES_VERSION, "kwargs": dict(net.init_kwargs),
             "state_dict": state, "categories": list(categories), "resolution": net.resolution,
             "meta": dict(meta or {})}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(data, tmp)
-    tmp.replace(path)
+    write_atomically(path, lambda tmp: torch.save(data, tmp))
 
 
 def load_features(path) -> FeatureNet:

@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from pathlib import Path
+
+from scenecomp.atomic import write_atomically
 
 # key: (description, better, format). "real" is the real-vs-real figure at the same sample size: for
 # distances the floor, for two-sample tests the calibration, elsewhere the split's own images.
@@ -81,16 +80,7 @@ def result_json(result: dict) -> dict:
 
 def write_json(path, data) -> None:
     """Write atomically: a temporary file renamed into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomically(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2), encoding="utf-8"))
 
 
 def _fmt(value, fmt: str) -> str:
