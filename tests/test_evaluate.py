@@ -280,7 +280,7 @@ def test_samples_are_composer_renderings_with_the_documented_seeds(tiny_shapes):
     from conftest import make_tiny_nets
 
     bg, fg = make_tiny_nets(num_categories=5, resolution=32)
-    composer = Composer(bg, fg, CATEGORIES)
+    composer = Composer(bg, fg, CATEGORIES, dtype=torch.float32)  # bg is also called directly in fp32 below
     batch = next(read_batches(SceneDataset(tiny_shapes, None, CATEGORIES, 32, 8), [3, 4, 5], 3, None))
     layouts = sample_layouts(batch, 1)
     model = Model("scenecomp", composer, (bg, fg))

@@ -134,8 +134,8 @@ def test_two_torchrun_nodes_render_every_image_once_as_one_process_does(bundle, 
     before = {p.name: p.stat().st_mtime_ns for p in nodes.iterdir()}
     results = torchrun_nodes("scenecomp.render", lambda r: [common[0], "--checkpoint", str(other), *common[3:],
                                                           "--out", str(nodes)], tmp_path)
-    for code, out in results:
-        assert code == 2 and "rendered with another checkpoint" in out, out[-4000:]
+    for code, out in results:  # torchrun reports a child's exit 2 as its own failure (exit 1)
+        assert code != 0 and "rendered with another checkpoint" in out, out[-4000:]
     assert {p.name: p.stat().st_mtime_ns for p in nodes.iterdir()} == before
 
 
@@ -200,9 +200,7 @@ def test_a_resumed_run_does_not_replay_the_noise_it_started_with(tiny_config, tm
 BUILD = """
 import sys, time
 from pathlib import Path
-from conftest import make_tiny_nets
 from scenecomp.atomic import build_folder_once
-from scenecomp.compose import bundle_dict, save_bundle
 
 def build(tmp):
     (tmp / "part").write_text("half")

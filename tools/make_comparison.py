@@ -4,8 +4,9 @@
         --count 8 --out docs/real_vs_composed.png
 
 Rows, for the first ``--count`` held-out scenes: the real image; the composed
-image of its layout (objects in the real paint order, sample seed 0); a second
-sample (seed 1); and the composer's background alone (seed 0). Images are
+image of its layout (objects in the real paint order, sample seed i for scene i);
+a second sample (seed 1000 + i); and the composer's background alone (seed i),
+which is the first sample's background. Images are
 scaled 3x with nearest-neighbour so single pixels stay visible.
 """
 from __future__ import annotations
@@ -39,7 +40,7 @@ def main(argv=None) -> None:
     layouts = load_coco_layouts(args.data / "annotations.json", composer.categories)[:args.count]
     files = {im["id"]: im["file_name"] for im in json.loads((args.data / "annotations.json").read_text())["images"]}
     real = [np.asarray(Image.open(args.data / "images" / files[layout.image_id]).convert("RGB")) for layout in layouts]
-    samples = composer.render(layouts, seeds=[0, 1])
+    samples = [composer.render(layout, seeds=[i, 1000 + i]) for i, layout in enumerate(layouts)]
     backgrounds = [composer.background(seed=i).image for i in range(len(layouts))]
     rows = [real, [to_uint8(s[0]) for s in samples], [to_uint8(s[1]) for s in samples],
             [to_uint8(b) for b in backgrounds]]
@@ -51,7 +52,7 @@ def main(argv=None) -> None:
             grid[i * (R + gap):i * (R + gap) + R, j * (R + gap):j * (R + gap) + R] = image
     picture = Image.fromarray(grid)
     picture.resize((picture.width * args.scale, picture.height * args.scale), Image.NEAREST).save(args.out)
-    print(f"wrote {args.out}: rows real / composed seed 0 / composed seed 1 / background only, {len(layouts)} scenes")
+    print(f"wrote {args.out}: rows real / composed (seed i) / composed (seed 1000+i) / background only (seed i), {len(layouts)} scenes")
 
 
 if __name__ == "__main__":
