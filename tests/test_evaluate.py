@@ -493,3 +493,13 @@ def test_train_features_learns_on_tiny_data(tiny_shapes):
     assert {"heldout_object_accuracy", "heldout_swapped_accuracy", "heldout_presence_accuracy",
             "heldout_background_purity", "steps", "data"} <= set(net.meta)
     assert 0 <= net.meta["heldout_object_accuracy"] <= 1
+
+
+def test_lowest_category_accuracy_names_the_worst_category():
+    from scenecomp.eval.metrics import ClassifierScores
+
+    scores = ClassifierScores(3)
+    logits = torch.tensor([[5.0, 0, 0], [5.0, 0, 0], [0, 5.0, 0], [5.0, 0, 0], [0, 0, 5.0]])
+    scores.update(logits, torch.tensor([0, 0, 1, 1, 2]))  # category 1: one right of two
+    assert scores.accuracy() == pytest.approx(0.8) and scores.lowest_category_accuracy() == 0.5
+    assert ClassifierScores(2).lowest_category_accuracy() != ClassifierScores(2).lowest_category_accuracy()  # nan

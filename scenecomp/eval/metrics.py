@@ -167,6 +167,13 @@ class ClassifierScores:
     def accuracy(self) -> float:
         return accuracy(*self._all())
 
+    def lowest_category_accuracy(self) -> float:
+        """The accuracy of the worst-recognised requested category (nan with no rows)."""
+        probs, labels = self._all()
+        per = [accuracy(probs[labels == c], labels[labels == c]) for c in range(self.num_categories)]
+        measured = [v for v in per if v == v]
+        return min(measured) if measured else float("nan")
+
     def inception_score(self) -> float:
         probs, _ = self._all()
         return inception_score(probs) if len(probs) else float("nan")

@@ -417,6 +417,7 @@ def evaluate(data, models: dict, feature_net: FeatureNet, samples: int = 500, se
     put("inception_score", "real", real.objects.inception_score())
     put("object_accuracy", "real", real.objects.accuracy())
     put("appearance_accuracy", "real", appearance_real.accuracy())
+    put("appearance_min_category", "real", appearance_real.lowest_category_accuracy())
     put("background_purity", "real", real.purity.result() if real.backgrounds else None)
     put("illumination", "real", real.illumination.result())
     per_category = {}
@@ -424,6 +425,7 @@ def evaluate(data, models: dict, feature_net: FeatureNet, samples: int = 500, se
         put("inception_score", name, g.objects.inception_score())
         put("object_accuracy", name, g.objects.accuracy())
         put("appearance_accuracy", name, g.appearance.accuracy())
+        put("appearance_min_category", name, g.appearance.lowest_category_accuracy())
         put("diversity", name, g.diversity.result() if seeds >= 2 else None)
         if seeds >= 2:
             values = g.crop_diversity.per_category(C)

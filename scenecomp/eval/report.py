@@ -19,6 +19,7 @@ METRICS = {
     "inception_score": ("Inception score, in-domain classifier on object crops", "higher", "{:.3f}"),
     "object_accuracy": ("object accuracy (crop classified as the requested category)", "higher", "{:.3f}"),
     "appearance_accuracy": ("appearance accuracy (same mask painted as each category)", "higher", "{:.3f}"),
+    "appearance_min_category": ("appearance accuracy, worst category", "higher", "{:.3f}"),
     "diversity": ("diversity (mean feature distance, same layout, other seeds)", "higher", "{:.3f}"),
     "diversity_min_category": ("diversity, least diverse category (object crops)", "higher", "{:.3f}"),
     "locality_look": ("edit locality, new look (mean |change| outside the object)", "lower", "{:.3g}"),
