@@ -75,6 +75,11 @@ def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(1).mean()
 
 
+def posterior_sample(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """A draw of z from the encoder's ``N(mu, exp(logvar))`` (the reparameterisation trick)."""
+    return mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+
+
 def masked_l1(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean absolute difference of ``[B,C,H,W]`` images over the pixels where ``mask [B,1,H,W]`` is 1."""
     diff = (a.float() - b.float()).abs() * mask
@@ -299,12 +304,15 @@ class SceneGAN(L.LightningModule):
         ema_update(self.g_bg_ema, self.g_bg, self.hparams.ema_decay, self.batches_done)
         return logs
 
+    def _fill(self, inpainter, x: torch.Tensor, hole: torch.Tensor) -> torch.Tensor:
+        """The background inpainter's painting of ``hole`` in ``x`` (its one category, no noise): ``[B,3,H,W]``."""
+        zeros = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        return inpainter(x.new_zeros(x.shape[0], self.z_dim), zeros, hole, x * (1 - hole))
+
     def plates(self, x: torch.Tensor, union: torch.Tensor) -> torch.Tensor:
         """Real images with their (dilated) objects painted out by the EMA background inpainter: ``[B,3,H,W]``."""
         hole = dilate(union, self.hparams.plate_dilate)
-        zeros = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
-        filled = self.g_plate_ema(x.new_zeros(x.shape[0], self.z_dim), zeros, hole, x * (1 - hole))
-        return composite(x, filled, hole)
+        return composite(x, self._fill(self.g_plate_ema, x, hole), hole)
 
     def _plates_background_stage(self, g_opt, d_opt, x, union):
         """Background from clean plates, with no background-only data.
@@ -329,11 +337,9 @@ class SceneGAN(L.LightningModule):
             return self._d_loss(self.d_bg, (plate, empty), (fake, empty), "bg")
 
         def g_loss():
-            zeros = torch.zeros(B, dtype=torch.long, device=x.device)
-            filled = self.g_plate(x.new_zeros(B, self.z_dim), zeros, hole, x * (1 - hole))
-            plate_l1 = masked_l1(filled, x, hole)
+            plate_l1 = masked_l1(self._fill(self.g_plate, x, hole), x, hole)
             mu, logvar = self.e_bg(plate)
-            rec = self.g_bg(mu + torch.randn_like(mu) * (0.5 * logvar).exp())
+            rec = self.g_bg(posterior_sample(mu, logvar))
             # compared after average pooling, L1 teaches the layout and colours (horizon, sky, ground)
             # without pulling grain and stars towards their blurred mean: those are D_bg's to teach
             gap = F.avg_pool2d(rec.float() - plate.float(), hp.bg_rec_pool)
@@ -380,18 +386,20 @@ class SceneGAN(L.LightningModule):
         def crops(img):
             return crop_objects(torch.cat([img, m], 1), m, S), c
 
+        real = crops(x)  # the real objects' crops serve both discriminator steps and the encoder
+
         def d_loss():
             with torch.no_grad():
                 fake = composite(canvas, self.g_fg(z, c, m, canvas * (1 - m)), m)
-            return self._d_loss(self.d_obj, crops(x), crops(fake), "fg_object")
+            return self._d_loss(self.d_obj, real, crops(fake), "fg_object")
 
         def g_loss():
             painted = self.g_fg(z, c, m, canvas * (1 - m))
-            lo = self._g_loss(self.d_obj, crops(x), crops(composite(canvas, painted, m)))
+            lo = self._g_loss(self.d_obj, real, crops(composite(canvas, painted, m)))
             loss, logs = hp.object_weight * lo, {"fg_object/g": lo.detach()}
             if hp.rec_weight > 0:
-                mu, logvar = self.e_fg(crops(x)[0])
-                rec = self.g_fg(mu + torch.randn_like(mu) * (0.5 * logvar).exp(), c, m, x * (1 - m))
+                mu, logvar = self.e_fg(real[0])
+                rec = self.g_fg(posterior_sample(mu, logvar), c, m, x * (1 - m))
                 rec_l1, kl = masked_l1(rec, x, m), kl_divergence(mu, logvar)
                 loss = loss + hp.rec_weight * rec_l1 + hp.kl_weight * kl
                 logs |= {"fg/rec_l1": rec_l1.detach(), "fg/kl": kl.detach()}
