@@ -210,7 +210,7 @@ def jittered_layouts(sources: Sources, count: int, seed: int, shares: dict[str, 
 
 def read_sources(paths, categories, size) -> Sources:
     """Every layout in ``paths`` (files, folders, COCO files), checked against the model's categories."""
-    from scenecomp.render import UsageError, find_inputs
+    from scenecomp.render.options import UsageError, find_inputs
     try:
         files = find_inputs(paths)
     except UsageError as e:
@@ -415,7 +415,7 @@ def _write_layouts(out: Path, images, names: list[str], recipe: dict, count: int
 
 def _first_process() -> bool:
     """False in the other processes of a multi-device launch (torchrun, srun, Lightning's own)."""
-    from scenecomp.render import launch
+    from scenecomp.render.options import launch
     names = ["RANK", "LOCAL_RANK", "NODE_RANK"] + (["SLURM_PROCID"] if (launch() or ("",))[0] == "srun" else [])
     return all(os.environ.get(n, "0") in ("", "0") for n in names)
 
