@@ -460,7 +460,7 @@ def fit_table(prior: LayoutPrior, annotations, samples: int = 2000, size: int = 
         r, s = np.array(real[c]).reshape(-1, 3), np.array(sampled[c]).reshape(-1, 3)
         mean = lambda a, j, f=100: f"{a[:, j].mean() * f:.1f}" if len(a) else "-"  # noqa: E731
         rows.append(f"| {c} | {len(r) / len(images):.2f} / {len(s) / samples:.2f} | {mean(r, 0)} / {mean(s, 0)} | "
-                    f"{mean(r, 1)} / {mean(s, 1)} | {mean(r, 2, 1)[:4]} / {mean(s, 2, 1)[:4]} |")
+                    f"{mean(r, 1)} / {mean(s, 1)} | {mean(r, 2, 1)} / {mean(s, 2, 1)} |")
     return "\n".join(rows)
 
 
