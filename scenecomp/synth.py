@@ -281,6 +281,10 @@ def synthesize(out, count: int, checkpoint=None, *, prior=None, layouts=None, ba
         raise SynthError(f"--count must be an integer in [1, {MAX_COUNT}], got {count!r}")
     if not (isinstance(seed, int) and 0 <= seed < SEED_LIMIT):
         raise SynthError(f"--seed must be an integer in [0, 2**32), got {seed!r}")
+    for name, value in (("--batch-size", batch_size), ("--devices", devices), ("--num-nodes", num_nodes),
+                        ("--threads", threads)):
+        if value is not None and not (isinstance(value, int) and value >= 1):
+            raise SynthError(f"{name} must be a positive integer, got {value!r}")
     if balance and categories is not None:
         raise SynthError("--balance and --categories are exclusive: --balance means equal shares")
     checkpoint = bundle_file(checkpoint) if checkpoint is not None else DEFAULT_MODEL
@@ -335,7 +339,8 @@ def synthesize(out, count: int, checkpoint=None, *, prior=None, layouts=None, ba
     recipe["scenecomp"] = _version()
 
     out = Path(out)
-    created = _claim(out, recipe)
+    created = not out.exists()
+    fresh = _claim(out, recipe)
     try:
         coco = _write_layouts(out, images, names, recipe, count, quiet)
         argv = [str(out / "layouts"), "--out", str(out / "images"), "--checkpoint", str(checkpoint),
@@ -346,11 +351,11 @@ def synthesize(out, count: int, checkpoint=None, *, prior=None, layouts=None, ba
                 argv += [flag, str(value)]
         status = render_main(argv + (["--quiet"] if quiet else []))
     except BaseException:
-        if created and not any((out / "images").glob("*.png")):
-            shutil.rmtree(out, ignore_errors=True)  # nothing rendered yet: leave nothing behind
+        if fresh and not any((out / "images").glob("*.png")):
+            _remove(out, created)  # nothing rendered yet: leave nothing behind
         raise
-    if status == 2 and created:
-        shutil.rmtree(out, ignore_errors=True)  # scenecomp-render refused its options: nothing was rendered
+    if status == 2 and fresh:
+        _remove(out, created)  # scenecomp-render refused its options: nothing was rendered
     if status == 0 and _first_process():
         text = json.dumps(coco, separators=(",", ":")) + "\n"
         write_atomically(out / "annotations.json", lambda tmp: tmp.write_text(text, encoding="utf-8"))
@@ -366,11 +371,10 @@ def synthesize(out, count: int, checkpoint=None, *, prior=None, layouts=None, ba
 
 def _claim(out: Path, recipe: dict) -> bool:
     """Make ``out`` ours: a new or empty folder gets the recipe; one holding the same recipe is
-    resumed; anything else is refused. Returns True when this call created the folder."""
+    resumed; anything else is refused. Returns True when the folder was new or empty."""
     if out.exists() and not out.is_dir():
         raise SynthError(f"--out {out}: exists and is not a folder")
     text = json.dumps(recipe, indent=1) + "\n"
-    created = not out.exists()
     if out.is_dir() and any(out.iterdir()):
         try:
             old = json.loads((out / RECIPE).read_text(encoding="utf-8"))
@@ -383,7 +387,16 @@ def _claim(out: Path, recipe: dict) -> bool:
                              f"{out / RECIPE}); choose another --out, or run its own command again to resume it")
         return False
     write_atomically(out / RECIPE, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-    return created
+    return True
+
+
+def _remove(out: Path, folder_too: bool) -> None:
+    """Undo a run that rendered nothing: what it wrote into ``out``, and ``out`` itself if it made it."""
+    for name in ("layouts", "images"):
+        shutil.rmtree(out / name, ignore_errors=True)
+    (out / RECIPE).unlink(missing_ok=True)
+    if folder_too:
+        shutil.rmtree(out, ignore_errors=True)
 
 
 def _write_layouts(out: Path, images, names: list[str], recipe: dict, count: int, quiet: bool) -> dict:

@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
@@ -137,7 +138,10 @@ def test_bad_input_is_refused_and_nothing_is_written(bundle, tiny_shapes, tmp_pa
         "empty folder": (["--layouts", tmp_path / "nothing"], "no layout files found"),
         "mismatch": (["--layouts", tiny_shapes], "known categories: tree, house, sun"),  # Shapes has 5 categories, the model 3
         "prior": (["--prior", tmp_path / "missing.json"], "no such layout prior file"),
+        "batch": (["--batch-size", 0], "--batch-size must be a positive integer, got 0"),
     }
+    if not torch.cuda.is_available():  # refused by scenecomp-render itself, after the layouts were made
+        cases["device"] = (["--device", "cuda"], "CUDA is not available on this machine")
     for name, (extra, message) in cases.items():
         out = tmp_path / name.replace(" ", "_")
         status, err = run(["--out", out, *base, *extra], capsys)
