@@ -71,7 +71,6 @@ from scenecomp.atomic import write_atomically
 from scenecomp.compose import DEFAULT_MODEL, BundleError, bundle_file, load_bundle, object_seed
 from scenecomp.layout import SEED_LIMIT, Layout, LayoutError, LayoutObject, did_you_mean, encode_rle, load_layouts, quote
 from scenecomp.prior import DEFAULT_PRIOR, LayoutPrior, PriorError, Quota, crop_to_box, keep_visible, place
-from scenecomp.shapes import min_object_pixels
 
 PROG = "scenecomp-synth"
 RECIPE = "synth.json"
