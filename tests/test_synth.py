@@ -204,3 +204,15 @@ def test_two_processes_write_the_same_set(bundle, tmp_path, capsys):
                          capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
     assert res.returncode == 0, res.stderr[-3000:]
     assert files(one) == files(two)
+
+
+def test_fit_prior_command_writes_a_prior_and_prints_its_fit(tiny_shapes, tmp_path, capsys):
+    path = tmp_path / "prior.json"
+    status = main(["fit-prior", str(tiny_shapes), "--out", str(path), "--categories", "tree,sun", "--check", "20"])
+    out, err = capsys.readouterr()
+    assert status == 0 and "64 images" in err, err
+    assert LayoutPrior.load(path).categories == ["tree", "sun"]
+    assert out.splitlines()[0].startswith("| category |") and [l.split(" | ")[0] for l in out.splitlines()[2:]] == \
+        ["| tree", "| sun"]
+    assert main(["fit-prior", str(tiny_shapes), "--out", str(tmp_path / "x.json"), "--categories", "dragon"]) == 2
+    assert "no category 'dragon' in the file" in capsys.readouterr().err and not (tmp_path / "x.json").exists()
