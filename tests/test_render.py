@@ -518,7 +518,6 @@ def test_bad_options_exit_2_with_a_message(bundle, tmp_path, capsys, monkeypatch
         ([layout, "--checkpoint", bundle, "--out", out, "--seeds", "x"], "argument --seeds: 'x' is neither"),
         ([empty, "--checkpoint", bundle, "--out", out], "no layout files found"),
         ([tmp_path / "nope.json", "--checkpoint", bundle, "--out", out], "nope.json: no such file or folder"),
-        ([layout, "--checkpoint", bundle, "--out", layout], "exists and is not a folder"),
         ([layout, "--checkpoint", bundle, "--out", out, "--batch-size", "0"], "expected a positive integer"),
         ([layout, "--checkpoint", bundle, "--out", out, "--device", "tpu"], "--device"),
         ([layout, "--checkpoint", bundle], "the following arguments are required: --out"),
