@@ -11,9 +11,11 @@
 Seeds
 -----
 Each piece of noise comes from its own CPU generator,
-``torch.randn(z_dim, generator=torch.Generator().manual_seed(seed))``, moved to
-the composer's device afterwards, so a seed gives the same noise at any batch
-size and on any device. Seeds are integers in [0, 2**32). Where none is given:
+``torch.randn(n, generator=torch.Generator().manual_seed(seed))``, moved to
+the composer's device afterwards (``n`` is G_fg's ``z_dim`` for an object and
+G_bg's ``noise_dim`` for the background: its style vector, then its per-pixel
+grain), so a seed gives the same noise at any batch size and on any device.
+Seeds are integers in [0, 2**32). Where none is given:
 
 - the background seed is the layout's ``background_seed`` if set, else the
   *sample seed* (the ``seeds`` argument of `Composer.render`, default 0);
@@ -78,9 +80,9 @@ def object_seed(background_seed: int, index: int) -> int:
     return (1_000_003 * int(background_seed) + int(index) + 1) % SEED_LIMIT
 
 
-def noise(seed: int, z_dim: int) -> torch.Tensor:
-    """The noise vector ``[z_dim]`` (float32, CPU) of one seed."""
-    return torch.randn(z_dim, generator=torch.Generator().manual_seed(int(seed)))
+def noise(seed: int, size: int) -> torch.Tensor:
+    """The noise vector ``[size]`` (float32, CPU) of one seed."""
+    return torch.randn(size, generator=torch.Generator().manual_seed(int(seed)))
 
 
 class CompositionError(ValueError):
@@ -276,7 +278,7 @@ class Composer:
         seeded = [self.seeded(layout, seed) for _, layout, seed in items]
         masks = [torch.from_numpy(layout.masks((R, R)) > 0.5) for _, layout, _ in items]
         K = max(len(m) for m in masks)
-        zb = torch.stack([noise(s.background_seed, self.background_net.z_dim) for s in seeded])
+        zb = torch.stack([noise(s.background_seed, self.background_net.noise_dim) for s in seeded])
         zo = torch.zeros(B, K, self.foreground_net.z_dim)
         mk = torch.zeros(B, K, 1, R, R)
         cats = torch.zeros(B, K, dtype=torch.long)
@@ -306,7 +308,7 @@ class Composer:
     def _paint(self, background_seed: int, objects, start: torch.Tensor | None = None) -> list[torch.Tensor]:
         """Canvases ``[1,3,R,R]``: ``start`` (or the background of ``background_seed``) then one per object."""
         R, K = self.resolution, len(objects)
-        zb = None if start is not None else noise(background_seed, self.background_net.z_dim)[None]
+        zb = None if start is not None else noise(background_seed, self.background_net.noise_dim)[None]
         zo = torch.zeros(1, K, self.foreground_net.z_dim)
         masks = torch.zeros(1, K, 1, R, R)
         cats = torch.zeros(1, K, dtype=torch.long)

@@ -116,14 +116,14 @@ class Modulated(nn.Module):
     map and per channel by a style vector from the noise (which is how the noise sets a
     scene's light and colours at every scale)."""
 
-    def __init__(self, cin: int, cout: int, cond: int, style: int, hidden: int = 16):
+    def __init__(self, cin: int, cout: int, cond: int, style: int, hidden: int = 16, padding_mode: str = "zeros"):
         super().__init__()
         # the 3x3 conv sees object edges; 1x1 heads keep the cost low at full resolution
         self.shared = nn.Sequential(nn.Conv2d(cond, hidden, 3, padding=1), nn.ReLU())
         self.gamma = nn.Conv2d(hidden, cin, 1)
         self.beta = nn.Conv2d(hidden, cin, 1)
         self.style = FiLM(style, cin)
-        self.conv = nn.Conv2d(cin, cout, 3, padding=1)
+        self.conv = nn.Conv2d(cin, cout, 3, padding=1, padding_mode=padding_mode)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         c = self.shared(F.interpolate(cond, size=x.shape[-2:], mode="nearest"))
@@ -131,60 +131,100 @@ class Modulated(nn.Module):
         return self.conv(F.leaky_relu(x, 0.2))
 
 
-class LayoutBlock(nn.Module):
-    """2x upsampling residual block conditioned on a semantic map and a style vector."""
+class NoiseInjection(nn.Module):
+    """Adds a per-pixel noise map, scaled per channel by learned strengths that start at zero
+    (StyleGAN): grain, stars and speckle come from here, not from the style vector, which a
+    convolution cannot turn into independent per-pixel detail."""
 
-    def __init__(self, cin: int, cout: int, cond: int, style: int, upsample: str = "nearest"):
+    def __init__(self, channels: int):
         super().__init__()
-        self.conv1 = Modulated(cin, cout, cond, style)
-        self.conv2 = Modulated(cout, cout, cond, style)
+        self.strength = nn.Parameter(torch.zeros(1, channels, 1, 1))
+
+    def forward(self, x: torch.Tensor, grain: torch.Tensor) -> torch.Tensor:
+        """x ``[B,C,h,w]``, grain ``[B,1,H,W]`` unit Gaussian at full resolution (average-pooled to h, w
+        and rescaled to unit variance)."""
+        factor = grain.shape[-1] // x.shape[-1]
+        if factor > 1:
+            grain = F.avg_pool2d(grain, factor) * factor
+        return x + self.strength * grain
+
+
+class LayoutBlock(nn.Module):
+    """2x upsampling residual block conditioned on a semantic map and a style vector, with optional
+    per-pixel noise after each conv."""
+
+    def __init__(self, cin: int, cout: int, cond: int, style: int, upsample: str = "nearest",
+                 padding_mode: str = "zeros", pixel_noise: bool = False):
+        super().__init__()
+        self.conv1 = Modulated(cin, cout, cond, style, padding_mode=padding_mode)
+        self.conv2 = Modulated(cout, cout, cond, style, padding_mode=padding_mode)
         self.skip = nn.Conv2d(cin, cout, 1, bias=False)
+        self.noise1, self.noise2 = (NoiseInjection(cout), NoiseInjection(cout)) if pixel_noise else (None, None)
         self.upsample = upsample
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cond: torch.Tensor, w: torch.Tensor,
+                grain: torch.Tensor | None = None) -> torch.Tensor:
         # bilinear: nearest upsampling from 4x4 leaves blocky streaks that the convs must learn to hide
         x = F.interpolate(x, scale_factor=2, mode=self.upsample, **({} if self.upsample == "nearest" else
                                                                      {"align_corners": False}))
-        return self.skip(x) + self.conv2(self.conv1(x, cond, w), cond, w)
+        h = self.conv1(x, cond, w)
+        if self.noise1 is not None:
+            h = self.noise1(h, grain)
+        h = self.conv2(h, cond, w)
+        if self.noise2 is not None:
+            h = self.noise2(h, grain)
+        return self.skip(x) + h
 
 
 class LayoutGenerator(nn.Module):
     """Noise and an optional semantic map -> image; the background generator and the single-shot baseline.
 
-    ``forward(z [B,z_dim], layout [B,C,H,W] or None) -> [B,3,H,W]``.
+    ``forward(z [B,noise_dim], layout [B,C,H,W] or None) -> [B,3,H,W]``. The noise vector holds
+    ``z_dim`` style entries and, with ``pixel_noise``, then ``resolution**2`` entries of per-pixel
+    grain (a ``[H,W]`` map in row-major order), so one seed still gives one vector.
     As the background generator it is the paper's one trunk with two heads:
     with a layout (head A) it paints a whole scene and is trained
     adversarially on real photos; with ``layout=None`` (head B, the only one
     used when composing) the conditioning map is empty, and it is trained to
     agree with head A outside the object masks, so it learns backgrounds
     without ever seeing a background-only image. As the single-shot baseline
-    (SPADE-style) only head A is trained and used.
+    (SPADE-style) only head A is trained and used. ``padding_mode="reflect"``
+    keeps zero padding from drawing a frame at the image's edges.
     """
 
     def __init__(self, z_dim: int = 64, num_categories: int = 5, resolution: int = 64,
-                 channels: int = 32, max_channels: int = 256, style_dim: int = 128, upsample: str = "nearest"):
+                 channels: int = 32, max_channels: int = 256, style_dim: int = 128, upsample: str = "nearest",
+                 padding_mode: str = "zeros", pixel_noise: bool = False):
         super().__init__()
         if upsample not in ("nearest", "bilinear"):
             raise ValueError(f"upsample must be 'nearest' or 'bilinear', got {upsample!r}")
+        if padding_mode not in ("zeros", "reflect", "replicate"):
+            raise ValueError(f"padding_mode must be 'zeros', 'reflect' or 'replicate', got {padding_mode!r}")
         self.init_kwargs = dict(z_dim=z_dim, num_categories=num_categories, resolution=resolution,
-                                channels=channels, max_channels=max_channels, style_dim=style_dim, upsample=upsample)
+                                channels=channels, max_channels=max_channels, style_dim=style_dim, upsample=upsample,
+                                padding_mode=padding_mode, pixel_noise=pixel_noise)
         self.z_dim, self.num_categories, self.resolution = z_dim, num_categories, resolution
+        self.noise_dim = z_dim + (resolution ** 2 if pixel_noise else 0)
         n = _levels(resolution, 4)
         widths = [min(channels * 2 ** (n - i), max_channels) for i in range(n + 1)]  # 4x4 ... res
         self.fc = nn.Linear(z_dim, widths[0] * 16)
         self.mapping = nn.Sequential(nn.Linear(z_dim, style_dim), nn.LeakyReLU(0.2),
                                      nn.Linear(style_dim, style_dim), nn.LeakyReLU(0.2))
-        self.blocks = nn.ModuleList(LayoutBlock(widths[i], widths[i + 1], num_categories, style_dim, upsample)
-                                    for i in range(n))
-        self.to_rgb = nn.Conv2d(widths[-1], 3, 3, padding=1)
+        self.blocks = nn.ModuleList(LayoutBlock(widths[i], widths[i + 1], num_categories, style_dim, upsample,
+                                                padding_mode, pixel_noise) for i in range(n))
+        self.to_rgb = nn.Conv2d(widths[-1], 3, 3, padding=1, padding_mode=padding_mode)
 
     def forward(self, z: torch.Tensor, layout: torch.Tensor | None = None) -> torch.Tensor:
-        B = z.shape[0]
+        B, R = z.shape[0], self.resolution
+        if z.shape[1] != self.noise_dim:
+            raise ValueError(f"noise must be [B,{self.noise_dim}], got {list(z.shape)}")
+        grain = z[:, self.z_dim:].reshape(B, 1, R, R) if self.noise_dim > self.z_dim else None
+        z = z[:, :self.z_dim]
         if layout is None:
             layout = z.new_zeros(B, self.num_categories, 4, 4)  # empty map: head B
         x, w = self.fc(z).view(B, -1, 4, 4), self.mapping(z)
         for block in self.blocks:
-            x = block(x, layout, w)
+            x = block(x, layout, w, grain)
         return torch.tanh(self.to_rgb(F.leaky_relu(pixel_norm(x), 0.2)))
 
 

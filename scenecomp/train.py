@@ -8,6 +8,7 @@ Examples::
     scenecomp-train experiment=tiny trainer=ddp trainer.devices=2   # 2 processes (CPU gloo, or GPUs)
     scenecomp-train experiment=shapes64 trainer=gpu compile=true
     scenecomp-train experiment=shapes64 ckpt_path=outputs/.../checkpoints/last.ckpt   # resume
+    scenecomp-train experiment=shapes64_background init_from=outputs/.../checkpoints/last.ckpt   # warm start
 
 Writes, in the run folder (``hydra.run.dir``): ``checkpoints/`` (Lightning),
 ``previews/`` (PNG grids of fixed seeds), ``metrics.csv``, and
@@ -77,6 +78,8 @@ def build(cfg: DictConfig) -> tuple[SceneDataModule, SceneGAN, L.Trainer]:
     except (TypeError, ValueError) as e:
         raise ConfigError(f"model: {e}") from None
     model.seed = cfg.seed
+    if cfg.get("init_from"):
+        warm_start(model, cfg.init_from)
     if cfg.channels_last:
         model.memory_format = torch.channels_last
         model.to(memory_format=torch.channels_last)
@@ -115,6 +118,22 @@ def build(cfg: DictConfig) -> tuple[SceneDataModule, SceneGAN, L.Trainer]:
     except ValueError as e:  # e.g. devices x num_nodes is not what torchrun or srun started
         raise ConfigError(f"trainer: {e}") from None
     return datamodule, model, trainer
+
+
+def warm_start(model: SceneGAN, path: str) -> None:
+    """Copy another run's weights into ``model`` wherever a name and shape match (new layers keep their
+    initialisation; optimisers, step and schedule start fresh, unlike ``ckpt_path``, which resumes)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    except Exception as e:  # missing, truncated, refused by weights_only, not a Lightning checkpoint
+        raise ConfigError(f"init_from: {path}: not a readable scenecomp-train checkpoint ({type(e).__name__}: {e})") from None
+    own = model.state_dict()
+    taken = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not taken:
+        raise ConfigError(f"init_from: {path}: no weight matches this model (another architecture or stages)")
+    model.load_state_dict(taken, strict=False)
+    fresh = sorted({k.split(".")[0] + "." + k.split(".")[1] for k in own if k not in taken})
+    print(f"init_from {path}: {len(taken)} of {len(own)} tensors copied; initial weights kept in {fresh or 'none'}")
 
 
 def write_bundles(model: SceneGAN, out: Path, half: bool = False) -> list[Path]:

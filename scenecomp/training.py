@@ -80,6 +80,12 @@ def posterior_sample(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return mu + torch.randn_like(mu) * (0.5 * logvar).exp()
 
 
+def with_grain(z: torch.Tensor, noise_dim: int) -> torch.Tensor:
+    """Style noise ``[B,z_dim]`` completed to a G_bg noise vector ``[B,noise_dim]`` with fresh per-pixel grain."""
+    extra = noise_dim - z.shape[1]
+    return torch.cat([z, torch.randn(z.shape[0], extra, device=z.device, dtype=z.dtype)], 1) if extra else z
+
+
 def masked_l1(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean absolute difference of ``[B,C,H,W]`` images over the pixels where ``mask [B,1,H,W]`` is 1."""
     diff = (a.float() - b.float()).abs() * mask
@@ -132,10 +138,12 @@ class SceneGAN(L.LightningModule):
                  background_method: str = "plates", agreement_weight: float = 10.0, object_weight: float = 1.0,
                  fm_weight: float = 0.0, r1_gamma: float = 0.0, ms_weight: float = 0.0, rec_weight: float = 10.0,
                  kl_weight: float = 0.01, generated_canvas: float = 0.5, plate_dilate: int = 1, bg_rec_pool: int = 1,
-                 ema_decay: float = 0.999, min_visible: float = 0.003):
+                 bg_judged_on: str = "plates", ema_decay: float = 0.999, min_visible: float = 0.003):
         super().__init__()
         if background_method not in BACKGROUND_METHODS:
             raise ValueError(f"background_method must be one of {list(BACKGROUND_METHODS)}, got {background_method!r}")
+        if bg_judged_on not in ("plates", "real"):
+            raise ValueError(f"bg_judged_on must be 'plates' or 'real', got {bg_judged_on!r}")
         unknown = set(stages) - set(STAGES)
         if unknown or not stages:
             raise ValueError(f"stages must be a non-empty subset of {list(STAGES)}, got {list(stages)}")
@@ -147,8 +155,9 @@ class SceneGAN(L.LightningModule):
         common = dict(num_categories=C, resolution=resolution)
         if "background" in self.stages:
             self.g_bg = LayoutGenerator(z_dim=z_dim, **common, **(background or {}))
-            # two_head: D sees image ⊕ layout; masked: image ⊕ union of the masks; plates: the image alone
-            d_cats = {"two_head": C, "masked": 1, "plates": 0}[background_method]
+            # two_head: D sees image ⊕ layout; masked (and plates judged on real images): image ⊕ union of
+            # the masks; plates: the image alone
+            d_cats = {"two_head": C, "masked": 1, "plates": int(bg_judged_on == "real")}[background_method]
             self.d_bg = GlobalDiscriminator(num_categories=d_cats, resolution=resolution, **(global_disc or {}))
             self.g_bg_ema = copy.deepcopy(self.g_bg).eval().requires_grad_(False)
             if background_method == "plates":
@@ -259,7 +268,7 @@ class SceneGAN(L.LightningModule):
         return loss
 
     def _layout_stage(self, g, d, ema, g_opt, d_opt, x, seg, union, prefix, agreement_weight):
-        z = torch.randn(x.shape[0], self.z_dim, device=x.device)
+        z = torch.randn(x.shape[0], g.noise_dim, device=x.device)
 
         def d_loss():
             with torch.no_grad():
@@ -288,7 +297,7 @@ class SceneGAN(L.LightningModule):
         move from batch to batch, every pixel gets judged as background, and
         no background-only image is ever needed.
         """
-        z = torch.randn(x.shape[0], self.z_dim, device=x.device)
+        z = torch.randn(x.shape[0], self.g_bg.noise_dim, device=x.device)
         keep = 1 - union
 
         def d_loss():
@@ -320,7 +329,10 @@ class SceneGAN(L.LightningModule):
         The inpainter learns to fill object-shaped holes (another image's masks) where this image
         shows no object, by L1 against the real pixels; its EMA then paints the objects out of each
         real image. G_bg learns those plates as a cVAE-GAN: the encoder's z reconstructs a plate
-        (L1 + KL, the fast teacher) while z from the prior is judged by D_bg against plates.
+        (L1 + KL, the fast teacher) while z from the prior is judged by D_bg, either against the
+        plates (``bg_judged_on="plates"``) or against the real images outside their objects, G_bg's
+        samples blanked by the same masks (``"real"``): the plates' filled holes are smooth, grainless
+        ghosts of the objects, and a D that sees them teaches G_bg to paint them.
         """
         hp = self.hparams
         B = x.shape[0]
@@ -328,23 +340,28 @@ class SceneGAN(L.LightningModule):
         hole = taken.roll(1, dims=0) * (1 - taken)  # object shapes where this image shows background
         with torch.no_grad():
             plate = self.plates(x, union)
-        empty = x.new_zeros(B, 0, *x.shape[2:])
-        z = torch.randn(B, self.z_dim, device=x.device)
+        if hp.bg_judged_on == "real":
+            keep = 1 - taken
+            real, judged = (x * keep, taken), (lambda img: (img * keep, taken))
+        else:
+            empty = x.new_zeros(B, 0, *x.shape[2:])
+            real, judged = (plate, empty), (lambda img: (img, empty))
+        z = torch.randn(B, self.g_bg.noise_dim, device=x.device)
 
         def d_loss():
             with torch.no_grad():
                 fake = self.g_bg(z)
-            return self._d_loss(self.d_bg, (plate, empty), (fake, empty), "bg")
+            return self._d_loss(self.d_bg, real, judged(fake), "bg")
 
         def g_loss():
             plate_l1 = masked_l1(self._fill(self.g_plate, x, hole), x, hole)
             mu, logvar = self.e_bg(plate)
-            rec = self.g_bg(posterior_sample(mu, logvar))
+            rec = self.g_bg(with_grain(posterior_sample(mu, logvar), self.g_bg.noise_dim))
             # compared after average pooling, L1 teaches the layout and colours (horizon, sky, ground)
             # without pulling grain and stars towards their blurred mean: those are D_bg's to teach
             gap = F.avg_pool2d(rec.float() - plate.float(), hp.bg_rec_pool)
             rec_l1, kl = gap.abs().mean(), kl_divergence(mu, logvar)
-            adv = self._g_loss(self.d_bg, (plate, empty), (self.g_bg(z), empty))
+            adv = self._g_loss(self.d_bg, real, judged(self.g_bg(z)))
             loss = plate_l1 + adv + hp.rec_weight * rec_l1 + hp.kl_weight * kl
             return loss, {"plate/l1": plate_l1.detach(), "bg/g": adv.detach(), "bg/rec_l1": rec_l1.detach(),
                           "bg/kl": kl.detach()}
@@ -379,7 +396,7 @@ class SceneGAN(L.LightningModule):
         if hasattr(self, "g_bg_ema") and hp.generated_canvas > 0:
             use = torch.rand(n, device=x.device) < hp.generated_canvas
             with torch.no_grad():
-                generated = self.g_bg_ema(torch.randn(n, self.z_dim, device=x.device)).to(x.dtype)
+                generated = self.g_bg_ema(torch.randn(n, self.g_bg_ema.noise_dim, device=x.device)).to(x.dtype)
             canvas = torch.where(use[:, None, None, None], generated, x)
         S = self.d_obj.crop_size
 
@@ -456,23 +473,27 @@ class SceneGAN(L.LightningModule):
         gen = torch.Generator().manual_seed(0)
         z = torch.randn(B, self.z_dim, generator=gen).to(x.device)
         zk = torch.randn(B, K, self.z_dim, generator=gen).to(x.device)
+
+        def zb(net):  # the layout generator's noise: z, then per-pixel grain if it takes any
+            return torch.cat([z, torch.randn(B, net.noise_dim - self.z_dim, generator=gen).to(x.device)], 1)
+
         seg = layout_map(masks, cats, len(self.categories))
         rows = [x]
         if "background" in self.stages:
             if self.hparams.background_method == "two_head":
-                rows.append(self.g_bg_ema(z, seg))
+                rows.append(self.g_bg_ema(zb(self.g_bg_ema), seg))
             if self.hparams.background_method == "plates":
                 rows.append(self.plates(x, masks.amax(1)))
-            rows.append(self.g_bg_ema(z))
+            rows.append(self.g_bg_ema(zb(self.g_bg_ema)))
         if "foreground" in self.stages:
             top = masks.flatten(2).amax(2).cumsum(1).argmax(1)  # each image's last real object: never covered
             m = masks[torch.arange(B), top]
             c = cats[torch.arange(B), top]
             rows.append(composite(x, self.g_fg_ema(z, c, m, x * (1 - m)), m))
             if "background" in self.stages:
-                rows.append(paint_layers(self.g_bg_ema, self.g_fg_ema, z, zk, masks, cats)[-1])
+                rows.append(paint_layers(self.g_bg_ema, self.g_fg_ema, zb(self.g_bg_ema), zk, masks, cats)[-1])
         if "baseline" in self.stages:
-            rows.append(self.g_base_ema(z, seg))
+            rows.append(self.g_base_ema(zb(self.g_base_ema), seg))
         grid = torch.cat([torch.cat(list(r), dim=2) for r in rows], dim=1)  # [3, rows*H, B*W]
         return ((grid.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
 

@@ -86,3 +86,36 @@ def test_layout_map_paints_later_objects_on_top():
     assert seg[0, 0, :, 2:6].eq(1).all()
     assert seg[0, 1].eq(0).all()
     assert seg.sum(1).max() == 1
+
+
+def test_pixel_noise_is_the_tail_of_the_noise_vector_and_only_adds_grain():
+    torch.manual_seed(0)
+    g = LayoutGenerator(z_dim=8, num_categories=2, resolution=16, channels=4, max_channels=8,
+                        padding_mode="reflect", pixel_noise=True).eval()
+    assert g.noise_dim == 8 + 16 * 16
+    z = torch.randn(2, g.noise_dim)
+    regrained = torch.cat([z[:, :8], torch.randn(2, 16 * 16)], 1)
+    with torch.no_grad():
+        assert torch.equal(g(z), g(regrained))  # strengths start at zero: the grain does nothing yet
+        for block in g.blocks:
+            block.noise2.strength.fill_(0.5)
+        a, b = g(z), g(regrained)
+    assert not torch.equal(a, b)
+    assert torch.equal(a, g(z.clone()).detach())  # the same vector, the same image
+    with pytest.raises(ValueError, match=r"\[B,264\]"):
+        g(torch.randn(2, 8))  # the style part alone is not a noise vector
+
+
+def test_reflect_padding_draws_no_frame_and_old_kwargs_still_build():
+    # a bundle written before these options carries neither key: zero padding, no pixel noise
+    old = LayoutGenerator(z_dim=8, num_categories=2, resolution=16, channels=4, max_channels=8)
+    assert old.noise_dim == 8 and old.init_kwargs["padding_mode"] == "zeros"
+    g = LayoutGenerator(z_dim=8, num_categories=2, resolution=16, channels=4, max_channels=8,
+                        padding_mode="reflect")
+    g.load_state_dict(old.state_dict())  # the same weights: only the padding differs
+    # a constant feature map stays constant up to the border only with reflect padding
+    conv = g.blocks[-1].conv2.conv
+    flat = conv(torch.ones(1, conv.in_channels, 8, 8))
+    assert torch.allclose(flat, flat[..., 4:5, 4:5].expand_as(flat), atol=1e-6)
+    with pytest.raises(ValueError, match="padding_mode"):
+        LayoutGenerator(padding_mode="circular!")

@@ -17,9 +17,13 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 import scenecomp.render as render
+import scenecomp.render.batching
+import scenecomp.render.cli
+import scenecomp.render.options
 from conftest import make_tiny_nets
 from scenecomp import Composer
 from scenecomp.compose import bundle_dict, save_bundle
+from scenecomp.layout import LayoutError
 from scenecomp.precision import auto_dtype
 from scenecomp.render import layout_from_manifest, main, parse_seeds
 
@@ -385,11 +389,11 @@ def test_absurd_batch_sizes_are_refused_before_rendering(bundle, tmp_path, capsy
     out = tmp_path / "out"
     status, err = cli([tmp_path / "box.json", "--checkpoint", bundle, "--out", out, "--batch-size", "100000"], capsys)
     assert status == 2 and f"--batch-size 100000 is above the limit of {render.MAX_BATCH}" in err
-    monkeypatch.setattr(render, "available_memory", lambda device: 2**20)  # 1 MiB free
+    monkeypatch.setattr(scenecomp.render.options, "available_memory", lambda device: 2**20)  # 1 MiB free
     status, err = cli([tmp_path / "box.json", "--checkpoint", bundle, "--out", out, "--batch-size", "64"], capsys)
     assert status == 2 and "--batch-size 64 needs about 12 MiB at 16x16 but only 1 MiB is available" in err, err
     assert "use --batch-size 5 or less" in err and not out.exists()
-    assert render.available_memory(torch.device("cpu")) > 0
+    assert scenecomp.render.options.available_memory(torch.device("cpu")) > 0
 
 
 def test_a_layout_that_breaks_after_planning_costs_no_other_image(bundle, tmp_path, capsys, monkeypatch):
@@ -403,7 +407,7 @@ def test_a_layout_that_breaks_after_planning_costs_no_other_image(bundle, tmp_pa
         (folder / "sun.png").unlink()  # maskpng.json loses its mask file while the run is going
         return work
 
-    monkeypatch.setattr(render, "plan", plan_then_delete_the_mask)
+    monkeypatch.setattr(scenecomp.render.cli, "plan", plan_then_delete_the_mask)
     out = tmp_path / "out"
     status, err = cli([folder, "--checkpoint", bundle, "--out", out, "--batch-size", "4"], capsys)
     assert status == 1 and "maskpng.json: object 0: mask file 'sun.png' not found" in err
@@ -419,10 +423,10 @@ def test_a_batch_that_raises_is_rendered_one_by_one(composer, tmp_path, monkeypa
 
     def fussy(composer, layouts, batch_size, steps=False):
         if any(layout.name == "poly" for layout in layouts):
-            raise render.LayoutError("cannot be painted today", layouts[0].path)
+            raise LayoutError("cannot be painted today", layouts[0].path)
         return padded(composer, layouts, batch_size, steps)
 
-    monkeypatch.setattr(render, "render_padded", fussy)
+    monkeypatch.setattr(scenecomp.render.batching, "render_padded", fussy)
     jobs = [render.Job(str(folder / f"{s}.json"), 0, s, 0) for s in ("box", "poly", "rle")]
     results = render.render_jobs(composer, render.LayoutSource(), jobs, 4)
     assert [type(r).__name__ for _, r in results] == ["Rendering", "LayoutError", "Rendering"]
@@ -527,7 +531,7 @@ def test_bad_options_exit_2_with_a_message(bundle, tmp_path, capsys, monkeypatch
     ]
     if not torch.cuda.is_available():
         cases.append(([layout, "--checkpoint", bundle, "--out", out, "--device", "cuda"], "CUDA is not available"))
-    monkeypatch.setattr(render, "DEFAULT_MODEL", tmp_path / "assets" / "composer.pt")
+    monkeypatch.setattr(scenecomp.render.cli, "DEFAULT_MODEL", tmp_path / "assets" / "composer.pt")
     cases.append(([layout, "--out", out], "no default model is shipped with this scenecomp yet"))
     for argv, message in cases:
         status, err = cli(argv, capsys)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import scenecomp.render as render
+from scenecomp.render.options import fill_processes
 from conftest import make_tiny_nets
 from scenecomp.atomic import build_folder_once
 from scenecomp.compose import bundle_dict, save_bundle
@@ -155,7 +156,7 @@ def test_render_takes_its_processes_from_the_launch(env, given, expected, monkey
         monkeypatch.setenv(key, value)
     args = render.build_parser().parse_args(["x.json", "--out", "o"])
     args.devices, args.num_nodes = given
-    render._processes(args)
+    fill_processes(args)
     assert (args.devices, args.num_nodes) == expected
 
 
@@ -167,7 +168,7 @@ def test_render_options_that_do_not_match_the_launch_are_an_error(given, monkeyp
     args = render.build_parser().parse_args(["x.json", "--out", "o"])
     args.devices, args.num_nodes = given
     with pytest.raises(render.UsageError, match="torchrun started 2 processes, 1 per node"):
-        render._processes(args)
+        fill_processes(args)
 
 
 def test_train_refuses_a_trainer_that_does_not_match_the_launch(tiny_config, monkeypatch):

@@ -61,7 +61,7 @@ assert data["format"] == "scenecomp-bundle" and data["categories"] == {CATEGORIE
 from scenecomp.compose import build_network
 g_bg, g_fg = build_network(data, "background"), build_network(data, "foreground")
 assert g_bg.resolution == 32 and g_fg.z_dim == 16
-img = g_bg(torch.randn(1, 16))
+img = g_bg(torch.randn(1, g_bg.noise_dim))
 assert img.shape == (1, 3, 32, 32)
 assert "hydra" not in sys.modules and "lightning" not in sys.modules, [m for m in sys.modules if m.startswith(("hydra", "lightning"))]
 print("ok")
@@ -132,6 +132,8 @@ def test_ddp_on_two_cpu_processes_keeps_ranks_identical(tiny_shapes, tmp_path):
     ("data.categories=[tree,unicorn]", "unicorn"),
     ("data.resolution=48", "power of two"),
     ("data.train=does/not/exist.json", "does/not/exist.json"),
+    ("model.bg_judged_on=ghosts", "bg_judged_on"),
+    ("init_from=does/not/exist.ckpt", "does/not/exist.ckpt"),
 ])
 def test_bad_config_fails_before_training_with_a_clear_message(override, message, tiny_shapes, tmp_path):
     res = cli(["experiment=tiny", f"data.train={tiny_shapes}", "data.generate=null", f"hydra.run.dir={tmp_path / 'r'}",
@@ -257,3 +259,23 @@ def test_a_compiled_run_writes_a_checkpoint_and_bundle_that_load_without_compile
     _, plain, _ = build(tiny_config())
     checkpoint = torch.load(Path(cfg.out) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     plain.load_state_dict(checkpoint["state_dict"])  # strict: every key matches an uncompiled model's
+
+
+def test_a_warm_start_copies_the_matching_weights_and_keeps_new_layers_initial(tiny_config, tmp_path):
+    first = tiny_config("steps=2", f"out={tmp_path / 'first'}", "model.background.pixel_noise=false")
+    run(first)
+    ckpt = Path(first.out) / "checkpoints" / "last.ckpt"
+    saved = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    # the background stage alone, with per-pixel noise and D_bg judging real pixels (one more input channel)
+    cfg = tiny_config("model.stages=[background]", "model.bg_judged_on=real", f"init_from={ckpt}",
+                      f"out={tmp_path / 'warm'}")
+    datamodule, model, trainer = build(cfg)
+    own = model.state_dict()
+    copied = [k for k in own if k in saved and own[k].shape == saved[k].shape]
+    assert all(torch.equal(own[k], saved[k]) for k in copied)
+    assert any(k.startswith("g_plate_ema.") for k in copied) and any(k.startswith("g_bg_ema.blocks") for k in copied)
+    noise = [k for k in own if "noise" in k]
+    assert noise and all(k not in saved and not own[k].any() for k in noise)  # zero strength: grain starts silent
+    assert model.d_bg.trunk.stem.parametrizations.weight.original.shape[1] == 4  # image + mask: trained afresh
+    trainer.fit(model, datamodule=datamodule)
+    assert model.batches_done == cfg.steps

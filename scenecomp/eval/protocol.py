@@ -68,7 +68,7 @@ class SingleShot:
     def __init__(self, generator: nn.Module, categories):
         self.net = generator.eval().requires_grad_(False)
         self.categories = tuple(categories)
-        self.resolution, self.z_dim = generator.resolution, generator.z_dim
+        self.resolution, self.noise_dim = generator.resolution, generator.noise_dim
 
     def to(self, device):
         self.net.to(device)
@@ -90,7 +90,7 @@ class SingleShot:
             for b, lay in enumerate(chunk):
                 masks[b, :len(lay.objects), 0] = torch.from_numpy(lay.masks((R, R)) > 0.5)
                 cats[b, :len(lay.objects)] = torch.tensor([index[o.category] for o in lay.objects], dtype=torch.long)
-            z = torch.stack([noise(lay.background_seed, self.z_dim) for lay in chunk])
+            z = torch.stack([noise(lay.background_seed, self.noise_dim) for lay in chunk])
             with torch.inference_mode():
                 images = self.net(z.to(device), layout_map(masks.to(device), cats.to(device), len(self.categories)))
             for image in images.float().cpu():

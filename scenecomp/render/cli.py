@@ -1,0 +1,221 @@
+"""scenecomp-render's entry point: options in, plan, render on one device or several, summary out."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from scenecomp.compose import DEFAULT_MODEL, BundleError, Composer, bundle_file
+from scenecomp.layout import LayoutError
+from scenecomp.precision import auto_dtype
+from scenecomp.render.batching import render_jobs
+from scenecomp.render.manifest import MANIFEST, compact_manifest, file_sha256, merge_rank_files, read_manifest
+from scenecomp.render.options import (
+    DTYPES,
+    PROG,
+    UsageError,
+    build_parser,
+    check_batch_size,
+    fill_processes,
+    find_inputs,
+    parse_device,
+)
+from scenecomp.render.outputs import Outputs
+from scenecomp.render.planning import Job, LayoutSource, plan
+
+
+class Console:
+    """Messages on stderr that do not tear the progress bar."""
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+        self.bar = None
+
+    def say(self, message: str) -> None:
+        if self.bar is not None:
+            self.bar.write(message, file=sys.stderr)
+        else:
+            print(message, file=sys.stderr, flush=True)
+
+    def failed(self, message: str) -> None:
+        self.say(f"{PROG}: failed: {message}")
+
+    def warn(self, message: str) -> None:
+        if not self.quiet:
+            self.say(f"{PROG}: warning: {message}")
+
+    def progress(self, total: int, description: str = "rendering"):
+        from tqdm import tqdm
+
+        self.bar = tqdm(
+            total=total,
+            desc=description,
+            unit="img",
+            file=sys.stderr,
+            dynamic_ncols=True,
+            disable=self.quiet or not sys.stderr.isatty(),
+        )
+        return self.bar
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def render_single(
+    composer: Composer, jobs: list[Job], outputs: Outputs, batch_size: int, console: Console, steps: bool
+) -> tuple[int, set]:
+    """Render ``jobs`` ``batch_size`` at a time on the composer's device; returns
+    (images written, labels of layouts that failed while rendering)."""
+    source, rendered, failed = LayoutSource(), 0, set()
+    device = str(composer.device)
+    bar = console.progress(len(jobs))
+    for start in range(0, len(jobs), batch_size):
+        for job, result in render_jobs(composer, source, jobs[start : start + batch_size], batch_size, steps):
+            if isinstance(result, LayoutError):
+                if str(result) not in failed:
+                    console.failed(str(result))
+                failed.add(str(result))
+            else:
+                outputs.write(job, result, device)
+                rendered += 1
+            bar.update(1)
+    console.close()
+    return rendered, failed
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    console = Console(args.quiet)
+    try:
+        return _run(args, console)
+    except UsageError as e:
+        console.close()
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        console.close()
+        print(f"\n{PROG}: interrupted; finished images are kept: run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+def _run(args, console: Console) -> int:
+    started = time.perf_counter()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # DDP ranks started by Lightning inherit it
+    fill_processes(args)
+    args.device_obj = parse_device(args.device, args.devices)
+    distributed = args.devices * args.num_nodes > 1
+    if distributed:  # Lightning is imported only here
+        from scenecomp.render.distributed import make_trainer, render_distributed
+    trainer = make_trainer(args) if distributed else None
+    child = distributed and not trainer.is_global_zero
+    # torchrun or srun started every rank already: they wait for rank 0's plan, whatever it is
+    external = distributed and trainer.strategy.cluster_environment.creates_processes_externally
+    checkpoint = bundle_file(args.checkpoint) if args.checkpoint else DEFAULT_MODEL  # a run folder: its composer.pt
+    if args.checkpoint is None and not checkpoint.is_file():
+        raise UsageError(
+            f"no default model is shipped with this scenecomp yet (looked for {checkpoint}); "
+            "give one with --checkpoint run/composer.pt"
+        )
+    files = find_inputs(args.inputs, warn=console.warn if not child else lambda m: None)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: exists and is not a folder")
+    device = torch.device("cpu") if distributed else args.device_obj  # Lightning moves it per rank
+    try:
+        dtype = auto_dtype(args.device_obj) if args.dtype == "auto" else DTYPES[args.dtype]
+        composer = Composer.from_checkpoint(checkpoint, device=device, dtype=dtype)
+    except BundleError as e:
+        raise UsageError(str(e)) from None
+    if not child:  # rank 0 checks for all: CPU ranks share this machine's memory, GPUs each have their own
+        check_batch_size(
+            args.batch_size, composer.resolution, args.device_obj, args.devices if args.device_obj.type == "cpu" else 1
+        )
+    sha256 = file_sha256(checkpoint)
+    meta = {
+        "checkpoint": os.path.abspath(checkpoint),
+        "checkpoint_sha256": sha256,
+        "resolution": composer.resolution,
+        "dtype": str(composer.dtype).removeprefix("torch."),
+        "batch_size": args.batch_size,
+        "scenecomp": _version(),
+    }
+    want_steps = args.steps or args.layers
+    if child:  # rank 0 plans, reports and merges
+        render_distributed(trainer, composer, [], args, meta, Console(quiet=True), want_steps)
+        return 0
+
+    out.mkdir(parents=True, exist_ok=True)
+    merge_rank_files(out)  # left by a killed multi-device run
+    manifest = out / MANIFEST
+    broken: list[str] = []
+    done = {line["image"]: line.get("checkpoint_sha256") for line in read_manifest(manifest, broken)}
+    work = plan(
+        files,
+        composer,
+        args.seeds,
+        out,
+        overwrite=args.overwrite,
+        steps=args.steps,
+        layers=args.layers,
+        done_images=done,
+        sha256=sha256,
+        report=console.failed,
+        warn=console.warn,
+        trusted=args.trusted_masks,
+    )
+    error = None
+    if work.foreign:
+        error = UsageError(
+            f"{out} already holds {len(work.foreign)} of these images rendered with another "
+            f"checkpoint (e.g. {work.foreign[0]}; see {manifest}); use another --out, or "
+            "--overwrite to render them again with this one"
+        )
+    if error and not external:
+        raise error  # no other process is running yet
+
+    failed_layouts = len(work.failures)
+    if distributed and (work.jobs or external):
+        rendered, failed_later = render_distributed(
+            trainer, composer, work.jobs, args, meta, console, want_steps, error
+        )
+        failed_layouts += failed_later
+    elif not work.jobs:
+        rendered = 0
+    else:
+        outputs = Outputs(out, manifest, meta, resolution=composer.resolution, steps=args.steps, layers=args.layers)
+        try:
+            rendered, failed_later = render_single(composer, work.jobs, outputs, args.batch_size, console, want_steps)
+        finally:
+            outputs.close()
+        failed_layouts += len(failed_later)
+    if broken or (rendered and any(f"{job.stem}.png" in done for job in work.jobs)):
+        compact_manifest(manifest)  # one line per image again; half lines of a killed run dropped
+
+    seconds = time.perf_counter() - started
+    parts = [f"{rendered} image{'s' if rendered != 1 else ''} rendered"]
+    if work.skipped:
+        parts.append(f"{work.skipped} skipped (already in {out}; --overwrite renders them again)")
+    parts.append(
+        f"{failed_layouts} layout{'s' if failed_layouts != 1 else ''} failed"
+        + (" (listed above)" if failed_layouts else "")
+    )
+    print(f"{PROG}: {', '.join(parts)}; {seconds:.1f} s; manifest: {manifest}", file=sys.stderr)
+    return 1 if failed_layouts else 0
+
+
+def _version() -> str:
+    from scenecomp import __version__
+
+    return __version__
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""Writing one rendered job's files: the image, optional step strip and layers folder, then its manifest line."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from scenecomp.atomic import write_atomically
+from scenecomp.compose import Rendering
+from scenecomp.render.manifest import end_with_newline
+from scenecomp.render.planning import Job
+
+
+def _to_pil(canvas: torch.Tensor):
+    """The same quantisation as `Scene.to_pil`: [-1,1] -> round((x + 1) * 127.5)."""
+    from PIL import Image
+
+    pixels = ((canvas.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return Image.fromarray(pixels.permute(1, 2, 0).cpu().numpy(), "RGB")
+
+
+def _save_png(image, path: Path) -> None:
+    write_atomically(path, lambda tmp: image.save(tmp, format="PNG"))
+
+
+def _save_layers(directory: Path, rendering: Rendering, resolution: int) -> None:
+    from PIL import Image
+
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "layout.json").unlink(missing_ok=True)  # written last: its presence marks a complete folder
+    steps = rendering.steps
+    width = max(2, len(str(len(steps) - 1)))
+    written = set()
+    for t, canvas in enumerate(steps):
+        written.add(f"step_{t:0{width}d}.png")
+        _save_png(_to_pil(canvas), directory / f"step_{t:0{width}d}.png")
+    masks = rendering.layout.masks((resolution, resolution)) > 0.5
+    for t, mask in enumerate(masks, 1):
+        written.add(f"mask_{t:0{width}d}.png")
+        _save_png(Image.fromarray(mask.astype(np.uint8) * 255, "L"), directory / f"mask_{t:0{width}d}.png")
+    for stale in [*directory.glob("step_*.png"), *directory.glob("mask_*.png")]:
+        if stale.name not in written and stale.stem.split("_", 1)[1].isdigit():
+            stale.unlink()
+    rendering.layout.save(directory / "layout.json")
+
+
+class Outputs:
+    """Writes one job's files (the image last) and then its manifest line."""
+
+    def __init__(self, out: Path, manifest: Path, meta: dict, *, resolution: int, steps=False, layers=False):
+        self.out, self.manifest, self.meta = out, manifest, meta
+        self.resolution, self.steps, self.layers = resolution, steps, layers
+        end_with_newline(manifest)
+        self._file = open(manifest, "a", encoding="utf-8")
+        self.written: list[str] = []
+
+    def write(self, job: Job, rendering: Rendering, device: str) -> dict:
+        stem = job.stem
+        line = {"image": f"{stem}.png", "layout": os.path.abspath(job.path)}
+        if job.image_id is not None:
+            line["image_id"] = job.image_id
+        filled = rendering.layout
+        line.update(
+            seed=job.seed,
+            background_seed=filled.background_seed,
+            object_seeds=[o.seed for o in filled.objects],
+            empty_objects=list(rendering.empty),
+        )
+        if self.steps:
+            from PIL import Image
+
+            R = self.resolution
+            strip = Image.new("RGB", (R * len(rendering.steps), R))
+            for t, canvas in enumerate(rendering.steps):
+                strip.paste(_to_pil(canvas), (t * R, 0))
+            _save_png(strip, self.out / f"{stem}_steps.png")
+            line["steps"] = f"{stem}_steps.png"
+        if self.layers:
+            _save_layers(self.out / f"{stem}_layers", rendering, self.resolution)
+            line["layers"] = f"{stem}_layers"
+        _save_png(_to_pil(rendering.image), self.out / f"{stem}.png")
+        line.update(self.meta, device=device)
+        if device == "cpu":
+            line["threads"] = torch.get_num_threads()
+        line["time"] = datetime.now(UTC).isoformat(timespec="seconds")
+        self._file.write(json.dumps(line) + "\n")
+        self._file.flush()
+        self.written.append(line["image"])
+        return line
+
+    def close(self) -> None:
+        self._file.close()
