@@ -497,11 +497,9 @@ class Scene:
         """Write the layers as an OpenRaster file (`scenecomp.ora`): the background and one
         RGBA layer per object (the object as painted, alpha = its mask), named by number,
         category and seed; stacking them gives ``to_pil()``. Written atomically; returns the path."""
-        from scenecomp import ora
-        names = [ora.background_name(self._background_seed),
-                 *(ora.layer_name(t, o.category, o.seed) for t, o in enumerate(self._objects, 1))]
-        return ora.write_ora(path, [self.to_pil(t) for t in range(len(self._canvases))],
-                             [o.mask for o in self._objects], names)
+        from scenecomp.ora import layer_names, write_ora
+        return write_ora(path, [self.to_pil(t) for t in range(len(self._canvases))], [o.mask for o in self._objects],
+                         layer_names(self._background_seed, self._objects))
 
     def __repr__(self) -> str:
         objects = ", ".join(f"{o.category}(seed={o.seed})" for o in self._objects)

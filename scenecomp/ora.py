@@ -85,10 +85,8 @@ def _png(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def layer_name(index: int, category: str, seed: int) -> str:
-    """An object layer's name: its paint-order number (from 1), category and seed."""
-    return f"{index} {category} (seed {seed})"
-
-
-def background_name(seed: int) -> str:
-    return f"0 background (seed {seed})"
+def layer_names(background_seed: int, objects) -> list[str]:
+    """Layer names, bottom up: ``0 background (seed s)``, then ``t category (seed s)`` for object t
+    (paint order, from 1); ``objects`` have ``category`` and ``seed``."""
+    return [f"0 background (seed {background_seed})",
+            *(f"{t} {obj.category} (seed {obj.seed})" for t, obj in enumerate(objects, 1))]

@@ -4,7 +4,10 @@ from __future__ import annotations
 import io
 import json
 import struct
+import subprocess
+import sys
 import zipfile
+from pathlib import Path
 from xml.etree import ElementTree
 
 import numpy as np
@@ -32,10 +35,15 @@ LAYOUT = {"size": [64, 64], "background": {"seed": 5}, "objects": [
 
 
 @pytest.fixture(scope="module")
-def scene(tmp_path_factory):
+def layout_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("ora") / "twelve.json"
     path.write_text(json.dumps(LAYOUT))
-    return Composer.pretrained().scene(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def scene(layout_file):
+    return Composer.pretrained().scene(layout_file)
 
 
 def restack(ora_path) -> tuple[np.ndarray, ElementTree.Element, zipfile.ZipFile]:
@@ -104,3 +112,20 @@ def test_layer_names_are_escaped_in_stack_xml_and_counts_must_match(tmp_path):
     with pytest.raises(ValueError, match="one step more than masks"):
         write_ora(tmp_path / "y.ora", [step], [mask], ["bg"])
     assert not (tmp_path / "y.ora").exists()
+
+
+def test_render_ora_writes_layers_that_restack_to_its_png(layout_file, tmp_path):
+    out = tmp_path / "out"
+    cli = Path(sys.executable).parent / "scenecomp-render"
+    subprocess.run([str(cli), str(layout_file), "--out", str(out), "--ora", "--layers", "--quiet"], check=True, timeout=600)
+    stacked, root, _ = restack(out / "twelve_s0000.ora")
+    png = np.asarray(Image.open(out / "twelve_s0000.png"), dtype=np.int16)
+    assert np.abs(stacked[..., :3].astype(np.int16) - png).max() <= 1
+    assert len(list(root.iter("layer"))) == 13 and (out / "twelve_s0000_layers" / "layout.json").is_file()
+    line = json.loads((out / "manifest.jsonl").read_text().splitlines()[-1])
+    assert line["ora"] == "twelve_s0000.ora" and line["layers"] == "twelve_s0000_layers"
+    # a resumed run with --ora skips the done image; one that lost its .ora renders it again
+    (out / "twelve_s0000.ora").unlink()
+    again = subprocess.run([str(cli), str(layout_file), "--out", str(out), "--ora", "--quiet"], capture_output=True,
+                           text=True, timeout=600)
+    assert again.returncode == 0 and (out / "twelve_s0000.ora").is_file(), again.stderr

@@ -256,15 +256,16 @@ def test_tabs_keep_their_own_scenes_within_bounds_and_old_ones_expire(composer):
 
 
 def test_studio_command_line_errors_are_clear(tmp_path):
-    run = lambda *args: subprocess.run([sys.executable, "-m", "scenecomp.studio.app", *args],
-                                       capture_output=True, text=True, timeout=300)
-    shown = run("--help")
-    assert shown.returncode == 0 and "scenecomp-studio --checkpoint" in shown.stdout and "127.0.0.1" in shown.stdout
-    missing = run("--checkpoint", str(tmp_path / "none.pt"))
-    assert missing.returncode == 2 and "none.pt: no such file" in missing.stderr
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
-        taken = run("--port", str(busy.getsockname()[1]))
-    assert taken.returncode == 2 and "cannot listen on 127.0.0.1 port" in taken.stderr and "--port" in taken.stderr
-    assert "Traceback" not in missing.stderr + taken.stderr
+        runs = [subprocess.Popen([sys.executable, "-m", "scenecomp.studio.app", *args], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+                for args in (["--help"], ["--checkpoint", str(tmp_path / "none.pt")],
+                             ["--port", str(busy.getsockname()[1])])]
+        (shown, _), (_, missing), (_, taken) = [p.communicate(timeout=600) for p in runs]  # started together
+    assert [p.returncode for p in runs] == [0, 2, 2]
+    assert "scenecomp-studio --checkpoint" in shown and "127.0.0.1" in shown
+    assert "none.pt: no such file" in missing
+    assert "cannot listen on 127.0.0.1 port" in taken and "--port" in taken
+    assert "Traceback" not in missing + taken

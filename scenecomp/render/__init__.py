@@ -19,6 +19,9 @@ Outputs (in ``--out DIR``)
   ``step_00.png`` (background) .. ``step_T.png`` (the image), ``mask_01.png``
   .. ``mask_T.png`` (white inside) and ``layout.json``, the layout with every
   seed filled in (rendering it gives the same image);
+- with ``--ora``, ``{name}_s{seed:04d}.ora``: OpenRaster layers for GIMP and
+  Krita, the background and one RGBA layer per object (as painted, alpha = its
+  mask), which stacked give the PNG (`scenecomp.ora`);
 - ``manifest.jsonl``, one JSON object per image, written when the image is
   complete::
 
@@ -31,6 +34,7 @@ Outputs (in ``--out DIR``)
      "empty_objects": [],                 # objects that cover no pixel at the model's resolution
      "steps": "scene_s0001_steps.png",    # only with --steps
      "layers": "scene_s0001_layers",      # only with --layers
+     "ora": "scene_s0001.ora",            # only with --ora
      "checkpoint": "/abs/path/composer.pt", "checkpoint_sha256": "9f2c...",
      "resolution": 64, "dtype": "bfloat16", "batch_size": 16,   # dtype: the one used (--dtype auto resolved)
      "device": "cpu", "threads": 2,        # threads: CPU only
@@ -72,7 +76,7 @@ rather than risk an out-of-memory kill.
 Resuming, --overwrite and the manifest
 --------------------------------------
 Whether a (layout, seed) is already done is decided before anything is
-rendered: its PNG (and the ``--steps``/``--layers`` outputs asked for) exist
+rendered: its PNG (and the ``--steps``/``--layers``/``--ora`` outputs asked for) exist
 and the manifest has a line for it. Done ones are skipped unless
 ``--overwrite``, so an interrupted run resumes where it stopped. Every file is
 written to a temporary name in DIR and renamed into place: an interrupted run

@@ -12,6 +12,7 @@ import torch
 
 from scenecomp.atomic import write_atomically
 from scenecomp.compose import Rendering
+from scenecomp.ora import layer_names, write_ora
 from scenecomp.render.manifest import end_with_newline
 from scenecomp.render.planning import Job
 
@@ -52,9 +53,11 @@ def _save_layers(directory: Path, rendering: Rendering, resolution: int) -> None
 class Outputs:
     """Writes one job's files (the image last) and then its manifest line."""
 
-    def __init__(self, out: Path, manifest: Path, meta: dict, *, resolution: int, steps=False, layers=False):
+    def __init__(
+        self, out: Path, manifest: Path, meta: dict, *, resolution: int, steps=False, layers=False, ora=False
+    ):
         self.out, self.manifest, self.meta = out, manifest, meta
-        self.resolution, self.steps, self.layers = resolution, steps, layers
+        self.resolution, self.steps, self.layers, self.ora = resolution, steps, layers, ora
         end_with_newline(manifest)
         self._file = open(manifest, "a", encoding="utf-8")
         self.written: list[str] = []
@@ -83,6 +86,15 @@ class Outputs:
         if self.layers:
             _save_layers(self.out / f"{stem}_layers", rendering, self.resolution)
             line["layers"] = f"{stem}_layers"
+        if self.ora:
+            masks = filled.masks((self.resolution, self.resolution)) > 0.5
+            write_ora(
+                self.out / f"{stem}.ora",
+                [_to_pil(canvas) for canvas in rendering.steps],
+                list(masks),
+                layer_names(filled.background_seed, filled.objects),
+            )
+            line["ora"] = f"{stem}.ora"
         _save_png(_to_pil(rendering.image), self.out / f"{stem}.png")
         line.update(self.meta, device=device)
         if device == "cpu":

@@ -48,6 +48,7 @@ def plan(
     overwrite=False,
     steps=False,
     layers=False,
+    ora=False,
     done_images: dict | None = None,
     sha256: str | None = None,
     report=lambda message: None,
@@ -96,7 +97,7 @@ def plan(
                 )
             for seed in seeds:
                 job = Job(str(path), item, name, seed, layout.image_id, trusted)
-                if not overwrite and _is_done(out, job.stem, done_images, steps, layers):
+                if not overwrite and _is_done(out, job.stem, done_images, steps, layers, ora):
                     skipped += 1
                     if sha256 is not None and done_images[f"{job.stem}.png"] != sha256:
                         foreign.append(f"{job.stem}.png")
@@ -105,12 +106,13 @@ def plan(
     return Plan(jobs, skipped, failures, foreign)
 
 
-def _is_done(out: Path, stem: str, done_images: dict, steps: bool, layers: bool) -> bool:
+def _is_done(out: Path, stem: str, done_images: dict, steps: bool, layers: bool, ora: bool = False) -> bool:
     return (
         f"{stem}.png" in done_images
         and (out / f"{stem}.png").is_file()
         and (not steps or (out / f"{stem}_steps.png").is_file())
         and (not layers or (out / f"{stem}_layers" / "layout.json").is_file())
+        and (not ora or (out / f"{stem}.ora").is_file())
     )
 
 

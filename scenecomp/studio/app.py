@@ -195,7 +195,7 @@ def create_app(composer: Composer, sessions: Sessions | None = None, *, hosts=No
     from starlette.routing import Mount, Route
     from starlette.staticfiles import StaticFiles
 
-    sessions = sessions or Sessions()
+    sessions = Sessions() if sessions is None else sessions
 
     async def body(request) -> bytes:
         declared = request.headers.get("content-length")
