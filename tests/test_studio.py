@@ -234,21 +234,23 @@ def test_tabs_keep_their_own_scenes_within_bounds_and_old_ones_expire(composer):
         c, d = Tab(client), Tab(client)  # past 3 sessions: the least recently used (a) goes
         assert len(sessions) == 3
         assert "scene is gone" in a.error({"op": "undo"}, status=404)
-        now[0] = 100  # b was last used at 0: expired; c and d at 30 still live
+        now[0] = 80  # b was last used at 0: expired; c and d (at 30) still live
         assert "scene is gone" in b.error({"op": "undo"}, status=404)
         c.edit(op="background", seed=4)
 
     # memory: a session forgets its oldest scenes past its budget, never the current one
     one = composer.background(0)
     per_scene = sum(c.element_size() * c.nelement() for c in one._canvases)
-    sessions = Sessions(session_bytes=3 * per_scene + 3 * (per_scene + R * R), total_bytes=10**9)
+    sessions = Sessions(session_bytes=3 * per_scene, total_bytes=10**9)
     sid, session = sessions.create(one)
     for seed in range(1, 8):
         session.push(session.scene.with_background(seed))
     assert session.scene.background_seed == 7 and len(session.history) == 3 and session.nbytes <= session.max_bytes
     shared = session.scene.add("tree", box(1, 1, 4, 4))
     session.push(shared)
-    assert session.history[-2]._canvases[0] is shared._canvases[0]  # shared canvases are counted once
+    # the added object's canvas and mask push the oldest scene out; the background canvas it shares counts once
+    assert session.history[-2]._canvases[0] is shared._canvases[0] and len(session.history) == 2
+    assert session.nbytes == 2 * per_scene + R * R
     # past the total budget the least recently used sessions go, the one in use stays
     small = Sessions(total_bytes=2 * session.nbytes)
     ids = [small.create(composer.background(s))[0] for s in range(5)]

@@ -20,11 +20,11 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import statistics
 import threading
 import time
 
 import torch
+from bench_edit import median_ms
 from peak import Peak
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -32,15 +32,6 @@ from scenecomp import Composer
 from scenecomp.studio.app import bind, create_app
 
 BOXES = [[2, 30, 20, 30], [30, 20, 25, 30], [40, 2, 15, 15], [5, 5, 30, 15], [20, 40, 20, 20], [45, 40, 15, 20]]
-
-
-def median_ms(fn, runs: int) -> float:
-    times = []
-    for r in range(runs):
-        start = time.perf_counter()
-        fn(r)
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
 
 
 def main(argv=None) -> None:
@@ -55,6 +46,7 @@ def main(argv=None) -> None:
     peak = Peak.measure("cpu")
     print(peak)
     composer = Composer.from_checkpoint(args.checkpoint) if args.checkpoint else Composer.pretrained()
+    sync = lambda: None  # CPU: every call has finished when it returns
     import uvicorn
 
     sock = bind("127.0.0.1", 0)
@@ -86,11 +78,11 @@ def main(argv=None) -> None:
             answer = edit({"op": "reroll", "index": 0, "seed": 10**6 + r})
         scene = composer.scene(_layout(composer, sid, connection))
 
-        t_full = median_ms(lambda r: composer.scene(scene.layout()), args.runs)
+        t_full = median_ms(lambda r: composer.scene(scene.layout()), args.runs, sync)
         with FlopCounterMode(display=False) as counter:
             composer.scene(scene.layout())
         gflop = counter.get_total_flops() / 1e9
-        t_full_http = median_ms(lambda r: edit({"op": "background", "seed": 1 + r}), args.runs)
+        t_full_http = median_ms(lambda r: edit({"op": "background", "seed": 1 + r}), args.runs, sync)
         edit({"op": "background", "seed": 0})
         rows = [
             (f"re-roll the last object (k={T - 1})", lambda r: edit({"op": "reroll", "index": T - 1, "seed": r})),
@@ -106,7 +98,7 @@ def main(argv=None) -> None:
         print("edit over HTTP (round trip)       |     ms | / full in process | / full over HTTP")
         print("----------------------------------|--------|-------------------|-----------------")
         for name, fn in rows:
-            t = median_ms(fn, args.runs)
+            t = median_ms(fn, args.runs, sync)
             print(f"{name:33s} | {t:6.2f} | {t / t_full:17.2f} | {t / t_full_http:15.2f}")
         print("\ngoal: an edit's round trip under 100 ms")
     finally:

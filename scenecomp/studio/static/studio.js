@@ -180,7 +180,7 @@ function draw() {
   if (studio.selected !== null) {
     const mask = state.objects[studio.selected].mask;
     const moving = drag && drag.tool === "move";
-    paint(mask, 0, 0, [255, 220, 0, moving ? 40 : 90]);
+    paint(mask, 0, 0, [255, 220, 0, moving ? 40 : 70]);
     if (moving) paint(mask, Math.round(drag.now[0] - drag.start[0]), Math.round(drag.now[1] - drag.start[1]), [255, 220, 0, 140]);
   }
   paint(studio.mask, 0, 0, [0, 150, 255, 140]);
