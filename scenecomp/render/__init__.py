@@ -19,6 +19,9 @@ Outputs (in ``--out DIR``)
   ``step_00.png`` (background) .. ``step_T.png`` (the image), ``mask_01.png``
   .. ``mask_T.png`` (white inside) and ``layout.json``, the layout with every
   seed filled in (rendering it gives the same image);
+- with ``--ora``, ``{name}_s{seed:04d}.ora``: OpenRaster layers for GIMP and
+  Krita, the background and one RGBA layer per object (as painted, alpha = its
+  mask), which stacked give the PNG (`scenecomp.ora`);
 - ``manifest.jsonl``, one JSON object per image, written when the image is
   complete::
 
@@ -34,6 +37,7 @@ Outputs (in ``--out DIR``)
      "image_sha256": "0b7c...",           # the PNG's bytes ("steps_sha256": the strip's)
      "steps": "scene_s0001_steps.png",    # only with --steps
      "layers": "scene_s0001_layers",      # only with --layers
+     "ora": "scene_s0001.ora",            # only with --ora
      "checkpoint": "/abs/path/composer.pt", "checkpoint_sha256": "9f2c...",
      "resolution": 64, "dtype": "bfloat16", "batch_size": 16,   # dtype: the one used (--dtype auto resolved)
      "device": "cpu", "threads": 2,        # threads: CPU only
@@ -80,7 +84,7 @@ layout's content now (its seeds, categories and masks at the model's
 resolution: an edited layout or mask file is rendered again), and the PNG
 (and the ``--steps`` strip) still has the SHA-256 the line records (a
 truncated or edited image is rendered again, with a warning), and the
-``--layers`` folder asked for is complete. Done ones are skipped unless
+``--layers`` folder and ``--ora`` file asked for are there. Done ones are skipped unless
 ``--overwrite``, so an interrupted run resumes where it stopped. Every file is
 written to a temporary name in DIR and renamed into place: an interrupted run
 never leaves a half-written image under an output name. Skipping images that

@@ -166,7 +166,7 @@ def _run(args, console: Console) -> int:
         "batch_size": args.batch_size,
         "scenecomp": _version(),
     }
-    want_steps = args.steps or args.layers
+    want_steps = args.steps or args.layers or args.ora
     if child:  # rank 0 plans, reports and merges
         render_distributed(trainer, composer, [], args, meta, Console(quiet=True), want_steps)
         return 0
@@ -211,6 +211,7 @@ def _render(args, console, files, composer, out, sha256, meta, want_steps, train
         overwrite=args.overwrite,
         steps=args.steps,
         layers=args.layers,
+        ora=args.ora,
         done=done,
         sha256=sha256,
         report=console.failed,
@@ -243,7 +244,9 @@ def _render(args, console, files, composer, out, sha256, meta, want_steps, train
     elif not work.jobs:
         rendered = 0
     else:
-        outputs = Outputs(out, manifest, meta, resolution=composer.resolution, steps=args.steps, layers=args.layers)
+        outputs = Outputs(
+            out, manifest, meta, resolution=composer.resolution, steps=args.steps, layers=args.layers, ora=args.ora
+        )
         try:
             rendered, failed_later = render_single(composer, work.jobs, outputs, args.batch_size, console, want_steps)
         finally:

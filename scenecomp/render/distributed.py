@@ -96,11 +96,20 @@ class Writer(BasePredictionWriter):
     """Each rank writes its images and its own rank manifest; rank 0 merges them in ``order``."""
 
     def __init__(
-        self, composer: Composer, out: Path, meta: dict, order: dict, console: Console, *, steps: bool, layers: bool
+        self,
+        composer: Composer,
+        out: Path,
+        meta: dict,
+        order: dict,
+        console: Console,
+        *,
+        steps: bool,
+        layers: bool,
+        ora: bool = False,
     ):
         super().__init__("batch")
         self.composer, self.out, self.meta, self.order, self.console = composer, out, meta, order, console
-        self.steps, self.layers = steps, layers
+        self.steps, self.layers, self.ora = steps, layers, ora
         self.rendered, self.failed, self.failed_count, self.outputs, self.bar = 0, set(), 0, None, None
 
     def on_predict_start(self, trainer, pl_module):
@@ -112,6 +121,7 @@ class Writer(BasePredictionWriter):
             resolution=self.composer.resolution,
             steps=self.steps,
             layers=self.layers,
+            ora=self.ora,
         )
         share = sum(job is not None for job in trainer.datamodule.jobs[rank::world])
         self.bar = self.console.progress(share, f"rank {rank}/{world}") if rank == 0 else None
@@ -158,7 +168,7 @@ def render_distributed(
     rendering), summed over ranks, on rank 0."""
     out = Path(args.out)
     order = {f"{job.stem}.png": i for i, job in enumerate(jobs)}
-    writer = Writer(composer, out, meta, order, console, steps=args.steps, layers=args.layers)
+    writer = Writer(composer, out, meta, order, console, steps=args.steps, layers=args.layers, ora=args.ora)
     trainer.callbacks.append(writer)
     trainer.predict(
         Painter(composer, args.batch_size, steps),

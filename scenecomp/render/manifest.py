@@ -81,9 +81,9 @@ def needs_compacting(lines: list[dict], broken: list) -> bool:
     return bool(broken) or len({line["image"] for line in lines}) < len(lines)
 
 
-def holds(out: Path, line: dict, steps: bool = False, layers: bool = False) -> bool:
+def holds(out: Path, line: dict, steps: bool = False, layers: bool = False, ora: bool = False) -> bool:
     """Whether ``out`` still holds what manifest ``line`` records: the image (and the step strip,
-    when asked) with the SHA-256 the line gives, and a complete layers folder when asked. A
+    when asked) with the SHA-256 the line gives, a complete layers folder and the ``.ora`` when asked. A
     truncated or edited PNG, or a line without checksums (written before they were kept), is not."""
     wanted = [("image", "image_sha256")] + ([("steps", "steps_sha256")] if steps else [])
     for name, sha in wanted:
@@ -95,7 +95,10 @@ def holds(out: Path, line: dict, steps: bool = False, layers: bool = False) -> b
                 return False
         except OSError:  # missing, a folder, unreadable
             return False
-    return not layers or (out / f"{Path(line['image']).stem}_layers" / "layout.json").is_file()
+    stem = Path(line["image"]).stem
+    return (not layers or (out / f"{stem}_layers" / "layout.json").is_file()) and (
+        not ora or (out / f"{stem}.ora").is_file()
+    )
 
 
 def layout_from_manifest(line: dict, trusted: bool | None = None) -> Layout:

@@ -202,6 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="also save each step, each mask and the seeded layout into {name}_s{seed}_layers/",
     )
     parser.add_argument(
+        "--ora",
+        action="store_true",
+        help="also save {name}_s{seed}.ora: OpenRaster layers for GIMP and Krita (the background and one "
+        "layer per object, alpha = its mask; stacked they give the PNG)",
+    )
+    parser.add_argument(
         "--trusted-masks",
         action="store_true",
         help="read mask files anywhere (default: only regular files inside each layout's folder)",

@@ -15,6 +15,7 @@ import torch
 
 from scenecomp.atomic import write_atomically
 from scenecomp.compose import Rendering
+from scenecomp.ora import layer_names, write_ora
 from scenecomp.render.manifest import end_with_newline
 from scenecomp.render.options import output_faults
 from scenecomp.render.planning import Job
@@ -61,9 +62,11 @@ def _save_layers(directory: Path, rendering: Rendering, resolution: int) -> None
 class Outputs:
     """Writes one job's files (the image last) and then its manifest line."""
 
-    def __init__(self, out: Path, manifest: Path, meta: dict, *, resolution: int, steps=False, layers=False):
+    def __init__(
+        self, out: Path, manifest: Path, meta: dict, *, resolution: int, steps=False, layers=False, ora=False
+    ):
         self.out, self.manifest, self.meta = out, manifest, meta
-        self.resolution, self.steps, self.layers = resolution, steps, layers
+        self.resolution, self.steps, self.layers, self.ora = resolution, steps, layers, ora
         with output_faults(out):
             end_with_newline(manifest)
             self._fd = os.open(manifest, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
@@ -103,6 +106,15 @@ class Outputs:
         if self.layers:
             _save_layers(self.out / f"{stem}_layers", rendering, self.resolution)
             line["layers"] = f"{stem}_layers"
+        if self.ora:
+            masks = filled.masks((self.resolution, self.resolution)) > 0.5
+            write_ora(
+                self.out / f"{stem}.ora",
+                [_to_pil(canvas) for canvas in rendering.steps],
+                list(masks),
+                layer_names(filled.background_seed, filled.objects),
+            )
+            line["ora"] = f"{stem}.ora"
         line["image_sha256"] = _save_png(_to_pil(rendering.image), self.out / line["image"])
         line.update(self.meta, device=device)
         if device == "cpu":

@@ -66,6 +66,7 @@ def plan(
     overwrite=False,
     steps=False,
     layers=False,
+    ora=False,
     done: dict | None = None,
     sha256: str | None = None,
     report=lambda message: None,
@@ -124,8 +125,8 @@ def plan(
                 elif line.get("layout_sha256") != key or not holds(out, line):
                     stale.append(f"{job.stem}.png")
                     jobs.append(job)
-                elif not holds(out, line, steps, layers):
-                    jobs.append(job)  # --steps or --layers asked for now
+                elif not holds(out, line, steps, layers, ora):
+                    jobs.append(job)  # --steps, --layers or --ora asked for now
                 else:
                     skipped += 1
                     if sha256 is not None and line.get("checkpoint_sha256") != sha256:
