@@ -50,7 +50,8 @@ def main(argv=None) -> None:
     import uvicorn
 
     sock = bind("127.0.0.1", 0)
-    server = uvicorn.Server(uvicorn.Config(create_app(composer), log_level="warning"))
+    # keep-alive outlasts the in-process timings between requests
+    server = uvicorn.Server(uvicorn.Config(create_app(composer), log_level="warning", timeout_keep_alive=600))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     while not server.started:
