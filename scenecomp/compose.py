@@ -5,7 +5,7 @@
     scene = composer.background(seed=0)                        # immutable Scene
     scene = scene.add("tree", {"polygon": [[10, 60], [20, 20], [30, 60]]}).add("house", box_mask, seed=2)
     scene = scene.replace(0, seed=7)       # new look for object 0; the background is not repainted
-    scene.image, scene.steps, scene.to_pil(), scene.save_layers("out/")
+    scene.image, scene.steps, scene.to_pil(), scene.save_layers("out/"), scene.save_ora("scene.ora")
     images = composer.render(layouts, seeds=[0, 1])            # many layouts, batched
 
 Seeds
@@ -492,6 +492,14 @@ class Scene:
                 stale.unlink()
         self.layout().save(directory / "layout.json")
         return directory
+
+    def save_ora(self, path) -> Path:
+        """Write the layers as an OpenRaster file (`scenecomp.ora`): the background and one
+        RGBA layer per object (the object as painted, alpha = its mask), named by number,
+        category and seed; stacking them gives ``to_pil()``. Written atomically; returns the path."""
+        from scenecomp.ora import layer_names, write_ora
+        return write_ora(path, [self.to_pil(t) for t in range(len(self._canvases))], [o.mask for o in self._objects],
+                         layer_names(self._background_seed, self._objects))
 
     def __repr__(self) -> str:
         objects = ", ".join(f"{o.category}(seed={o.seed})" for o in self._objects)

@@ -359,6 +359,12 @@ def _read_json(path: Path):
         raise LayoutError("is a directory, not a JSON file", path) from None
     except OSError as e:
         raise LayoutError(f"cannot read file: {e.strerror}", path) from None
+    return parse_json(raw, path)
+
+
+def parse_json(raw: bytes, path=None):
+    """A layout or COCO file's JSON from its bytes; errors are `LayoutError` naming ``path``
+    (malformed JSON with line and column, not UTF-8, nested too deeply)."""
     try:
         return json.loads(raw)
     except json.JSONDecodeError as e:

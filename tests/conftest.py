@@ -28,6 +28,17 @@ def make_tiny_nets(seed: int = 0, num_categories: int = 3, resolution: int = 16)
 
 
 @pytest.fixture(scope="session")
+def bundle(tmp_path_factory) -> Path:
+    """A composer bundle of `make_tiny_nets` with the categories tree, house, sun (16x16)."""
+    from scenecomp.compose import bundle_dict, save_bundle
+
+    path = tmp_path_factory.mktemp("bundle") / "composer.pt"
+    bg, fg = make_tiny_nets()
+    save_bundle(path, bundle_dict(["tree", "house", "sun"], background=bg, foreground=fg))
+    return path
+
+
+@pytest.fixture(scope="session")
 def tiny_shapes(tmp_path_factory) -> Path:
     """64 Shapes scenes at 32x32; returns the annotations.json path."""
     folder = tmp_path_factory.mktemp("shapes-tiny")

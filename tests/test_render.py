@@ -26,6 +26,7 @@ from scenecomp.compose import bundle_dict, save_bundle
 from scenecomp.layout import LayoutError
 from scenecomp.precision import auto_dtype
 from scenecomp.render import layout_from_manifest, main, parse_seeds
+from scenecomp.render.cli import LOCK
 
 R = 16
 CATEGORIES = ["tree", "house", "sun"]
@@ -34,14 +35,6 @@ AUTO = str(auto_dtype("cpu")).removeprefix("torch.")  # what --dtype auto (the d
 
 
 
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    path = tmp_path_factory.mktemp("bundle") / "composer.pt"
-    bg, fg = make_tiny_nets()
-    save_bundle(path, bundle_dict(CATEGORIES, background=bg, foreground=fg))
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +101,8 @@ def quantise(image):
 
 def snapshot(folder):
     """name -> (inode, mtime_ns, bytes) of every file: os.replace gives a re-written file a new inode."""
-    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns, p.read_bytes()) for p in folder.iterdir() if p.is_file()}
+    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns, p.read_bytes()) for p in folder.iterdir()
+            if p.is_file() and p.name != LOCK}
 
 
 def manifest(out):
@@ -129,7 +123,7 @@ def test_folder_of_valid_and_invalid_layouts_then_resume_then_overwrite(bundle, 
     status, err = cli(args, capsys)
     assert status == 1
     expected = {f"{s}_s{seed:04d}.png" for s in stems for seed in (0, 1)}
-    assert {p.name for p in out.iterdir()} == expected | {"manifest.jsonl"}
+    assert {p.name for p in out.iterdir()} == expected | {"manifest.jsonl", LOCK}
     failed = [line for line in err.splitlines() if line.startswith("scenecomp-render: failed: ")]
     assert len(failed) == 3
     for name, reason in reasons.items():
@@ -332,7 +326,7 @@ def test_same_image_alone_in_a_batch_and_on_two_processes(bundle, tmp_path, caps
     assert res.returncode == 1, res.stderr[-3000:]
     assert "15 images rendered, 1 layout failed" in res.stderr and "dragon" in res.stderr
     assert "Traceback" not in res.stderr
-    assert sorted(p.name for p in ddp.iterdir()) == sorted([*names, "manifest.jsonl"])  # rank files merged away
+    assert sorted(p.name for p in ddp.iterdir()) == sorted([*names, "manifest.jsonl", LOCK])  # rank files merged away
     for name in names:
         assert (ddp / name).read_bytes() == (batched / name).read_bytes(), name
     merged = manifest(ddp)
@@ -524,7 +518,6 @@ def test_bad_options_exit_2_with_a_message(bundle, tmp_path, capsys, monkeypatch
         ([layout, "--checkpoint", bundle, "--out", out, "--seeds", "x"], "argument --seeds: 'x' is neither"),
         ([empty, "--checkpoint", bundle, "--out", out], "no layout files found"),
         ([tmp_path / "nope.json", "--checkpoint", bundle, "--out", out], "nope.json: no such file or folder"),
-        ([layout, "--checkpoint", bundle, "--out", layout], "exists and is not a folder"),
         ([layout, "--checkpoint", bundle, "--out", out, "--batch-size", "0"], "expected a positive integer"),
         ([layout, "--checkpoint", bundle, "--out", out, "--device", "tpu"], "--device"),
         ([layout, "--checkpoint", bundle], "the following arguments are required: --out"),

@@ -13,12 +13,13 @@ from pathlib import Path
 import pytest
 
 import scenecomp.render as render
-from scenecomp.render.options import fill_processes
 from conftest import make_tiny_nets
 from scenecomp.atomic import build_folder_once
 from scenecomp.compose import bundle_dict, save_bundle
+from scenecomp.render.cli import LOCK
+from scenecomp.render.options import fill_processes
 from scenecomp.training import noise_seed
-from test_render import bundle, valid_layouts  # noqa: F401  (bundle is a fixture)
+from test_render import valid_layouts
 
 
 def free_port() -> int:
@@ -102,7 +103,7 @@ def test_slurm_launch_through_its_variables_trains_in_sync(tiny_shapes, tmp_path
     assert (tmp_path / "run0" / "composer.pt").is_file() and not (tmp_path / "run1" / "composer.pt").exists()
 
 
-def test_two_torchrun_nodes_render_every_image_once_as_one_process_does(bundle, tmp_path):  # noqa: F811
+def test_two_torchrun_nodes_render_every_image_once_as_one_process_does(bundle, tmp_path):
     folder = tmp_path / "layouts"
     folder.mkdir()
     stems = valid_layouts(folder)
@@ -121,7 +122,7 @@ def test_two_torchrun_nodes_render_every_image_once_as_one_process_does(bundle, 
     assert results[1][0] == 0, results[1][1][-4000:]
     # exit 1 (a layout failed) makes torchrun print its own traceback, but none comes from scenecomp
     assert "unicorn" in results[0][1] and "scenecomp/" not in results[0][1] + results[1][1]
-    assert sorted(p.name for p in nodes.iterdir()) == sorted([*names, "manifest.jsonl"])  # rank files merged away
+    assert sorted(p.name for p in nodes.iterdir()) == sorted([*names, "manifest.jsonl", LOCK])  # rank files merged away
     for name in names:
         assert (nodes / name).read_bytes() == (single / name).read_bytes(), name
     lines = [json.loads(line) for line in (nodes / "manifest.jsonl").read_text().splitlines()]

@@ -18,6 +18,7 @@ SMOKE = {  # tiny settings: each runs in seconds on an idle 2-core machine
                         "--objects", "1", "--cli-layouts", "1", "--dtypes", "auto"],
     "bench_edit.py": ["--objects", "2", "--runs", "1"],
     "bench_shapes.py": ["-n", "10"],
+    "bench_studio.py": ["--objects", "2", "--runs", "1"],
 }
 
 

@@ -19,6 +19,9 @@ Outputs (in ``--out DIR``)
   ``step_00.png`` (background) .. ``step_T.png`` (the image), ``mask_01.png``
   .. ``mask_T.png`` (white inside) and ``layout.json``, the layout with every
   seed filled in (rendering it gives the same image);
+- with ``--ora``, ``{name}_s{seed:04d}.ora``: OpenRaster layers for GIMP and
+  Krita, the background and one RGBA layer per object (as painted, alpha = its
+  mask), which stacked give the PNG (`scenecomp.ora`);
 - ``manifest.jsonl``, one JSON object per image, written when the image is
   complete::
 
@@ -29,8 +32,12 @@ Outputs (in ``--out DIR``)
      "background_seed": 1,                # the seeds actually used: the layout with
      "object_seeds": [1000004, 7],        #   these filled in renders to this image
      "empty_objects": [],                 # objects that cover no pixel at the model's resolution
+     "layout_sha256": "5e1a...",          # the layout's content (seeds, categories, masks at R x R)
+     "trusted_masks": true,               # only with --trusted-masks
+     "image_sha256": "0b7c...",           # the PNG's bytes ("steps_sha256": the strip's)
      "steps": "scene_s0001_steps.png",    # only with --steps
      "layers": "scene_s0001_layers",      # only with --layers
+     "ora": "scene_s0001.ora",            # only with --ora
      "checkpoint": "/abs/path/composer.pt", "checkpoint_sha256": "9f2c...",
      "resolution": 64, "dtype": "bfloat16", "batch_size": 16,   # dtype: the one used (--dtype auto resolved)
      "device": "cpu", "threads": 2,        # threads: CPU only
@@ -72,8 +79,12 @@ rather than risk an out-of-memory kill.
 Resuming, --overwrite and the manifest
 --------------------------------------
 Whether a (layout, seed) is already done is decided before anything is
-rendered: its PNG (and the ``--steps``/``--layers`` outputs asked for) exist
-and the manifest has a line for it. Done ones are skipped unless
+rendered: the manifest has a line for it whose ``layout_sha256`` is the
+layout's content now (its seeds, categories and masks at the model's
+resolution: an edited layout or mask file is rendered again), and the PNG
+(and the ``--steps`` strip) still has the SHA-256 the line records (a
+truncated or edited image is rendered again, with a warning), and the
+``--layers`` folder and ``--ora`` file asked for are there. Done ones are skipped unless
 ``--overwrite``, so an interrupted run resumes where it stopped. Every file is
 written to a temporary name in DIR and renamed into place: an interrupted run
 never leaves a half-written image under an output name. Skipping images that
@@ -82,18 +93,32 @@ another ``--out`` or ``--overwrite``. The manifest is appended to, one line
 per finished image, never rewritten, except that a run which re-rendered
 images that already had lines (``--overwrite``, or ``--steps``/``--layers``
 added later) or found a half-written line left by a killed run compacts it
-at the end: the newest line per image, broken lines dropped. Until then (or
-if a run is killed), the last line for an image is the valid one.
+at the end: the newest line per image, broken lines dropped; so does a run
+that finds duplicate lines. Until then (or if a run is killed), the last line
+for an image is the valid one.
+
+One run at a time writes into a folder: a run holds the lock
+``DIR/.scenecomp-render.lock`` (`filelock`) from planning to the end, and a
+second run into the same folder says so and waits, then plans again (and so
+skips what the first one rendered). The lock needs a filesystem with working
+``flock`` (local disks and most shared filesystems).
 
 Failures
 --------
 A layout that cannot be rendered (malformed JSON, unknown category, missing
 mask file, empty shape, an output name used by another input ...) is
 reported on stderr with its file, object index and reason, before rendering
-starts; every other layout still renders. The run ends with a summary and
-exits 1 if anything failed, 0 otherwise. Bad options (no such checkpoint, a
-file that is not a bundle, bad ``--seeds``, no inputs) exit 2 with
-``scenecomp-render: error: ...`` before anything is rendered.
+starts; every other layout still renders. So is a layout whose image comes
+out with NaN or infinite values (nothing is written for it). The run ends with
+a summary and exits 1 if anything failed, 0 otherwise. Bad options (no such
+checkpoint, a file that is not a bundle, bad ``--seeds``, no inputs) exit 2
+with ``scenecomp-render: error: ...`` before anything is rendered. An output
+folder that cannot be written (``--out`` on a read-only filesystem, below a
+file, or a disk that fills up while rendering) exits 3 with
+``scenecomp-render: error: --out DIR: cannot write FILE: REASON``: the run
+stops at once, every file under an output name is whole, the manifest has a
+line for every image it lists, and the same command resumes once the fault is
+mended.
 
 Several devices and nodes
 -------------------------
@@ -114,11 +139,11 @@ depend on the batch size or the number of processes.
 """
 
 # Where each part lives: options (parsing and checking the command line), planning (what
-# to render), batching (network calls of a fixed size), outputs (files of one image),
-# manifest (manifest.jsonl and reproducing a line), distributed (Lightning DDP), cli (main).
-from scenecomp.render.batching import call_size, render_jobs, render_padded
+# to render), batching (network calls of a fixed size; reproduce), outputs (files of one image),
+# manifest (manifest.jsonl), distributed (Lightning DDP), cli (main).
+from scenecomp.render.batching import call_size, render_jobs, render_padded, reproduce
 from scenecomp.render.cli import main
-from scenecomp.render.manifest import MANIFEST, file_sha256, layout_from_manifest, read_manifest, reproduce
+from scenecomp.render.manifest import MANIFEST, file_sha256, layout_from_manifest, read_manifest
 from scenecomp.render.options import DTYPES, MAX_BATCH, UsageError, build_parser, parse_seeds
 from scenecomp.render.planning import Job, LayoutSource, plan
 

@@ -1,11 +1,14 @@
-"""Network calls of a size that does not change an image's pixels (see the package docstring)."""
+"""Network calls of a size that does not change an image's pixels (see the package docstring),
+and rendering a manifest line again in the same way (`reproduce`)."""
 
 from __future__ import annotations
 
 import torch
 
-from scenecomp.compose import Composer, Rendering
+from scenecomp.compose import BundleError, Composer, Rendering
 from scenecomp.layout import Layout, LayoutError
+from scenecomp.render.manifest import file_sha256, layout_from_manifest
+from scenecomp.render.options import DTYPES
 from scenecomp.render.planning import LayoutSource
 
 CALL_GRANULE = 8  # CPU network calls are padded to a multiple of this (module docstring)
@@ -56,4 +59,34 @@ def render_jobs(composer: Composer, source: LayoutSource, jobs, batch_size: int,
                 results[i] = render_padded(composer, [layout], batch_size, steps)[0]
             except LayoutError as e:
                 results[i] = e
+    for i, result in enumerate(results):
+        if not isinstance(result, LayoutError) and not torch.isfinite(result.image).all():
+            results[i] = LayoutError(
+                "the model painted NaN or infinite values, so no image is written (a broken checkpoint, or "
+                "an overflow in a low precision: try --dtype float32)",
+                result.layout.label,
+            )
     return list(zip(jobs, results, strict=True))
+
+
+def reproduce(line: dict, composer: Composer | None = None, device=None, trusted: bool | None = None) -> torch.Tensor:
+    """The image of a manifest line, ``[3,R,R]`` float32 in [-1,1], computed as it was:
+    the seeded layout (`layout_from_manifest`), the line's checkpoint (its SHA-256
+    is checked) or ``composer``, dtype, network batch size and CPU threads, on
+    ``device`` (default: the line's). On the same kind of machine its quantised
+    pixels equal the PNG's bit for bit. A plain ``composer.render(layout)``
+    gives the same image up to float rounding (a pixel may move by one level).
+    ``trusted``: as in `layout_from_manifest` (default: as the line was rendered)."""
+    if composer is None:
+        if file_sha256(line["checkpoint"]) != line["checkpoint_sha256"]:
+            raise BundleError(f"{line['checkpoint']}: its SHA-256 is not the manifest's: the file changed")
+        composer = Composer.from_checkpoint(
+            line["checkpoint"], device=device or line.get("device", "cpu"), dtype=DTYPES[line.get("dtype", "float32")]
+        )  # the dtype used
+    threads = torch.get_num_threads()
+    if composer.device.type == "cpu" and line.get("threads"):
+        torch.set_num_threads(line["threads"])
+    try:
+        return render_padded(composer, [layout_from_manifest(line, trusted)], line.get("batch_size", 1))[0].image
+    finally:
+        torch.set_num_threads(threads)

@@ -2,30 +2,43 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import time
 from pathlib import Path
 
 import torch
+from filelock import FileLock, Timeout
 
 from scenecomp.compose import DEFAULT_MODEL, BundleError, Composer, bundle_file
 from scenecomp.layout import LayoutError
 from scenecomp.precision import auto_dtype
 from scenecomp.render.batching import render_jobs
-from scenecomp.render.manifest import MANIFEST, compact_manifest, file_sha256, merge_rank_files, read_manifest
+from scenecomp.render.manifest import (
+    MANIFEST,
+    compact_manifest,
+    file_sha256,
+    merge_rank_files,
+    needs_compacting,
+    read_manifest,
+)
 from scenecomp.render.options import (
     DTYPES,
     PROG,
+    OutputError,
     UsageError,
     build_parser,
     check_batch_size,
     fill_processes,
     find_inputs,
+    output_faults,
     parse_device,
 )
 from scenecomp.render.outputs import Outputs
 from scenecomp.render.planning import Job, LayoutSource, plan
+
+LOCK = ".scenecomp-render.lock"  # in --out: one run writes into a folder at a time
 
 
 class Console:
@@ -98,6 +111,14 @@ def main(argv=None) -> int:
         console.close()
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
+    except OutputError as e:
+        console.close()
+        print(
+            f"{PROG}: error: {e}; nothing half-written is left, and images finished before are kept: "
+            "fix the folder (or free space) and run the same command again to resume",
+            file=sys.stderr,
+        )
+        return 3
     except KeyboardInterrupt:
         console.close()
         print(f"\n{PROG}: interrupted; finished images are kept: run the same command again to resume", file=sys.stderr)
@@ -126,8 +147,6 @@ def _run(args, console: Console) -> int:
         )
     files = find_inputs(args.inputs, warn=console.warn if not child else lambda m: None)
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out}: exists and is not a folder")
     device = torch.device("cpu") if distributed else args.device_obj  # Lightning moves it per rank
     try:
         dtype = auto_dtype(args.device_obj) if args.dtype == "auto" else DTYPES[args.dtype]
@@ -147,16 +166,43 @@ def _run(args, console: Console) -> int:
         "batch_size": args.batch_size,
         "scenecomp": _version(),
     }
-    want_steps = args.steps or args.layers
+    want_steps = args.steps or args.layers or args.ora
     if child:  # rank 0 plans, reports and merges
         render_distributed(trainer, composer, [], args, meta, Console(quiet=True), want_steps)
         return 0
 
-    out.mkdir(parents=True, exist_ok=True)
-    merge_rank_files(out)  # left by a killed multi-device run
+    try:
+        with output_faults(out):
+            if out.exists() and not out.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, "exists and is not a folder", str(out))
+            out.mkdir(parents=True, exist_ok=True)
+            lock = FileLock(out / LOCK)
+            try:
+                lock.acquire(timeout=0)
+            except Timeout:
+                console.say(f"{PROG}: another scenecomp-render is writing into {out}; waiting for it to finish")
+                lock.acquire()
+    except OutputError as e:
+        if not external:
+            raise
+        # the other ranks are waiting for the plan: they get the error instead
+        render_distributed(trainer, composer, [], args, meta, console, want_steps, e)
+        raise  # not reached: render_distributed raises the error on every rank
+    try:
+        return _render(args, console, files, composer, out, sha256, meta, want_steps, trainer, external, started)
+    finally:
+        lock.release()
+
+
+def _render(args, console, files, composer, out, sha256, meta, want_steps, trainer, external, started) -> int:
+    """Plan and render into ``out``, which this process has locked; returns the exit status."""
+    distributed = trainer is not None
     manifest = out / MANIFEST
-    broken: list[str] = []
-    done = {line["image"]: line.get("checkpoint_sha256") for line in read_manifest(manifest, broken)}
+    with output_faults(out):
+        merge_rank_files(out)  # left by a killed multi-device run
+        broken: list[str] = []
+        lines = read_manifest(manifest, broken)
+    done = {line["image"]: line for line in lines}  # the last line for an image is the valid one
     work = plan(
         files,
         composer,
@@ -165,12 +211,18 @@ def _run(args, console: Console) -> int:
         overwrite=args.overwrite,
         steps=args.steps,
         layers=args.layers,
-        done_images=done,
+        ora=args.ora,
+        done=done,
         sha256=sha256,
         report=console.failed,
         warn=console.warn,
         trusted=args.trusted_masks,
     )
+    if work.stale:
+        console.warn(
+            f"{len(work.stale)} image(s) in {out} no longer match their manifest lines (the PNG was changed or "
+            f"truncated, or its layout changed since; e.g. {work.stale[0]}): rendering them again"
+        )
     error = None
     if work.foreign:
         error = UsageError(
@@ -183,6 +235,8 @@ def _run(args, console: Console) -> int:
 
     failed_layouts = len(work.failures)
     if distributed and (work.jobs or external):
+        from scenecomp.render.distributed import render_distributed
+
         rendered, failed_later = render_distributed(
             trainer, composer, work.jobs, args, meta, console, want_steps, error
         )
@@ -190,14 +244,17 @@ def _run(args, console: Console) -> int:
     elif not work.jobs:
         rendered = 0
     else:
-        outputs = Outputs(out, manifest, meta, resolution=composer.resolution, steps=args.steps, layers=args.layers)
+        outputs = Outputs(
+            out, manifest, meta, resolution=composer.resolution, steps=args.steps, layers=args.layers, ora=args.ora
+        )
         try:
             rendered, failed_later = render_single(composer, work.jobs, outputs, args.batch_size, console, want_steps)
         finally:
             outputs.close()
         failed_layouts += len(failed_later)
-    if broken or (rendered and any(f"{job.stem}.png" in done for job in work.jobs)):
-        compact_manifest(manifest)  # one line per image again; half lines of a killed run dropped
+    if needs_compacting(lines, broken) or (rendered and any(f"{job.stem}.png" in done for job in work.jobs)):
+        with output_faults(out):  # one line per image again; half lines and duplicates dropped
+            compact_manifest(manifest)
 
     seconds = time.perf_counter() - started
     parts = [f"{rendered} image{'s' if rendered != 1 else ''} rendered"]

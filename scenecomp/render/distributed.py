@@ -19,7 +19,7 @@ from scenecomp.compose import Composer
 from scenecomp.layout import LayoutError
 from scenecomp.render.batching import render_jobs
 from scenecomp.render.manifest import merge_rank_files
-from scenecomp.render.options import UsageError
+from scenecomp.render.options import OutputError, UsageError
 from scenecomp.render.outputs import Outputs
 from scenecomp.render.planning import Job, LayoutSource
 
@@ -58,14 +58,16 @@ class Jobs(L.LightningDataModule):
     """The plan: rank 0 holds it and broadcasts it, or its ``error``, which every rank then raises
     (ranks started by torchrun are already waiting for the plan)."""
 
-    def __init__(self, jobs: list[Job], batch_size: int, error: UsageError | None = None):
+    def __init__(self, jobs: list[Job], batch_size: int, error: UsageError | OutputError | None = None):
         super().__init__()
         self.jobs, self.batch_size, self.error = jobs, batch_size, error
 
     def setup(self, stage):
-        self.jobs, message = self.trainer.strategy.broadcast((self.jobs, self.error and str(self.error)), src=0)
-        if message is not None:
-            raise UsageError(message)
+        error = self.error and (isinstance(self.error, OutputError), str(self.error))
+        self.jobs, error = self.trainer.strategy.broadcast((self.jobs, error), src=0)
+        if error is not None:
+            output_fault, message = error
+            raise (OutputError if output_fault else UsageError)(message)
         # every rank gets at least one batch, or Lightning skips the hooks that hold the barrier
         self.jobs = self.jobs + [None] * max(0, self.trainer.world_size - len(self.jobs))
 
@@ -94,11 +96,20 @@ class Writer(BasePredictionWriter):
     """Each rank writes its images and its own rank manifest; rank 0 merges them in ``order``."""
 
     def __init__(
-        self, composer: Composer, out: Path, meta: dict, order: dict, console: Console, *, steps: bool, layers: bool
+        self,
+        composer: Composer,
+        out: Path,
+        meta: dict,
+        order: dict,
+        console: Console,
+        *,
+        steps: bool,
+        layers: bool,
+        ora: bool = False,
     ):
         super().__init__("batch")
         self.composer, self.out, self.meta, self.order, self.console = composer, out, meta, order, console
-        self.steps, self.layers = steps, layers
+        self.steps, self.layers, self.ora = steps, layers, ora
         self.rendered, self.failed, self.failed_count, self.outputs, self.bar = 0, set(), 0, None, None
 
     def on_predict_start(self, trainer, pl_module):
@@ -110,6 +121,7 @@ class Writer(BasePredictionWriter):
             resolution=self.composer.resolution,
             steps=self.steps,
             layers=self.layers,
+            ora=self.ora,
         )
         share = sum(job is not None for job in trainer.datamodule.jobs[rank::world])
         self.bar = self.console.progress(share, f"rank {rank}/{world}") if rank == 0 else None
@@ -146,7 +158,7 @@ def render_distributed(
     meta: dict,
     console: Console,
     steps: bool,
-    error: UsageError | None = None,
+    error: UsageError | OutputError | None = None,
 ) -> tuple[int, int]:
     """Render through Lightning ``Trainer.predict`` (DDP, ``trainer.world_size`` processes).
 
@@ -156,7 +168,7 @@ def render_distributed(
     rendering), summed over ranks, on rank 0."""
     out = Path(args.out)
     order = {f"{job.stem}.png": i for i, job in enumerate(jobs)}
-    writer = Writer(composer, out, meta, order, console, steps=args.steps, layers=args.layers)
+    writer = Writer(composer, out, meta, order, console, steps=args.steps, layers=args.layers, ora=args.ora)
     trainer.callbacks.append(writer)
     trainer.predict(
         Painter(composer, args.batch_size, steps),

@@ -1,4 +1,4 @@
-"""``manifest.jsonl``: reading, compacting, merging rank files, and reproducing a line's image."""
+"""``manifest.jsonl``: reading, checking what a line records, compacting, merging rank files."""
 
 from __future__ import annotations
 
@@ -8,13 +8,8 @@ import json
 import os
 from pathlib import Path
 
-import torch
-
 from scenecomp.atomic import write_atomically
-from scenecomp.compose import BundleError, Composer
 from scenecomp.layout import Layout, LayoutError, load_layouts
-from scenecomp.render.batching import render_padded
-from scenecomp.render.options import DTYPES
 
 MANIFEST = "manifest.jsonl"
 
@@ -81,10 +76,38 @@ def merge_rank_files(out: Path, order: dict | None = None) -> int:
     return len(lines)
 
 
-def layout_from_manifest(line: dict) -> Layout:
+def needs_compacting(lines: list[dict], broken: list) -> bool:
+    """Whether a manifest holds broken lines or more than one line for an image."""
+    return bool(broken) or len({line["image"] for line in lines}) < len(lines)
+
+
+def holds(out: Path, line: dict, steps: bool = False, layers: bool = False, ora: bool = False) -> bool:
+    """Whether ``out`` still holds what manifest ``line`` records: the image (and the step strip,
+    when asked) with the SHA-256 the line gives, a complete layers folder and the ``.ora`` when asked. A
+    truncated or edited PNG, or a line without checksums (written before they were kept), is not."""
+    wanted = [("image", "image_sha256")] + ([("steps", "steps_sha256")] if steps else [])
+    for name, sha in wanted:
+        file, digest = line.get(name), line.get(sha)
+        if not isinstance(file, str) or not isinstance(digest, str) or "/" in file:
+            return False
+        try:
+            if file_sha256(out / file) != digest:
+                return False
+        except OSError:  # missing, a folder, unreadable
+            return False
+    stem = Path(line["image"]).stem
+    return (not layers or (out / f"{stem}_layers" / "layout.json").is_file()) and (
+        not ora or (out / f"{stem}.ora").is_file()
+    )
+
+
+def layout_from_manifest(line: dict, trusted: bool | None = None) -> Layout:
     """The layout of a manifest line with the seeds it was rendered with filled in:
-    rendering it with the line's checkpoint (same device and dtype) gives the image."""
-    layouts = load_layouts(line["layout"])
+    rendering it with the line's checkpoint (same device and dtype) gives the image.
+    Mask files outside the layout's folder are read if the line was rendered with
+    ``--trusted-masks`` (or ``trusted=True``)."""
+    trusted = bool(line.get("trusted_masks")) if trusted is None else trusted
+    layouts = load_layouts(line["layout"], trusted=trusted)
     if "image_id" in line:
         matches = [layout for layout in layouts if layout.image_id == line["image_id"]]
         if not matches:
@@ -100,28 +123,6 @@ def layout_from_manifest(line: dict) -> Layout:
         )
     objects = [dataclasses.replace(o, seed=s) for o, s in zip(layout.objects, line["object_seeds"], strict=True)]
     return dataclasses.replace(layout, objects=objects, background_seed=line["background_seed"])
-
-
-def reproduce(line: dict, composer: Composer | None = None, device=None) -> torch.Tensor:
-    """The image of a manifest line, ``[3,R,R]`` float32 in [-1,1], computed as it was:
-    the seeded layout (`layout_from_manifest`), the line's checkpoint (its SHA-256
-    is checked) or ``composer``, dtype, network batch size and CPU threads, on
-    ``device`` (default: the line's). On the same kind of machine its quantised
-    pixels equal the PNG's bit for bit. A plain ``composer.render(layout)``
-    gives the same image up to float rounding (a pixel may move by one level)."""
-    if composer is None:
-        if file_sha256(line["checkpoint"]) != line["checkpoint_sha256"]:
-            raise BundleError(f"{line['checkpoint']}: its SHA-256 is not the manifest's: the file changed")
-        composer = Composer.from_checkpoint(
-            line["checkpoint"], device=device or line.get("device", "cpu"), dtype=DTYPES[line.get("dtype", "float32")]
-        )  # the dtype used
-    threads = torch.get_num_threads()
-    if composer.device.type == "cpu" and line.get("threads"):
-        torch.set_num_threads(line["threads"])
-    try:
-        return render_padded(composer, [layout_from_manifest(line)], line.get("batch_size", 1))[0].image
-    finally:
-        torch.set_num_threads(threads)
 
 
 def file_sha256(path) -> str:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import re
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -50,11 +52,40 @@ outputs: DIR/{name}_s{seed:04d}.png and DIR/manifest.jsonl (one JSON line per
 image: layout file, seeds used, checkpoint SHA-256, time); see
 `python -m pydoc scenecomp.render` for the full format.
 exit status: 0 all rendered or skipped, 1 some layouts failed (listed on
-stderr), 2 bad options, 130 interrupted."""
+stderr), 2 bad options, 3 the output folder cannot be written (read-only, a
+file in its path, disk full; images finished before are kept), 130 interrupted."""
 
 
 class UsageError(Exception):
     """A bad option or input list: reported as ``scenecomp-render: error: ...``, exit 2."""
+
+
+class OutputError(Exception):
+    """The output folder cannot be written (read-only, a file in its path, a full disk ...):
+    reported as ``scenecomp-render: error: ...``, exit 3; what was written before stays whole."""
+
+
+FAULTS = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "file too large for this file system or process limit",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.EEXIST: "a part of the path is a file, not a folder",
+}
+
+
+@contextmanager
+def output_faults(out):
+    """Turn an ``OSError`` met while writing into ``out`` into an `OutputError` naming the file and the cause."""
+    try:
+        yield
+    except OSError as e:
+        where = e.filename if e.filename is not None else out
+        reason = FAULTS.get(e.errno, e.strerror or type(e).__name__)
+        raise OutputError(f"--out {out}: cannot write {where}: {reason}") from None
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -169,6 +200,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--layers",
         action="store_true",
         help="also save each step, each mask and the seeded layout into {name}_s{seed}_layers/",
+    )
+    parser.add_argument(
+        "--ora",
+        action="store_true",
+        help="also save {name}_s{seed}.ora: OpenRaster layers for GIMP and Krita (the background and one "
+        "layer per object, alpha = its mask; stacked they give the PNG)",
     )
     parser.add_argument(
         "--trusted-masks",

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import io
 import json
 import os
 from datetime import UTC, datetime
@@ -12,7 +15,9 @@ import torch
 
 from scenecomp.atomic import write_atomically
 from scenecomp.compose import Rendering
+from scenecomp.ora import layer_names, write_ora
 from scenecomp.render.manifest import end_with_newline
+from scenecomp.render.options import output_faults
 from scenecomp.render.planning import Job
 
 
@@ -24,8 +29,13 @@ def _to_pil(canvas: torch.Tensor):
     return Image.fromarray(pixels.permute(1, 2, 0).cpu().numpy(), "RGB")
 
 
-def _save_png(image, path: Path) -> None:
-    write_atomically(path, lambda tmp: image.save(tmp, format="PNG"))
+def _save_png(image, path: Path) -> str:
+    """Write ``image`` as a PNG atomically; returns the SHA-256 of the bytes written (for the manifest)."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    data = buffer.getvalue()
+    write_atomically(path, lambda tmp: tmp.write_bytes(data))
+    return hashlib.sha256(data).hexdigest()
 
 
 def _save_layers(directory: Path, rendering: Rendering, resolution: int) -> None:
@@ -52,14 +62,24 @@ def _save_layers(directory: Path, rendering: Rendering, resolution: int) -> None
 class Outputs:
     """Writes one job's files (the image last) and then its manifest line."""
 
-    def __init__(self, out: Path, manifest: Path, meta: dict, *, resolution: int, steps=False, layers=False):
+    def __init__(
+        self, out: Path, manifest: Path, meta: dict, *, resolution: int, steps=False, layers=False, ora=False
+    ):
         self.out, self.manifest, self.meta = out, manifest, meta
-        self.resolution, self.steps, self.layers = resolution, steps, layers
-        end_with_newline(manifest)
-        self._file = open(manifest, "a", encoding="utf-8")
+        self.resolution, self.steps, self.layers, self.ora = resolution, steps, layers, ora
+        with output_faults(out):
+            end_with_newline(manifest)
+            self._fd = os.open(manifest, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
         self.written: list[str] = []
 
     def write(self, job: Job, rendering: Rendering, device: str) -> dict:
+        """Write the job's files, then its manifest line. An ``OSError`` (full disk,
+        read-only folder ...) becomes an `OutputError`; what was written before stays
+        whole (every file is renamed into place, the line comes last)."""
+        with output_faults(self.out):
+            return self._write(job, rendering, device)
+
+    def _write(self, job: Job, rendering: Rendering, device: str) -> dict:
         stem = job.stem
         line = {"image": f"{stem}.png", "layout": os.path.abspath(job.path)}
         if job.image_id is not None:
@@ -70,7 +90,10 @@ class Outputs:
             background_seed=filled.background_seed,
             object_seeds=[o.seed for o in filled.objects],
             empty_objects=list(rendering.empty),
+            layout_sha256=job.key,
         )
+        if job.trusted:
+            line["trusted_masks"] = True
         if self.steps:
             from PIL import Image
 
@@ -78,20 +101,39 @@ class Outputs:
             strip = Image.new("RGB", (R * len(rendering.steps), R))
             for t, canvas in enumerate(rendering.steps):
                 strip.paste(_to_pil(canvas), (t * R, 0))
-            _save_png(strip, self.out / f"{stem}_steps.png")
             line["steps"] = f"{stem}_steps.png"
+            line["steps_sha256"] = _save_png(strip, self.out / line["steps"])
         if self.layers:
             _save_layers(self.out / f"{stem}_layers", rendering, self.resolution)
             line["layers"] = f"{stem}_layers"
-        _save_png(_to_pil(rendering.image), self.out / f"{stem}.png")
+        if self.ora:
+            masks = filled.masks((self.resolution, self.resolution)) > 0.5
+            write_ora(
+                self.out / f"{stem}.ora",
+                [_to_pil(canvas) for canvas in rendering.steps],
+                list(masks),
+                layer_names(filled.background_seed, filled.objects),
+            )
+            line["ora"] = f"{stem}.ora"
+        line["image_sha256"] = _save_png(_to_pil(rendering.image), self.out / line["image"])
         line.update(self.meta, device=device)
         if device == "cpu":
             line["threads"] = torch.get_num_threads()
         line["time"] = datetime.now(UTC).isoformat(timespec="seconds")
-        self._file.write(json.dumps(line) + "\n")
-        self._file.flush()
+        self._append(json.dumps(line) + "\n")
         self.written.append(line["image"])
         return line
 
     def close(self) -> None:
-        self._file.close()
+        os.close(self._fd)
+
+    def _append(self, text: str) -> None:
+        """One ``write`` per line; a line that does not fit (full disk) is cut off again, so the
+        manifest never ends in half a line this run wrote."""
+        data, size = text.encode(), os.fstat(self._fd).st_size
+        try:
+            if os.write(self._fd, data) != len(data):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError as e:
+            os.ftruncate(self._fd, size)
+            raise OSError(e.errno, e.strerror, str(self.manifest)) from None

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from scenecomp.compose import Composer
 from scenecomp.layout import Layout, LayoutError, load_layouts
+from scenecomp.render.manifest import holds
 
 
 @dataclass(frozen=True)
@@ -20,10 +25,22 @@ class Job:
     seed: int
     image_id: object = None
     trusted: bool = False  # --trusted-masks: mask files may lie outside the layout's folder
+    key: str = ""  # `layout_key` of the layout when planned: a resumed run re-renders a changed layout
 
     @property
     def stem(self) -> str:
         return output_stem(self.name, self.seed)
+
+
+def layout_key(layout: Layout, masks: np.ndarray) -> str:
+    """SHA-256 of everything in a layout that decides its image besides the sample seed: the
+    seeds it sets, each object's category, and the masks ``[N,R,R]`` at the model's resolution
+    (so an edited mask file counts as a change, and a re-saved file with the same content does not)."""
+    digest = hashlib.sha256(
+        json.dumps([layout.background_seed, [[o.category, o.seed] for o in layout.objects], masks.shape]).encode()
+    )
+    digest.update(np.packbits(masks).tobytes())
+    return digest.hexdigest()
 
 
 def output_stem(name: str, seed: int) -> str:
@@ -37,6 +54,7 @@ class Plan:
     skipped: int
     failures: list[str]  # one message per layout (or file) that cannot be rendered
     foreign: list[str]  # done images that another checkpoint rendered
+    stale: list[str]  # images with a manifest line that no longer holds (file changed, or its layout did)
 
 
 def plan(
@@ -48,18 +66,22 @@ def plan(
     overwrite=False,
     steps=False,
     layers=False,
-    done_images: dict | None = None,
+    ora=False,
+    done: dict | None = None,
     sha256: str | None = None,
     report=lambda message: None,
     warn=lambda message: None,
     trusted: bool = False,
 ) -> Plan:
     """Read and check every layout once, decide for each (layout, seed) whether it is
-    already done, and return what to render. Layouts are not kept: a `Job` names
-    its file and position, so memory does not grow with the layouts' content."""
+    already done, and return what to render. ``done`` maps image names to their
+    manifest lines: an image is done when its line is for the same layout content
+    (`layout_key`) and the folder still holds what the line records (`holds`:
+    checksums of the PNGs). Layouts are not kept: a `Job` names its file and
+    position, so memory does not grow with the layouts' content."""
     R = composer.resolution
-    done_images = {} if done_images is None else done_images
-    jobs, failures, foreign, skipped = [], [], [], 0
+    done = {} if done is None else done
+    jobs, failures, foreign, stale, skipped = [], [], [], [], 0
     names: dict[str, str] = {}
 
     def fail(message):
@@ -94,24 +116,22 @@ def plan(
                     f"cover{'' if len(empty) > 1 else 's'} no pixel at the model's resolution {R}x{R} "
                     f"(layout size {layout.size[0]}x{layout.size[1]}) and will paint nothing"
                 )
+            key = layout_key(layout, masks)
             for seed in seeds:
-                job = Job(str(path), item, name, seed, layout.image_id, trusted)
-                if not overwrite and _is_done(out, job.stem, done_images, steps, layers):
-                    skipped += 1
-                    if sha256 is not None and done_images[f"{job.stem}.png"] != sha256:
-                        foreign.append(f"{job.stem}.png")
-                else:
+                job = Job(str(path), item, name, seed, layout.image_id, trusted, key)
+                line = done.get(f"{job.stem}.png")
+                if overwrite or line is None:
                     jobs.append(job)
-    return Plan(jobs, skipped, failures, foreign)
-
-
-def _is_done(out: Path, stem: str, done_images: dict, steps: bool, layers: bool) -> bool:
-    return (
-        f"{stem}.png" in done_images
-        and (out / f"{stem}.png").is_file()
-        and (not steps or (out / f"{stem}_steps.png").is_file())
-        and (not layers or (out / f"{stem}_layers" / "layout.json").is_file())
-    )
+                elif line.get("layout_sha256") != key or not holds(out, line):
+                    stale.append(f"{job.stem}.png")
+                    jobs.append(job)
+                elif not holds(out, line, steps, layers, ora):
+                    jobs.append(job)  # --steps, --layers or --ora asked for now
+                else:
+                    skipped += 1
+                    if sha256 is not None and line.get("checkpoint_sha256") != sha256:
+                        foreign.append(f"{job.stem}.png")
+    return Plan(jobs, skipped, failures, foreign, stale)
 
 
 class LayoutSource:

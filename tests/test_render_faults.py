@@ -1,0 +1,222 @@
+"""scenecomp-render under faults (issue 13, defects 4, 5, 6 and 9): an output folder that cannot be
+written, two runs into one folder, resuming over changed or damaged files, a model that paints NaN."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+import torch
+from filelock import FileLock
+from PIL import Image
+
+from conftest import make_tiny_nets
+from scenecomp.compose import bundle_dict, save_bundle
+from scenecomp.render import reproduce
+from scenecomp.render.cli import LOCK
+from scenecomp.render.manifest import file_sha256
+from test_render import CATEGORIES, cli, manifest, pixels, quantise, valid_layouts, write_json
+
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+
+
+def layouts(tmp_path):
+    folder = tmp_path / "layouts"
+    folder.mkdir()
+    return folder, valid_layouts(folder)
+
+
+def lines_per_image(out):
+    images = [line["image"] for line in manifest(out)]
+    return {image: images.count(image) for image in images}
+
+
+def test_out_below_a_file_or_on_a_file_is_exit_3_and_writes_nothing(bundle, tmp_path, capsys):
+    folder, _ = layouts(tmp_path)
+    blocker = tmp_path / "somefile"
+    blocker.write_text("not a folder")
+    for out, reason in (
+        (blocker / "sub", "a part of the path is a file, not a folder"),
+        (blocker, "a part of the path is a file, not a folder"),
+    ):
+        status, err = cli([folder, "--checkpoint", bundle, "--out", out], capsys)
+        assert status == 3, err
+        assert f"scenecomp-render: error: --out {out}: cannot write" in err and reason in err, err
+        assert "Traceback" not in err and "run the same command again to resume" in err
+    assert blocker.read_text() == "not a folder"
+
+
+def in_small_filesystem(tmp_path, script: str):
+    """Run ``script`` (sh) in a private mount namespace where ``$FS`` is a fresh tmpfs; returns the result.
+    The mount vanishes with the namespace, so the script copies out what the test inspects."""
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode:
+        pytest.skip("needs unshare -rm (user and mount namespaces) to mount a small filesystem without root")
+    fs = tmp_path / "fs"
+    fs.mkdir()
+    return subprocess.run(
+        ["unshare", "-rm", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**ENV, "FS": str(fs), "PY": sys.executable},
+        cwd=tmp_path,
+    )
+
+
+def test_read_only_filesystem_is_exit_3_with_a_message(bundle, tmp_path):
+    folder, _ = layouts(tmp_path)
+    res = in_small_filesystem(
+        tmp_path,
+        f'mount -t tmpfs -o ro,size=64k tmpfs "$FS" && '
+        f'"$PY" -m scenecomp.render {folder} --checkpoint {bundle} --out "$FS/out"',
+    )
+    assert res.returncode == 3, res.stderr
+    assert f"--out {tmp_path / 'fs' / 'out'}: cannot write" in res.stderr and "read-only file system" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_a_disk_that_fills_up_stops_the_run_whole_and_the_run_resumes_after(bundle, tmp_path):
+    """A 24 KiB filesystem holds a few images: the run stops with exit 3, every image there is whole
+    and in the manifest, no temporary file is left; with room again the same command finishes."""
+    folder, stems = layouts(tmp_path)
+    render = f'"$PY" -m scenecomp.render {folder} --checkpoint {bundle} --out "$FS/out" --seeds 0-3 --batch-size 8'
+    res = in_small_filesystem(
+        tmp_path,
+        f'mount -t tmpfs -o size=24k tmpfs "$FS" && {render}; echo "rc=$?"; '
+        f'cp -a "$FS/out" full; mount -o remount,size=4m "$FS" && {render}; '
+        f'echo "rc=$?"; cp -a "$FS/out" resumed',
+    )
+    codes = [line for line in res.stdout.splitlines() if line.startswith("rc=")]
+    assert codes == ["rc=3", "rc=0"], res.stdout + res.stderr
+    assert "no space left on the device" in res.stderr and "Traceback" not in res.stderr
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    pngs = sorted(p.name for p in full.glob("*.png"))
+    assert 0 < len(pngs) < 16 and not [p for p in full.iterdir() if p.name.endswith(".tmp")]
+    listed = {line["image"]: line for line in manifest(full)}  # a half line would make manifest() fail
+    assert set(listed) <= set(pngs)  # an image may lack its line (rendered again on resume), never the reverse
+    for name, line in listed.items():
+        assert file_sha256(full / name) == line["image_sha256"]
+    for name in pngs:
+        Image.open(full / name).load()  # whole PNGs only
+    expected = {f"{s}_s{seed:04d}.png" for s in stems for seed in range(4)}
+    assert set(lines_per_image(resumed)) == expected and set(lines_per_image(resumed).values()) == {1}
+    for name in listed:  # kept, not rendered again
+        assert (resumed / name).read_bytes() == (full / name).read_bytes()
+
+
+def test_a_second_run_into_a_locked_folder_waits_then_skips_what_is_done(bundle, tmp_path):
+    folder, stems = layouts(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    lock = FileLock(out / LOCK)
+    lock.acquire()  # as another run would hold it
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scenecomp.render", str(folder), "--checkpoint", str(bundle), "--out", str(out)],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
+    said = []
+
+    def read_until_waiting():
+        for line in proc.stderr:
+            said.append(line)
+            if "another scenecomp-render is writing into" in line:
+                return
+
+    reader = threading.Thread(target=read_until_waiting)
+    reader.start()
+    reader.join(timeout=600)
+    try:
+        assert said and "another scenecomp-render is writing into" in said[-1], said
+        assert not list(out.glob("*.png")) and not (out / "manifest.jsonl").exists()  # waiting, not rendering
+    finally:
+        lock.release()
+    rest = proc.communicate(timeout=600)[1]
+    assert proc.returncode == 0 and "4 images rendered" in rest, rest
+    assert lines_per_image(out) == {f"{s}_s0000.png": 1 for s in stems}
+
+
+def test_resume_cleans_duplicate_manifest_lines(bundle, tmp_path, capsys):
+    folder, stems = layouts(tmp_path)
+    out = tmp_path / "out"
+    args = [folder, "--checkpoint", bundle, "--out", out]
+    assert cli(args, capsys)[0] == 0
+    text = (out / "manifest.jsonl").read_text()
+    (out / "manifest.jsonl").write_text(text + text)  # what two unlocked runs used to leave
+    status, err = cli(args, capsys)
+    assert status == 0 and "0 images rendered, 4 skipped" in err
+    assert lines_per_image(out) == {f"{s}_s0000.png": 1 for s in stems}
+
+
+def test_resume_renders_again_a_truncated_png_and_a_changed_layout(bundle, tmp_path, capsys):
+    folder, stems = layouts(tmp_path)
+    out = tmp_path / "out"
+    args = [folder, "--checkpoint", bundle, "--out", out, "--seeds", "0-1"]
+    assert cli(args, capsys)[0] == 0
+    before = {p.name: p.read_bytes() for p in out.glob("*.png")}
+
+    with open(out / "poly_s0001.png", "r+b") as f:  # truncate -s 100
+        f.truncate(100)
+    status, err = cli(args, capsys)
+    assert status == 0 and "1 image rendered, 7 skipped" in err, err
+    assert "1 image(s) in" in err and "no longer match their manifest lines" in err and "poly_s0001.png" in err
+    assert (out / "poly_s0001.png").read_bytes() == before["poly_s0001.png"]
+
+    box = json.loads((folder / "box.json").read_text())
+    (folder / "box.json").write_text(json.dumps(box, indent=4))  # same content, another spelling: still done
+    assert "0 images rendered, 8 skipped" in cli(args, capsys)[1]
+    box["objects"][0]["bbox"] = [4, 4, 20, 20]
+    write_json(folder / "box.json", box)
+    sun = np.zeros((32, 32), np.uint8)
+    sun[12:30, 2:20] = 255
+    Image.fromarray(sun).save(folder / "sun.png")  # maskpng.json's mask file, edited
+    status, err = cli(args, capsys)
+    assert status == 0 and "4 images rendered, 4 skipped" in err, err
+    changed = {"box_s0000.png", "box_s0001.png", "maskpng_s0000.png", "maskpng_s0001.png"}
+    for name, data in before.items():
+        assert ((out / name).read_bytes() != data) == (name in changed), name
+    assert set(lines_per_image(out).values()) == {1}
+
+
+def test_a_model_that_paints_nan_fails_each_layout_by_name_and_writes_nothing(tmp_path, capsys):
+    """Finite weights that overflow float32 (x 1e30) paint NaN: not one black PNG, a failure per layout."""
+    bg, fg = make_tiny_nets()
+    with torch.no_grad():
+        for name, p in fg.named_parameters():
+            if name.endswith("weight"):
+                p.mul_(1e30)
+    overflowing = tmp_path / "overflow.pt"
+    save_bundle(overflowing, bundle_dict(CATEGORIES, background=bg, foreground=fg))
+    folder, stems = layouts(tmp_path)
+    out = tmp_path / "out"
+    status, err = cli([folder, "--checkpoint", overflowing, "--out", out, "--dtype", "float32"], capsys)
+    assert status == 1 and "0 images rendered, 4 layouts failed" in err, err
+    for stem in stems:
+        assert f"{folder / stem}.json: the model painted NaN or infinite values" in err
+    assert not list(out.glob("*.png")) and not manifest_lines(out)
+
+
+def manifest_lines(out):
+    path = out / "manifest.jsonl"
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def test_reproduce_reads_outside_masks_of_a_trusted_render(bundle, tmp_path, capsys):
+    square = np.zeros((16, 16), np.uint8)
+    square[4:12, 4:12] = 255
+    Image.fromarray(square).save(tmp_path / "shared.png")
+    folder = tmp_path / "layouts"
+    write_json(folder / "s.json", {"size": [16, 16], "objects": [{"category": "sun", "mask": "../shared.png"}]})
+    out = tmp_path / "out"
+    status, err = cli([folder, "--checkpoint", bundle, "--out", out, "--trusted-masks"], capsys)
+    assert status == 0, err
+    (line,) = manifest(out)
+    assert line["trusted_masks"] is True
+    assert np.array_equal(quantise(reproduce(line)), pixels(out / "s_s0000.png"))
+    with pytest.raises(ValueError, match="outside the layout's folder"):
+        reproduce(line, trusted=False)
