@@ -32,6 +32,7 @@ from scenecomp.compose import DEFAULT_MODEL
 from scenecomp.data import SceneDataset
 from scenecomp.eval.features import DEFAULT_FEATURES, load_features, object_crops
 from scenecomp.eval.protocol import MIN_VISIBLE
+from scenecomp.render import file_sha256
 from scenecomp.synth import synthesize
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -166,7 +167,8 @@ def main(argv=None) -> int:
     test_x, test_y, _ = load_set(args.test_data, count=args.test)
     classes = len(categories) + 1
     counts = lambda y: {c: int(sum((torch.unique(im) == k + 1).any() for im in y)) for k, c in enumerate(categories)}  # noqa: E731
-    synth_dir = Path(args.work) / f"synth-{args.synthetic}-seed{args.synth_seed}"
+    # one folder per model: re-running after the shipped model changes makes a new set
+    synth_dir = Path(args.work) / f"synth-{args.synthetic}-seed{args.synth_seed}-{file_sha256(args.checkpoint)[:12]}"
     data = {"real": (real_x, real_y)}
     if "b" in rows or "c" in rows:
         status = synthesize(synth_dir, args.synthetic, args.checkpoint, balance=True, seed=args.synth_seed,
@@ -207,7 +209,8 @@ def main(argv=None) -> int:
         print("\nreal-scene object classifier (scenecomp/assets/features.pt) names the category of: " + "; ".join(
             f"{k} objects {a:.1%} of {n}" for k, (a, n) in accuracy.items()))
     seconds = time.perf_counter() - started
-    print(f"\n{len(seeds)} seeds x {len(rows)} rows, {args.steps} steps of batch 32 each; "
+    print(f"\nmodel {args.checkpoint} (SHA-256 {file_sha256(args.checkpoint)[:12]}...); "
+          f"{len(seeds)} seeds x {len(rows)} rows, {args.steps} steps of batch 32 each; "
           f"{torch.get_num_threads()} thread(s); {seconds / 60:.1f} min in all")
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "results": results, "classifier": accuracy,
