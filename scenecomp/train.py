@@ -153,7 +153,7 @@ def run(cfg: DictConfig) -> list[Path]:
     return written
 
 
-CONF = str(Path(__file__).resolve().parent.parent / "conf")  # the repository's conf/ (editable install)
+CONF = str(Path(__file__).resolve().parent / "conf")  # shipped inside the package: any install, any folder
 
 
 @hydra.main(version_base="1.3", config_path=CONF, config_name="train")

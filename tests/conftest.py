@@ -67,7 +67,7 @@ def uncompressed_rle(mask) -> dict:
 
 
 def compose_config(overrides: list[str]):
-    """The real conf/train.yaml through Hydra's compose API (no @hydra.main inside pytest)."""
+    """The real scenecomp/conf/train.yaml through Hydra's compose API (no @hydra.main inside pytest)."""
     from hydra import compose, initialize_config_dir
 
     from scenecomp.train import CONF
