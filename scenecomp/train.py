@@ -11,8 +11,8 @@ Examples::
 
 Writes, in the run folder (``hydra.run.dir``): ``checkpoints/`` (Lightning),
 ``previews/`` (PNG grids of fixed seeds), ``metrics.csv``, and
-``composer.pt`` (background + foreground stages) or ``baseline.pt``: plain
-data that loads with ``torch.load(weights_only=True)``.
+``composer.safetensors`` (background + foreground stages) or
+``baseline.safetensors``: bundles that load without running code (`scenecomp.bundle`).
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from scenecomp.atomic import build_folder_once
-from scenecomp.compose import bundle_dict, save_bundle
+from scenecomp.compose import BUNDLE_NAME, bundle_dict, save_bundle
 from scenecomp.data import DataError, SceneDataModule
 from scenecomp.precision import training_precision
 from scenecomp.training import PreviewGrid, RankChecksums, SceneGAN
@@ -118,15 +118,16 @@ def build(cfg: DictConfig) -> tuple[SceneDataModule, SceneGAN, L.Trainer]:
 
 
 def write_bundles(model: SceneGAN, out: Path, half: bool = False) -> list[Path]:
-    """``composer.pt`` from the EMA generators of the layered stages, ``baseline.pt`` from the baseline's."""
+    """``composer.safetensors`` from the EMA generators of the layered stages, ``baseline.safetensors``
+    from the baseline's (`save_bundle`)."""
     written = []
     if hasattr(model, "g_bg_ema") and hasattr(model, "g_fg_ema"):
-        save_bundle(out / "composer.pt", bundle_dict(model.categories, half=half, background=model.g_bg_ema,
+        save_bundle(out / BUNDLE_NAME, bundle_dict(model.categories, half=half, background=model.g_bg_ema,
                                                      foreground=model.g_fg_ema))
-        written.append(out / "composer.pt")
+        written.append(out / BUNDLE_NAME)
     if hasattr(model, "g_base_ema"):
-        save_bundle(out / "baseline.pt", bundle_dict(model.categories, half=half, baseline=model.g_base_ema))
-        written.append(out / "baseline.pt")
+        save_bundle(out / "baseline.safetensors", bundle_dict(model.categories, half=half, baseline=model.g_base_ema))
+        written.append(out / "baseline.safetensors")
     return written
 
 

@@ -32,7 +32,7 @@ def bundle(tmp_path_factory) -> Path:
     """A composer bundle of `make_tiny_nets` with the categories tree, house, sun (16x16)."""
     from scenecomp.compose import bundle_dict, save_bundle
 
-    path = tmp_path_factory.mktemp("bundle") / "composer.pt"
+    path = tmp_path_factory.mktemp("bundle") / "composer.safetensors"
     bg, fg = make_tiny_nets()
     save_bundle(path, bundle_dict(["tree", "house", "sun"], background=bg, foreground=fg))
     return path

@@ -55,4 +55,4 @@ def test_a_wheel_install_trains_tiny_from_an_empty_folder(tmp_path):
         timeout=1800,
     )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    assert (empty / "run" / "composer.pt").is_file() and (empty / "data" / "shapes-tiny" / "train").is_dir()
+    assert (empty / "run" / "composer.safetensors").is_file() and (empty / "data" / "shapes-tiny" / "train").is_dir()
