@@ -12,6 +12,10 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+# mkstemp makes its files owner-only (0600); a finished file gets the mode open() would give it
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
 
 def write_atomically(path, write: Callable[[Path], object]) -> Path:
     """``write(tmp)`` to a unique temporary file beside ``path``, then rename it onto ``path``:
@@ -22,6 +26,7 @@ def write_atomically(path, write: Callable[[Path], object]) -> Path:
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)

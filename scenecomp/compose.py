@@ -1,7 +1,7 @@
 """Composition: a background from noise, then objects one at a time.
 
     from scenecomp import Composer
-    composer = Composer.from_checkpoint("run/composer.pt")     # or Composer(G_bg, G_fg, categories)
+    composer = Composer.from_checkpoint("run/composer.safetensors")     # or Composer(G_bg, G_fg, categories)
     scene = composer.background(seed=0)                        # immutable Scene
     scene = scene.add("tree", {"polygon": [[10, 60], [20, 20], [30, 60]]}).add("house", box_mask, seed=2)
     scene = scene.replace(0, seed=7)       # new look for object 0; the background is not repainted
@@ -42,12 +42,13 @@ import numpy as np
 import torch
 
 from scenecomp.atomic import write_atomically
+from scenecomp.bundle import BundleError, PickledFileError, load_tensors, save_tensors
 from scenecomp.layout import (SEED_LIMIT, Layout, LayoutError, LayoutObject, did_you_mean, encode_rle, image_mask,
                               quote, rasterize)
 from scenecomp.nets import ForegroundGenerator, LayoutGenerator, composite
 from scenecomp.precision import auto_dtype
 
-DEFAULT_MODEL = Path(__file__).parent / "assets" / "composer.pt"
+DEFAULT_MODEL = Path(__file__).parent / "assets" / "composer.safetensors"
 
 
 def paint_layers(background: LayoutGenerator, foreground: ForegroundGenerator, z_background: torch.Tensor,
@@ -99,7 +100,7 @@ class Composer:
 
     ``Composer(background, foreground, categories)`` takes the networks as
     they are (it puts them in eval mode and turns their gradients off);
-    `from_checkpoint` loads a ``composer.pt`` bundle. All inference runs under
+    `from_checkpoint` loads a ``composer.safetensors`` bundle. All inference runs under
     ``torch.inference_mode()``. ``dtype="auto"`` (the default) is
     `scenecomp.precision.auto_dtype` of the device: bfloat16 on GPUs and on
     CPUs with native bf16 (AVX512-BF16 or AMX), float32 elsewhere; a torch
@@ -131,8 +132,8 @@ class Composer:
 
     @classmethod
     def from_checkpoint(cls, path, device=None, dtype: torch.dtype | str | None = "auto") -> Composer:
-        """Load a ``composer.pt`` bundle, or the one in a run folder (plain data, read
-        with ``weights_only=True``; neither Hydra nor Lightning is imported). Raises
+        """Load a ``composer.safetensors`` bundle, or the one in a run folder (safetensors and
+        JSON: loading runs no code; neither Hydra nor Lightning is imported). Raises
         `BundleError` naming the file when it is not a usable bundle (a Lightning
         ``last.ckpt``, NaN weights, ...)."""
         path = bundle_file(path)
@@ -146,11 +147,11 @@ class Composer:
 
     @classmethod
     def pretrained(cls, device=None, dtype: torch.dtype | str | None = "auto") -> Composer:
-        """The model shipped inside the package (``scenecomp/assets/composer.pt``); no download."""
+        """The model shipped inside the package (``scenecomp/assets/composer.safetensors``); no download."""
         if not DEFAULT_MODEL.is_file():
             raise FileNotFoundError(
                 f"no default model is shipped with this scenecomp yet (looked for {DEFAULT_MODEL}); "
-                "train one with scenecomp-train and load it with Composer.from_checkpoint('run/composer.pt')")
+                "train one with scenecomp-train and load it with Composer.from_checkpoint('run/composer.safetensors')")
         return cls.from_checkpoint(DEFAULT_MODEL, device=device, dtype=dtype)
 
     def to(self, device=None, dtype: torch.dtype | str | None = None) -> Composer:
@@ -682,12 +683,9 @@ def _save_png(image, path: Path) -> None:
 # ----------------------------------------------------------------------------- bundles
 
 BUNDLE_FORMAT = "scenecomp-bundle"
-BUNDLE_VERSION = 1
+BUNDLE_VERSION = 2  # 2: safetensors (1 was a torch pickle)
+BUNDLE_NAME = "composer.safetensors"  # what scenecomp-train writes into its run folder
 NETWORKS = {"background": LayoutGenerator, "foreground": ForegroundGenerator, "baseline": LayoutGenerator}
-
-
-class BundleError(ValueError):
-    """A bundle file that cannot be used; the message names the file and the problem."""
 
 
 def bundle_dict(categories: list[str], half: bool = False, **networks: torch.nn.Module) -> dict:
@@ -705,41 +703,55 @@ def bundle_dict(categories: list[str], half: bool = False, **networks: torch.nn.
 
 
 def save_bundle(path, data: dict) -> None:
-    """Write atomically: a temporary file renamed into place, never a half-written bundle."""
-    write_atomically(path, lambda tmp: torch.save(data, tmp))
+    """Write a `bundle_dict` as safetensors (`scenecomp.bundle`): each network's weights as
+    tensors ``{network}/{key}``, the rest as JSON metadata; atomically."""
+    tensors = {f"{name}/{key}": value for name, net in data["networks"].items()
+               for key, value in net["state_dict"].items()}
+    meta = {key: value for key, value in data.items() if key != "networks"}
+    meta["networks"] = {name: {"kwargs": net["kwargs"]} for name, net in data["networks"].items()}
+    save_tensors(path, tensors, meta)
 
 
 def bundle_file(path) -> Path:
-    """The bundle a path names: the path itself, or ``composer.pt`` in a run folder."""
+    """The bundle a path names: the path itself, or ``composer.safetensors`` in a run folder."""
     path = Path(path)
-    return path / "composer.pt" if path.is_dir() else path
+    return path / BUNDLE_NAME if path.is_dir() else path
 
 
 def load_bundle(path) -> dict:
-    """Read a bundle (or a run folder's ``composer.pt``) with ``weights_only=True``
-    (loading never runs code) and check its tag and version."""
+    """Read a bundle (or a run folder's) into a `bundle_dict`: safetensors and JSON only, so
+    loading never runs code; checks the tag and version."""
     path = bundle_file(path)
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise BundleError(f"{path}: no such file") from None
-    except Exception as e:  # unpickling refused, truncated file, not a torch file
-        hint = f"; {_lightning_hint(path)}" if path.suffix == ".ckpt" else ""
-        raise BundleError(f"{path}: not a readable scenecomp bundle ({type(e).__name__}: {e}){hint}") from None
-    if isinstance(data, dict) and ("pytorch-lightning_version" in data or {"state_dict", "global_step"} <= set(data)):
+        tensors, meta = load_tensors(path)
+    except PickledFileError:
+        if path.suffix != ".ckpt":
+            raise
         raise BundleError(f"{path}: this is a Lightning training checkpoint (for resuming scenecomp-train), "
-                          f"not a composer bundle; {_lightning_hint(path)}")
-    if not isinstance(data, dict) or data.get("format") != BUNDLE_FORMAT:
-        raise BundleError(f"{path}: not a scenecomp bundle (format tag {data.get('format') if isinstance(data, dict) else None!r})")
-    if data.get("version") != BUNDLE_VERSION:
-        raise BundleError(f"{path}: bundle version {data.get('version')!r}, this scenecomp reads version {BUNDLE_VERSION}")
-    return data
+                          f"not a composer bundle; {_lightning_hint(path)}") from None
+    except BundleError as e:
+        if path.suffix != ".ckpt" or not path.exists():
+            raise
+        raise BundleError(f"{e}; {_lightning_hint(path)}") from None
+    if meta.get("format") != BUNDLE_FORMAT:
+        raise BundleError(f"{path}: not a scenecomp bundle (format tag {quote(str(meta.get('format')))})")
+    if meta.get("version") != BUNDLE_VERSION:
+        raise BundleError(f"{path}: bundle version {quote(str(meta.get('version')))}, "
+                          f"this scenecomp reads version {BUNDLE_VERSION}")
+    networks = meta.get("networks")
+    if not isinstance(networks, dict) or not all(isinstance(n, dict) and isinstance(n.get("kwargs"), dict)
+                                                 for n in networks.values()):
+        raise BundleError(f"{path}: damaged bundle metadata (no constructor arguments per network)")
+    for name, net in networks.items():
+        net["state_dict"] = {key.split("/", 1)[1]: value for key, value in tensors.items()
+                             if key.split("/", 1)[0] == name}
+    return meta
 
 
 def _lightning_hint(path: Path) -> str:
     """Where the bundle of the run that wrote a Lightning checkpoint is."""
     run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-    return (f"load the bundle the run writes when it ends: {run / 'composer.pt'} "
+    return (f"load the bundle the run writes when it ends: {run / BUNDLE_NAME} "
             f"(or the run folder {run}; --checkpoint takes either)")
 
 

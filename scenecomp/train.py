@@ -12,8 +12,8 @@ Examples::
 
 Writes, in the run folder (``hydra.run.dir``): ``checkpoints/`` (Lightning),
 ``previews/`` (PNG grids of fixed seeds), ``metrics.csv``, and
-``composer.pt`` (background + foreground stages) or ``baseline.pt``: plain
-data that loads with ``torch.load(weights_only=True)``.
+``composer.safetensors`` (background + foreground stages) or
+``baseline.safetensors``: bundles that load without running code (`scenecomp.bundle`).
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from scenecomp.atomic import build_folder_once
-from scenecomp.compose import bundle_dict, save_bundle
+from scenecomp.compose import BUNDLE_NAME, bundle_dict, save_bundle
 from scenecomp.data import DataError, SceneDataModule
 from scenecomp.precision import training_precision
 from scenecomp.training import PreviewGrid, RankChecksums, SceneGAN
@@ -137,15 +137,16 @@ def warm_start(model: SceneGAN, path: str) -> None:
 
 
 def write_bundles(model: SceneGAN, out: Path, half: bool = False) -> list[Path]:
-    """``composer.pt`` from the EMA generators of the layered stages, ``baseline.pt`` from the baseline's."""
+    """``composer.safetensors`` from the EMA generators of the layered stages, ``baseline.safetensors``
+    from the baseline's (`save_bundle`)."""
     written = []
     if hasattr(model, "g_bg_ema") and hasattr(model, "g_fg_ema"):
-        save_bundle(out / "composer.pt", bundle_dict(model.categories, half=half, background=model.g_bg_ema,
+        save_bundle(out / BUNDLE_NAME, bundle_dict(model.categories, half=half, background=model.g_bg_ema,
                                                      foreground=model.g_fg_ema))
-        written.append(out / "composer.pt")
+        written.append(out / BUNDLE_NAME)
     if hasattr(model, "g_base_ema"):
-        save_bundle(out / "baseline.pt", bundle_dict(model.categories, half=half, baseline=model.g_base_ema))
-        written.append(out / "baseline.pt")
+        save_bundle(out / "baseline.safetensors", bundle_dict(model.categories, half=half, baseline=model.g_base_ema))
+        written.append(out / "baseline.safetensors")
     return written
 
 
@@ -172,7 +173,7 @@ def run(cfg: DictConfig) -> list[Path]:
     return written
 
 
-CONF = str(Path(__file__).resolve().parent.parent / "conf")  # the repository's conf/ (editable install)
+CONF = str(Path(__file__).resolve().parent / "conf")  # shipped inside the package: any install, any folder
 
 
 @hydra.main(version_base="1.3", config_path=CONF, config_name="train")

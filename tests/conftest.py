@@ -32,7 +32,7 @@ def bundle(tmp_path_factory) -> Path:
     """A composer bundle of `make_tiny_nets` with the categories tree, house, sun (16x16)."""
     from scenecomp.compose import bundle_dict, save_bundle
 
-    path = tmp_path_factory.mktemp("bundle") / "composer.pt"
+    path = tmp_path_factory.mktemp("bundle") / "composer.safetensors"
     bg, fg = make_tiny_nets()
     save_bundle(path, bundle_dict(["tree", "house", "sun"], background=bg, foreground=fg))
     return path
@@ -67,7 +67,7 @@ def uncompressed_rle(mask) -> dict:
 
 
 def compose_config(overrides: list[str]):
-    """The real conf/train.yaml through Hydra's compose API (no @hydra.main inside pytest)."""
+    """The real scenecomp/conf/train.yaml through Hydra's compose API (no @hydra.main inside pytest)."""
     from hydra import compose, initialize_config_dir
 
     from scenecomp.train import CONF

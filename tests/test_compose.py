@@ -4,6 +4,7 @@ The networks are tiny and untrained but real (conftest.make_tiny_nets), with
 widened FiLM layers so that the output visibly depends on every seed.
 """
 import json
+from pathlib import Path
 import re
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import save_file
 from pycocotools import mask as mask_utils
 
 import scenecomp.compose as compose
@@ -431,7 +433,7 @@ def composer_render_dtype(composer, scene):
 def test_default_dtype_is_bf16_exactly_where_the_cpu_multiplies_bf16_natively(tmp_path):
     expected = torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
     made = Composer(*make_tiny_nets(), CATEGORIES)
-    path = tmp_path / "composer.pt"
+    path = tmp_path / "composer.safetensors"
     save_bundle(path, bundle_dict(CATEGORIES, background=made.background_net, foreground=made.foreground_net))
     loaded = Composer.from_checkpoint(path)
     assert made.dtype == loaded.dtype == expected
@@ -459,7 +461,7 @@ def test_bf16_edits_are_bit_exact_outside_the_edited_masks():
 
 
 def test_bundle_round_trip_in_a_fresh_process_imports_neither_hydra_nor_lightning(composer, scene, tmp_path):
-    path = tmp_path / "composer.pt"
+    path = tmp_path / "composer.safetensors"
     save_bundle(path, bundle_dict(CATEGORIES, background=composer.background_net, foreground=composer.foreground_net))
     out = tmp_path / "image.pt"
     script = textwrap.dedent(f"""
@@ -483,16 +485,20 @@ def test_bundle_round_trip_in_a_fresh_process_imports_neither_hydra_nor_lightnin
 def test_bundle_errors_name_the_file(composer, tmp_path, monkeypatch):
     not_bundle = tmp_path / "weights.pt"
     torch.save({"state_dict": {}}, not_bundle)
-    with pytest.raises(BundleError, match=f"{not_bundle}: not a scenecomp bundle"):
-        load_bundle(not_bundle)
+    with pytest.raises(BundleError, match=f"{not_bundle}: a pickled torch file .* never run code"):
+        load_bundle(not_bundle)  # an old bundle, or anything torch.save wrote: refused unread
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"w": torch.zeros(2)}, str(foreign))
+    with pytest.raises(BundleError, match=f"{foreign}: a safetensors file without scenecomp's metadata"):
+        load_bundle(foreign)
     text = tmp_path / "notes.txt"
     text.write_text("hello")
     with pytest.raises(BundleError, match=f"{text}: not a readable scenecomp bundle"):
         Composer.from_checkpoint(text)
     data = bundle_dict(CATEGORIES, background=composer.background_net, foreground=composer.foreground_net)
     future = tmp_path / "future.pt"
-    save_bundle(future, {**data, "version": 2})
-    with pytest.raises(BundleError, match=f"{future}: bundle version 2, this scenecomp reads version 1"):
+    save_bundle(future, {**data, "version": 3})
+    with pytest.raises(BundleError, match=f"{future}: bundle version .*3.*, this scenecomp reads version 2"):
         Composer.from_checkpoint(future)
     with pytest.raises(BundleError, match="no such file"):
         Composer.from_checkpoint(tmp_path / "missing.pt")
@@ -505,11 +511,11 @@ def test_bundle_errors_name_the_file(composer, tmp_path, monkeypatch):
     with pytest.raises(BundleError, match=f"{wrong}: the foreground generator knows 3 categories"):
         Composer.from_checkpoint(wrong)
 
-    monkeypatch.setattr(compose, "DEFAULT_MODEL", tmp_path / "assets" / "composer.pt")
+    monkeypatch.setattr(compose, "DEFAULT_MODEL", tmp_path / "assets" / "composer.safetensors")
     with pytest.raises(FileNotFoundError, match="no default model is shipped with this scenecomp yet"):
         Composer.pretrained()
     (tmp_path / "assets").mkdir()
-    save_bundle(tmp_path / "assets" / "composer.pt", data)
+    save_bundle(tmp_path / "assets" / "composer.safetensors", data)
     assert Composer.pretrained().categories == tuple(CATEGORIES)
 
 
@@ -536,14 +542,32 @@ def test_a_lightning_checkpoint_points_to_the_run_bundle_and_a_run_folder_loads(
     with pytest.raises(BundleError) as info:
         Composer.from_checkpoint(ckpt)
     assert str(info.value).startswith(f"{ckpt}: this is a Lightning training checkpoint")
-    assert f"{run / 'composer.pt'}" in str(info.value)
+    assert f"{run / 'composer.safetensors'}" in str(info.value)
     ckpt.write_bytes(b"not even a zip")  # unreadable, but its suffix still gets the hint
     with pytest.raises(BundleError, match="not a readable scenecomp bundle") as info:
         Composer.from_checkpoint(ckpt)
-    assert str(info.value).endswith(f"load the bundle the run writes when it ends: {run / 'composer.pt'} "
+    assert str(info.value).endswith(f"load the bundle the run writes when it ends: {run / 'composer.safetensors'} "
                                     f"(or the run folder {run}; --checkpoint takes either)")
-    with pytest.raises(BundleError, match=rf"{re.escape(str(run / 'composer.pt'))}: no such file"):
+    with pytest.raises(BundleError, match=rf"{re.escape(str(run / 'composer.safetensors'))}: no such file"):
         Composer.from_checkpoint(run)
-    save_bundle(run / "composer.pt", bundle_dict(CATEGORIES, background=composer.background_net,
+    save_bundle(run / "composer.safetensors", bundle_dict(CATEGORIES, background=composer.background_net,
                                                  foreground=composer.foreground_net))
     assert Composer.from_checkpoint(run).categories == tuple(CATEGORIES)
+
+
+def test_an_old_pickled_bundle_is_refused_and_export_bundle_converts_it(composer, tmp_path):
+    """Bundles are safetensors (no pickle on load); tools/export_bundle.py converts an old ``.pt`` once."""
+    old = tmp_path / "composer.pt"
+    data = bundle_dict(CATEGORIES, background=composer.background_net, foreground=composer.foreground_net)
+    torch.save({**data, "version": 1}, old)  # what scenecomp wrote before safetensors
+    with pytest.raises(BundleError, match=f"{old}: a pickled torch file .* python tools/export_bundle.py {old}"):
+        Composer.from_checkpoint(old)
+    new = tmp_path / "composer.safetensors"
+    root = Path(__file__).resolve().parent.parent
+    subprocess.run([sys.executable, "tools/export_bundle.py", str(old), "--out", str(new)], cwd=root, check=True,
+                   capture_output=True, timeout=300)
+    converted = Composer.from_checkpoint(new, dtype=torch.float32)
+    for mine, theirs in ((composer.background_net, converted.background_net),
+                         (composer.foreground_net, converted.foreground_net)):
+        assert all(torch.equal(a.float(), b) for a, b in zip(mine.state_dict().values(), theirs.state_dict().values(),
+                                                                strict=True))

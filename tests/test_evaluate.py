@@ -15,6 +15,7 @@ import torch
 
 from conftest import compose_config
 from scenecomp.compose import Composer, noise
+from scenecomp.bundle import load_tensors
 from scenecomp.eval.cli import main
 from scenecomp.eval.feature_training import train_features
 from scenecomp.eval.features import (DEFAULT_FEATURES, FEATURES_FORMAT, FeatureNet, as_uint8, fill_outside, load_features,
@@ -309,9 +310,9 @@ def test_samples_are_composer_renderings_with_the_documented_seeds(tiny_shapes):
 def test_feature_net_file_is_plain_data_and_round_trips(random_net, tmp_path):
     path = tmp_path / "f.pt"
     save_features(path, random_net, ["a", "b", "c"], {"heldout_object_accuracy": 0.5})
-    data = torch.load(path, weights_only=True)
+    state, data = load_tensors(path)  # safetensors and JSON
     assert data["format"] == FEATURES_FORMAT and data["categories"] == ["a", "b", "c"] and data["resolution"] == 16
-    assert all(v.dtype == torch.float16 for v in data["state_dict"].values())
+    assert all(v.dtype == torch.float16 for v in state.values())
     net = load_features(path)
     assert net.categories == ["a", "b", "c"] and net.meta["heldout_object_accuracy"] == 0.5
     x = smooth_images(4, 0)
@@ -321,7 +322,7 @@ def test_feature_net_file_is_plain_data_and_round_trips(random_net, tmp_path):
 
 @pytest.mark.skipif(not DEFAULT_FEATURES.exists(), reason="no shipped feature network")
 def test_shipped_feature_network():
-    data = torch.load(DEFAULT_FEATURES, weights_only=True)
+    _, data = load_tensors(DEFAULT_FEATURES)
     assert DEFAULT_FEATURES.stat().st_size < 2_000_000
     assert data["categories"] == CATEGORIES and data["resolution"] == 64
     meta = data["meta"]
@@ -341,9 +342,9 @@ def tiny_run(tiny_shapes, tmp_path_factory):
     (baseline,) = run(compose_config(["experiment=tiny", "model=spade_baseline", f"out={out / 'single'}",
                                       f"data.train={tiny_shapes}"]))
     tool = runpy.run_path(str(ROOT / "tools" / "train_features.py"), run_name="train_features")
-    assert tool["main"](["--data", str(tiny_shapes), "--out", str(out / "features.pt"), "--images", "48",
+    assert tool["main"](["--data", str(tiny_shapes), "--out", str(out / "features.safetensors"), "--images", "48",
                          "--holdout", "16", "--steps", "4", "--batch-size", "16"]) == 0
-    return {"composer": composer, "baseline": baseline, "features": out / "features.pt", "data": tiny_shapes,
+    return {"composer": composer, "baseline": baseline, "features": out / "features.safetensors", "data": tiny_shapes,
             "out": out}
 
 
@@ -371,7 +372,7 @@ finally:
     table = res.stdout
     assert "layouts = its first 12 images, reference = the next 12 (64 in the split)" in table
     assert "2 sample(s) per layout" in table and "compare 12 images (sample 0 of each layout) with 12" in table
-    assert "24 generated images per model" in table and "32x32" in table and "features.pt" in table
+    assert "24 generated images per model" in table and "32x32" in table and "features.safetensors" in table
     header = next(line for line in table.splitlines() if line.startswith("metric"))
     assert header.split()[-4:] == ["scenecomp", "baseline", "baseline-matched", "real"]
     result = json.loads(out.read_text())

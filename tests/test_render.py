@@ -22,7 +22,7 @@ import scenecomp.render.cli
 import scenecomp.render.options
 from conftest import make_tiny_nets
 from scenecomp import Composer
-from scenecomp.compose import bundle_dict, save_bundle
+from scenecomp.compose import bundle_dict, load_bundle, save_bundle
 from scenecomp.layout import LayoutError
 from scenecomp.precision import auto_dtype
 from scenecomp.render import layout_from_manifest, main, parse_seeds
@@ -201,6 +201,11 @@ def test_trusted_masks_reads_masks_outside_the_layout_folder(bundle, tmp_path, c
     assert status == 1 and "s.json: object 0: mask file '../shared.png' is outside the layout's folder" in err
     status, err = cli([folder, "--checkpoint", bundle, "--out", tmp_path / "out", "--trusted-masks"], capsys)
     assert status == 0 and "1 image rendered" in err and (tmp_path / "out" / "s_s0000.png").is_file()
+    (line,) = manifest(tmp_path / "out")  # reproduce() reads the mask as the render did
+    assert line["trusted_masks"] is True
+    assert np.array_equal(quantise(render.reproduce(line)), pixels(tmp_path / "out" / "s_s0000.png"))
+    with pytest.raises(LayoutError, match="outside the layout's folder"):
+        render.reproduce(line, trusted=False)
 
 
 def test_resume_repairs_a_half_written_manifest_line(bundle, tmp_path, capsys):
@@ -471,20 +476,20 @@ def test_a_run_folder_renders_with_its_bundle_and_last_ckpt_or_nan_is_refused(bu
     valid_layouts(tmp_path)
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
-    save_bundle(run / "composer.pt", torch.load(bundle, weights_only=True))
+    save_bundle(run / "composer.safetensors", load_bundle(bundle))
     torch.save({"global_step": 4, "pytorch-lightning_version": "2.5.0", "state_dict": {}},
                run / "checkpoints" / "last.ckpt")
     out = tmp_path / "out"
     status, err = cli([tmp_path / "box.json", "--checkpoint", run / "checkpoints" / "last.ckpt", "--out", out], capsys)
-    assert status == 2 and "a Lightning training checkpoint" in err and str(run / "composer.pt") in err
-    data = torch.load(bundle, weights_only=True)
+    assert status == 2 and "a Lightning training checkpoint" in err and str(run / "composer.safetensors") in err
+    data = load_bundle(bundle)
     next(iter(data["networks"]["background"]["state_dict"].values())).fill_(float("nan"))
     save_bundle(tmp_path / "nan.pt", data)
     status, err = cli([tmp_path / "box.json", "--checkpoint", tmp_path / "nan.pt", "--out", out], capsys)
     assert status == 2 and "network 'background', tensor" in err and "NaN or infinite" in err
     assert not out.exists()
     status, err = cli([tmp_path / "box.json", "--checkpoint", run, "--out", out], capsys)
-    assert status == 0 and manifest(out)[0]["checkpoint"] == str(run / "composer.pt")
+    assert status == 0 and manifest(out)[0]["checkpoint"] == str(run / "composer.safetensors")
 
 
 @pytest.mark.parametrize("text, seeds", [("0-3", [0, 1, 2, 3]), ("1,5,9", [1, 5, 9]), ("0-2,7", [0, 1, 2, 7]),
@@ -524,7 +529,7 @@ def test_bad_options_exit_2_with_a_message(bundle, tmp_path, capsys, monkeypatch
     ]
     if not torch.cuda.is_available():
         cases.append(([layout, "--checkpoint", bundle, "--out", out, "--device", "cuda"], "CUDA is not available"))
-    monkeypatch.setattr(scenecomp.render.cli, "DEFAULT_MODEL", tmp_path / "assets" / "composer.pt")
+    monkeypatch.setattr(scenecomp.render.cli, "DEFAULT_MODEL", tmp_path / "assets" / "composer.safetensors")
     cases.append(([layout, "--out", out], "no default model is shipped with this scenecomp yet"))
     for argv, message in cases:
         status, err = cli(argv, capsys)

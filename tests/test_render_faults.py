@@ -16,10 +16,9 @@ from PIL import Image
 
 from conftest import make_tiny_nets
 from scenecomp.compose import bundle_dict, save_bundle
-from scenecomp.render import reproduce
 from scenecomp.render.cli import LOCK
 from scenecomp.render.manifest import file_sha256
-from test_render import CATEGORIES, cli, manifest, pixels, quantise, valid_layouts, write_json
+from test_render import CATEGORIES, cli, manifest, valid_layouts, write_json
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 
@@ -204,19 +203,3 @@ def test_a_model_that_paints_nan_fails_each_layout_by_name_and_writes_nothing(tm
 def manifest_lines(out):
     path = out / "manifest.jsonl"
     return path.read_text().splitlines() if path.exists() else []
-
-
-def test_reproduce_reads_outside_masks_of_a_trusted_render(bundle, tmp_path, capsys):
-    square = np.zeros((16, 16), np.uint8)
-    square[4:12, 4:12] = 255
-    Image.fromarray(square).save(tmp_path / "shared.png")
-    folder = tmp_path / "layouts"
-    write_json(folder / "s.json", {"size": [16, 16], "objects": [{"category": "sun", "mask": "../shared.png"}]})
-    out = tmp_path / "out"
-    status, err = cli([folder, "--checkpoint", bundle, "--out", out, "--trusted-masks"], capsys)
-    assert status == 0, err
-    (line,) = manifest(out)
-    assert line["trusted_masks"] is True
-    assert np.array_equal(quantise(reproduce(line)), pixels(out / "s_s0000.png"))
-    with pytest.raises(ValueError, match="outside the layout's folder"):
-        reproduce(line, trusted=False)

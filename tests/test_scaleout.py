@@ -83,7 +83,7 @@ def test_two_torchrun_nodes_train_from_an_empty_folder(tiny_shapes, tmp_path):
     ranks = rank_files([job / "run0", job / "run1"])
     assert ranks[0]["weights"] == ranks[1]["weights"] and "g_fg_ema" in ranks[0]["weights"]
     assert ranks[0]["first_z"] != ranks[1]["first_z"]  # each rank draws its own noise
-    assert (job / "run0" / "composer.pt").is_file() and not (job / "run1" / "composer.pt").exists()
+    assert (job / "run0" / "composer.safetensors").is_file() and not (job / "run1" / "composer.safetensors").exists()
     assert (job / "run0" / "checkpoints" / "last.ckpt").is_file()
 
 
@@ -100,7 +100,7 @@ def test_slurm_launch_through_its_variables_trains_in_sync(tiny_shapes, tmp_path
         assert code == 0, out[-4000:]
     ranks = rank_files([tmp_path / "run0", tmp_path / "run1"])
     assert ranks[0]["weights"] == ranks[1]["weights"] and ranks[0]["first_z"] != ranks[1]["first_z"]
-    assert (tmp_path / "run0" / "composer.pt").is_file() and not (tmp_path / "run1" / "composer.pt").exists()
+    assert (tmp_path / "run0" / "composer.safetensors").is_file() and not (tmp_path / "run1" / "composer.safetensors").exists()
 
 
 def test_two_torchrun_nodes_render_every_image_once_as_one_process_does(bundle, tmp_path):

@@ -51,12 +51,13 @@ def test_tiny_experiment_writes_a_bundle_that_loads_without_hydra_or_lightning(t
     cfg = tiny_config()
     written = run(cfg)
     out = Path(cfg.out)
-    assert written == [out / "composer.pt"]
+    assert written == [out / "composer.safetensors"]
     assert sorted(p.name for p in (out / "previews").glob("*.png"))[-1] == "step_0000006.png"
     assert (out / "checkpoints" / "last.ckpt").exists() and (out / "metrics.csv").exists()
     code = f"""
 import sys, torch
-data = torch.load({str(out / 'composer.pt')!r}, weights_only=True)
+from scenecomp.compose import load_bundle
+data = load_bundle({str(out / 'composer.safetensors')!r})
 assert data["format"] == "scenecomp-bundle" and data["categories"] == {CATEGORIES!r}, data.keys()
 from scenecomp.compose import build_network
 g_bg, g_fg = build_network(data, "background"), build_network(data, "foreground")
@@ -125,7 +126,7 @@ def test_ddp_on_two_cpu_processes_keeps_ranks_identical(tiny_shapes, tmp_path):
     ranks = [json.loads((out / "rank_checksums" / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["weights"] == ranks[1]["weights"] and "g_fg_ema" in ranks[0]["weights"]
     assert ranks[0]["first_z"] != ranks[1]["first_z"]  # each rank its own noise
-    assert (out / "composer.pt").exists()
+    assert (out / "composer.safetensors").exists()
 
 
 @pytest.mark.parametrize("override, message", [
@@ -239,12 +240,12 @@ def test_compile_keeps_plain_state_dict_keys_so_bundles_load_without_compile(tin
     _, model, _ = build(cfg)  # torch.compile is lazy: nothing compiles until the first batch
     assert model.g_bg._compiled_call_impl is not None and model.g_fg._compiled_call_impl is not None
     assert not [k for k in model.state_dict() if "_orig_mod" in k]
-    from scenecomp.compose import Composer
+    from scenecomp.compose import Composer, load_bundle
     from scenecomp.train import write_bundles
 
     Path(cfg.out).mkdir(parents=True)
     (path,) = write_bundles(model, Path(cfg.out))
-    data = torch.load(path, weights_only=True)
+    data = load_bundle(path)
     assert not [k for net in data["networks"].values() for k in net["state_dict"] if "_orig_mod" in k]
     assert Composer.from_checkpoint(path).resolution == 32
 

@@ -2,7 +2,7 @@
 
     python tools/bench_edit.py                          # shipped-size networks, random weights, T=6
     python tools/bench_edit.py --objects 10 --runs 21 --threads 2
-    python tools/bench_edit.py --checkpoint scenecomp/assets/composer.pt --dtype float32
+    python tools/bench_edit.py --checkpoint scenecomp/assets/composer.safetensors --dtype float32
     python tools/bench_edit.py --objects 2 --runs 3             # smoke test
 
 Builds the default-size generators (or loads ``--checkpoint``), composes a
@@ -63,7 +63,7 @@ def median_ms(fn, runs: int, sync) -> float:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", help="a composer.pt bundle (default: default-size networks, random weights)")
+    parser.add_argument("--checkpoint", help="a composer.safetensors bundle (default: default-size networks, random weights)")
     parser.add_argument("--objects", "-T", type=int, default=6, help="objects in the scene (default 6)")
     parser.add_argument("--runs", type=int, default=15, help="timed runs per figure; the median is reported")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")

@@ -1,7 +1,7 @@
 """Throughput and memory of batch rendering (scenecomp-render), default dtype against float32.
 
     python tools/bench_render.py                              # shipped-size networks, random weights
-    python tools/bench_render.py --checkpoint scenecomp/assets/composer.pt --cli-layouts 300
+    python tools/bench_render.py --checkpoint scenecomp/assets/composer.safetensors --cli-layouts 300
     python tools/bench_render.py --threads 1 --images 256 --profile
     python tools/bench_render.py --dtypes auto float32 bfloat16 --compile
     python tools/bench_render.py --images 8 --single-images 2 --batch-size 8 --rounds 1 --cli-layouts 2  # smoke
@@ -119,7 +119,7 @@ def load(args, dtype: str) -> Composer:
     if args.checkpoint:
         return Composer.from_checkpoint(args.checkpoint, device=args.device, dtype=dt)
     from scenecomp.nets import ForegroundGenerator, LayoutGenerator
-    torch.manual_seed(0)  # the shipped model's sizes (scenecomp/assets/composer.pt)
+    torch.manual_seed(0)  # the shipped model's sizes (scenecomp/assets/composer.safetensors)
     return Composer(LayoutGenerator(z_dim=64, resolution=64, channels=16, max_channels=128, style_dim=128),
                     ForegroundGenerator(z_dim=64, resolution=64, channels=16, max_channels=128, embed_dim=16),
                     ["tree", "house", "sun", "cloud", "rock"], device=args.device, dtype=dt)
@@ -127,7 +127,7 @@ def load(args, dtype: str) -> Composer:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", help="a composer.pt bundle (default: shipped-size networks, random weights)")
+    parser.add_argument("--checkpoint", help="a composer.safetensors bundle (default: shipped-size networks, random weights)")
     parser.add_argument("--objects", type=int, default=4, help="objects per layout (default 4)")
     parser.add_argument("--batch-size", type=int, default=32, help="batched path's batch size (default 32)")
     parser.add_argument("--images", type=int, default=256, help="images timed on the batched path (default 256)")
@@ -200,7 +200,7 @@ def main(argv=None) -> None:
     if args.cli_layouts:
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
-            bundle = Path(args.checkpoint) if args.checkpoint else tmp / "composer.pt"
+            bundle = Path(args.checkpoint) if args.checkpoint else tmp / "composer.safetensors"
             if not args.checkpoint:
                 save_bundle(bundle, bundle_dict(list(first.categories), background=first.background_net,
                                                 foreground=first.foreground_net))

@@ -2,7 +2,7 @@
 
     python tools/bench_studio.py                          # the shipped model, a 6-object scene
     python tools/bench_studio.py --runs 31 --threads 1
-    python tools/bench_studio.py --checkpoint runs/shapes64/composer.pt
+    python tools/bench_studio.py --checkpoint runs/shapes64/composer.safetensors
     python tools/bench_studio.py --objects 2 --runs 3     # smoke test
 
 Serves the studio app (`scenecomp.studio.app.create_app`, the same app `scenecomp-studio`
@@ -36,7 +36,7 @@ BOXES = [[2, 30, 20, 30], [30, 20, 25, 30], [40, 2, 15, 15], [5, 5, 30, 15], [20
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", help="a composer.pt bundle (default: the shipped model)")
+    parser.add_argument("--checkpoint", help="a composer.safetensors bundle (default: the shipped model)")
     parser.add_argument("--objects", "-T", type=int, default=6, help="objects in the scene (default 6)")
     parser.add_argument("--runs", type=int, default=21, help="timed runs per figure; the median is reported")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")

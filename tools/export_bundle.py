@@ -1,14 +1,15 @@
 """Write a composer or baseline bundle from a training run, optionally in float16 (for shipping).
 
-    python tools/export_bundle.py runs/shapes64/composer.pt --half --out scenecomp/assets/composer.pt
+    python tools/export_bundle.py runs/shapes64/composer.safetensors --half --out scenecomp/assets/composer.safetensors
     python tools/export_bundle.py runs/shapes64/checkpoints/last.ckpt --out /tmp/mid_run   # EMA weights of a checkpoint
 
-    python tools/export_bundle.py runs/shapes64/composer.pt --background-from runs/bgmasked/checkpoints/last.ckpt \
-        --out runs/combined/composer.pt      # another run's G_bg with this bundle's G_fg
+    python tools/export_bundle.py runs/shapes64/composer.safetensors --background-from runs/bgmasked/checkpoints/last.ckpt \
+        --out runs/combined/composer.safetensors      # another run's G_bg with this bundle's G_fg
+    python tools/export_bundle.py old/composer.pt --half --out new/composer.safetensors  # convert an old pickled bundle
 
 A ``.ckpt`` (Lightning checkpoint of ``scenecomp-train``) gives the EMA
-generators of every stage it trained: ``OUT/composer.pt`` and/or
-``OUT/baseline.pt``. A bundle is re-saved as it is (``--half``: float16 weights;
+generators of every stage it trained: ``OUT/composer.safetensors`` and/or
+``OUT/baseline.safetensors``. A bundle is re-saved as it is (``--half``: float16 weights;
 they load back as float32), or with its background generator taken from the
 EMA G_bg of a background-stage checkpoint (the stages train independently, so
 G_fg does not depend on which G_bg it is paired with).
@@ -16,6 +17,7 @@ G_fg does not depend on which G_bg it is paired with).
 from __future__ import annotations
 
 import argparse
+import zipfile
 from pathlib import Path
 
 import torch
@@ -33,9 +35,20 @@ def load_run(path: Path):
     return model
 
 
+def load_bundle_or_pickle(path: Path) -> dict:
+    """A bundle, or a bundle of the old pickled format (torch.save; read with ``weights_only=True``,
+    which unpickles only tensors and plain containers): converting one is what this tool is for."""
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive
+        return load_bundle(path)
+    data = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(data, dict) or data.get("format") != "scenecomp-bundle" or "networks" not in data:
+        raise SystemExit(f"{path}: not a scenecomp bundle of the old format either")
+    return data
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("source", type=Path, help="a bundle (.pt) or a Lightning checkpoint (.ckpt)")
+    ap.add_argument("source", type=Path, help="a bundle (.safetensors, or an old pickled .pt to convert) or a Lightning checkpoint (.ckpt)")
     ap.add_argument("--out", type=Path, required=True, help="bundle path (from a bundle) or folder (from a .ckpt)")
     ap.add_argument("--half", action="store_true", help="store weights as float16")
     ap.add_argument("--background-from", type=Path, help="a .ckpt whose EMA G_bg replaces the bundle's")
@@ -48,7 +61,7 @@ def main() -> None:
     else:
         from scenecomp.compose import NETWORKS, build_network
 
-        data = load_bundle(args.source)
+        data = load_bundle_or_pickle(args.source)
         nets = {name: build_network(data, name, args.source) for name in data["networks"] if name in NETWORKS}
         if args.background_from:
             nets["background"] = load_run(args.background_from).g_bg_ema

@@ -1,6 +1,6 @@
 """Real scenes beside scenes composed from their layouts: the figure a person judges the model by.
 
-    python tools/make_comparison.py --checkpoint scenecomp/assets/composer.pt --data data/shapes64/test \\
+    python tools/make_comparison.py --checkpoint scenecomp/assets/composer.safetensors --data data/shapes64/test \\
         --count 8 --out docs/real_vs_composed.png
 
 Rows, for the first ``--count`` held-out scenes: the real image; the composed
@@ -30,7 +30,7 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", help="a composer.pt bundle (default: the shipped model)")
+    ap.add_argument("--checkpoint", help="a composer.safetensors bundle (default: the shipped model)")
     ap.add_argument("--data", type=Path, required=True, help="a Shapes split folder (annotations.json, images/)")
     ap.add_argument("--count", type=int, default=8)
     ap.add_argument("--scale", type=int, default=3)

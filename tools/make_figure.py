@@ -1,6 +1,6 @@
 """The results figure: composition steps beside the single-shot baseline, and one object edited in both.
 
-    python tools/make_figure.py --checkpoint runs/shapes64/composer.pt --baseline runs/baseline/baseline.pt \\
+    python tools/make_figure.py --checkpoint runs/shapes64/composer.safetensors --baseline runs/baseline/baseline.safetensors \\
         --layout examples/layouts/village.json --edit 3 --category house --out docs/figure.png
 
 Row 1: scenecomp's canvas after each step (background, then each object), then

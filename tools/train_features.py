@@ -1,21 +1,21 @@
 """Train the in-domain feature network that ``scenecomp-eval`` uses (FID/KID features and the classifier).
 
-    python tools/train_features.py --generate-shapes 2 --data data/shapes64-features --out scenecomp/assets/features.pt
-    python tools/train_features.py --data data/shapes64-features --out /tmp/features.pt --steps 300 --images 1000
+    python tools/train_features.py --generate-shapes 2 --data data/shapes64-features --out scenecomp/assets/features.safetensors
+    python tools/train_features.py --data data/shapes64-features --out /tmp/features.safetensors --steps 300 --images 1000
 
 The network must not be trained on the generators' training data
 (data/shapes64/train, Shapes seed 0) nor on the test split (seed 1):
 ``--generate-shapes SEED`` first writes its own Shapes split of ``--images +
 --holdout`` scenes with that seed into ``--data`` (unless one is there
 already), 64x64 unless ``--resolution`` says otherwise. The shipped
-``scenecomp/assets/features.pt`` records the split and its seed in its meta.
+``scenecomp/assets/features.safetensors`` records the split and its seed in its meta.
 
 Trains `scenecomp.eval.features.FeatureNet` with `scenecomp.eval.feature_training.train_features`
 on real images and object crops of that split (Shapes: also on its
 object-free ``backgrounds/``, as negatives for the presence head; this is
 evaluation tooling, the generators never see them), reports its accuracy on
 held-out images of the same split (the last ``--holdout``, never trained on)
-and writes plain data loadable with ``torch.load(weights_only=True)``, weights
+and writes a safetensors bundle (`scenecomp.bundle`: loads without running code), weights
 in float16. One CPU thread by default, so that it can run beside training.
 """
 from __future__ import annotations
@@ -37,7 +37,7 @@ USED_SEEDS = {0: "the generators' training split (data/shapes64/train)", 1: "the
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 epilog="example:\n  python tools/train_features.py --generate-shapes 2 "
-                                       "--data data/shapes64-features --out scenecomp/assets/features.pt",
+                                       "--data data/shapes64-features --out scenecomp/assets/features.safetensors",
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="training split: COCO JSON or folder holding annotations.json "
                    "(with --generate-shapes: the folder to write it to)")

@@ -13,11 +13,11 @@ from scenecomp.eval.protocol import evaluate, load_models
 from scenecomp.eval.report import format_table, result_json, write_json
 
 _EPILOG = """examples:
-  scenecomp-eval --checkpoint runs/shapes64/composer.pt --baseline runs/shapes64-baseline/baseline.pt \\
-      --baseline-matched runs/shapes64-baseline-matched/baseline.pt \\
+  scenecomp-eval --checkpoint runs/shapes64/composer.safetensors --baseline runs/shapes64-baseline/baseline.safetensors \\
+      --baseline-matched runs/shapes64-baseline-matched/baseline.safetensors \\
       --data data/shapes64/test --samples 500 --seeds 2 --json results.json
-  scenecomp-eval --baseline runs/shapes64-baseline/baseline.pt --data data/shapes64/test --samples 100
-  python tools/train_features.py --generate-shapes 2 --data data/shapes64-features --out scenecomp/assets/features.pt
+  scenecomp-eval --baseline runs/shapes64-baseline/baseline.safetensors --data data/shapes64/test --samples 100
+  python tools/train_features.py --generate-shapes 2 --data data/shapes64-features --out scenecomp/assets/features.safetensors
 
 --samples N: the first N images of the split are the layouts (each rendered --seeds
 times), the next N the reference that FID/KID are measured against, so the split
@@ -26,25 +26,25 @@ at the same sample size in the "real" column.
 """
 
 # (option, column name, bundle file in a run folder, network required)
-_MODELS = (("checkpoint", None, "composer.pt", None),
-           ("baseline", None, "baseline.pt", "baseline"),
-           ("baseline_matched", "baseline-matched", "baseline.pt", "baseline"))
+_MODELS = (("checkpoint", None, "composer.safetensors", None),
+           ("baseline", None, "baseline.safetensors", "baseline"),
+           ("baseline_matched", "baseline-matched", "baseline.safetensors", "baseline"))
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="scenecomp-eval", description="Metrics of a scenecomp bundle and/or "
                                 "single-shot baseline bundles on a COCO-format test split.",
                                 epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", help="a bundle to evaluate (composer.pt, or a run folder holding one; "
-                   "a baseline.pt works too)")
+    p.add_argument("--checkpoint", help="a bundle to evaluate (composer.safetensors, or a run folder holding one; "
+                   "a baseline.safetensors works too)")
     p.add_argument("--baseline", help="a single-shot baseline bundle trained for the same batches "
-                   "(baseline.pt, or a run folder holding one)")
+                   "(baseline.safetensors, or a run folder holding one)")
     p.add_argument("--baseline-matched", help="a single-shot baseline bundle trained for the same wall-clock "
                    "as the model (compute-matched); its own column, baseline-matched")
     p.add_argument("--data", required=True, help="test split: a COCO JSON or a folder holding annotations.json")
     p.add_argument("--images", help="its image folder (default: images/ beside the JSON)")
     p.add_argument("--features", default=str(DEFAULT_FEATURES),
-                   help="in-domain feature network file (default: the shipped scenecomp/assets/features.pt)")
+                   help="in-domain feature network file (default: the shipped scenecomp/assets/features.safetensors)")
     p.add_argument("--inception", metavar="WEIGHTS",
                    help="also FID/KID with Inception-v3 from this local weights file (needs torch-fidelity)")
     p.add_argument("--samples", type=int, default=500, help="layouts, the first of the split; the next as many are "
@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> dict:
             path = Path(path) / file
         if str(path).endswith(".ckpt"):
             raise EvaluationError(f"{path}: a Lightning checkpoint; evaluate the bundle the run wrote "
-                                  f"(composer.pt or baseline.pt in its folder)")
+                                  f"(composer.safetensors or baseline.safetensors in its folder)")
         categories, found = load_models(path, require)
         if categories != net.categories:
             raise EvaluationError(f"{path}: its categories {categories} differ from the feature network's "

@@ -5,7 +5,7 @@
 split disjoint from the generators' training data. Its penultimate features of
 whole images feed FID, KID and diversity; its object head names the category
 of a crop; its presence head says which categories a whole image contains.
-Its file is plain data (``FEATURES_FORMAT``) read with ``torch.load(weights_only=True)``.
+Its file is a safetensors bundle (``FEATURES_FORMAT``, `scenecomp.bundle`): loading runs no code.
 
 Inception-v3 (`inception_features`) is optional and needs ``torch-fidelity``.
 """
@@ -18,13 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from scenecomp.atomic import write_atomically
+from scenecomp.bundle import BundleError, PickledFileError, load_tensors, save_tensors
 from scenecomp.eval import EvaluationError
 from scenecomp.nets import crop_objects
 
 FEATURES_FORMAT = "scenecomp-features"
-FEATURES_VERSION = 1
-DEFAULT_FEATURES = Path(__file__).resolve().parent.parent / "assets" / "features.pt"
+FEATURES_VERSION = 2  # 2: safetensors (1 was a torch pickle)
+DEFAULT_FEATURES = Path(__file__).resolve().parent.parent / "assets" / "features.safetensors"
 
 
 class FeatureNet(nn.Module):
@@ -100,33 +100,36 @@ def as_uint8(images: torch.Tensor) -> torch.Tensor:
 
 
 def save_features(path, net: FeatureNet, categories, meta: dict | None = None, half: bool = True) -> None:
-    """Write plain data (format tag, version, kwargs, state_dict, categories, resolution, meta)
-    atomically; ``half`` stores the weights as float16 (they load as float32)."""
-    state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().clone()
-             for k, v in net.state_dict().items()}
-    data = {"format": FEATURES_FORMAT, "version": FEATURES_VERSION, "kwargs": dict(net.init_kwargs),
-            "state_dict": state, "categories": list(categories), "resolution": net.resolution,
-            "meta": dict(meta or {})}
-    write_atomically(path, lambda tmp: torch.save(data, tmp))
+    """Write a safetensors bundle (`scenecomp.bundle`: weights as tensors; format tag, version,
+    kwargs, categories, resolution and meta as JSON) atomically; ``half`` stores the weights as
+    float16 (they load as float32)."""
+    state = {k: (v.half() if half and v.is_floating_point() else v) for k, v in net.state_dict().items()}
+    save_tensors(path, state, {"format": FEATURES_FORMAT, "version": FEATURES_VERSION,
+                               "kwargs": dict(net.init_kwargs), "categories": list(categories),
+                               "resolution": net.resolution, "meta": dict(meta or {})})
 
 
 def load_features(path) -> FeatureNet:
-    """Read a feature network file (``weights_only=True``); the network comes back in eval
-    mode with ``.categories`` and ``.meta`` (accuracies it reached, how it was trained)."""
+    """Read a feature network file (safetensors and JSON: runs no code); the network comes back
+    in eval mode with ``.categories`` and ``.meta`` (accuracies it reached, how it was trained)."""
     path = Path(path)
     if not path.is_file():
         raise EvaluationError(f"{path}: no such feature network file (train one with "
                               f"python tools/train_features.py --generate-shapes 2 --data data/shapes64-features --out {path})")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - refused unpickling, truncated file, not a torch file
-        raise EvaluationError(f"{path}: not a readable feature network file ({type(e).__name__}: {e})") from None
-    if not isinstance(data, dict) or data.get("format") != FEATURES_FORMAT:
-        tag = data.get("format") if isinstance(data, dict) else None
-        raise EvaluationError(f"{path}: not a scenecomp feature network (format tag {tag!r})")
+        state, data = load_tensors(path)
+    except PickledFileError:
+        raise EvaluationError(f"{path}: a pickled torch file (an old feature network?); this scenecomp loads only "
+                              f"safetensors: use the shipped {DEFAULT_FEATURES.name}, or train one with "
+                              "tools/train_features.py") from None
+    except BundleError as e:
+        raise EvaluationError(str(e)) from None
+    if data.get("format") != FEATURES_FORMAT:
+        raise EvaluationError(f"{path}: not a scenecomp feature network (format tag {str(data.get('format'))[:60]!r})")
     if data.get("version") != FEATURES_VERSION:
-        raise EvaluationError(f"{path}: feature network version {data.get('version')!r}, "
+        raise EvaluationError(f"{path}: feature network version {str(data.get('version'))[:60]!r}, "
                               f"this scenecomp reads version {FEATURES_VERSION}")
+    data["state_dict"] = state
     try:
         net = FeatureNet(**data["kwargs"])
         net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in data["state_dict"].items()})

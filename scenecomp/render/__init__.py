@@ -38,7 +38,7 @@ Outputs (in ``--out DIR``)
      "steps": "scene_s0001_steps.png",    # only with --steps
      "layers": "scene_s0001_layers",      # only with --layers
      "ora": "scene_s0001.ora",            # only with --ora
-     "checkpoint": "/abs/path/composer.pt", "checkpoint_sha256": "9f2c...",
+     "checkpoint": "/abs/path/composer.safetensors", "checkpoint_sha256": "9f2c...",
      "resolution": 64, "dtype": "bfloat16", "batch_size": 16,   # dtype: the one used (--dtype auto resolved)
      "device": "cpu", "threads": 2,        # threads: CPU only
      "scenecomp": "0.1.0", "time": "2025-01-31T12:00:00+00:00"}

@@ -139,11 +139,11 @@ def _run(args, console: Console) -> int:
     child = distributed and not trainer.is_global_zero
     # torchrun or srun started every rank already: they wait for rank 0's plan, whatever it is
     external = distributed and trainer.strategy.cluster_environment.creates_processes_externally
-    checkpoint = bundle_file(args.checkpoint) if args.checkpoint else DEFAULT_MODEL  # a run folder: its composer.pt
+    checkpoint = bundle_file(args.checkpoint) if args.checkpoint else DEFAULT_MODEL  # a run folder: its bundle
     if args.checkpoint is None and not checkpoint.is_file():
         raise UsageError(
             f"no default model is shipped with this scenecomp yet (looked for {checkpoint}); "
-            "give one with --checkpoint run/composer.pt"
+            "give one with --checkpoint run/composer.safetensors"
         )
     files = find_inputs(args.inputs, warn=console.warn if not child else lambda m: None)
     out = Path(args.out)

@@ -29,21 +29,21 @@ examples:
   scenecomp-render layouts/ --out renders/
 
   # four samples per layout, and the canvas after each object as a strip
-  scenecomp-render scene.json more/ --checkpoint run/composer.pt --out renders/ --seeds 0-3 --steps
+  scenecomp-render scene.json more/ --checkpoint run/composer.safetensors --out renders/ --seeds 0-3 --steps
 
   # one layout per image of a COCO instances file, 8 seeds, big batches on a GPU (bfloat16: --dtype auto)
-  scenecomp-render instances_val.json --checkpoint run/composer.pt --out coco/ \\
+  scenecomp-render instances_val.json --checkpoint run/composer.safetensors --out coco/ \\
       --seeds 0-7 --batch-size 128 --device cuda
 
   # float32 networks (slower on CPUs with native bf16; images differ by a level here and there)
   scenecomp-render layouts/ --out renders-fp32/ --dtype float32
 
   # two GPUs (or --device cpu --devices 2: two CPU processes), through Lightning DDP
-  scenecomp-render layouts/ --checkpoint run/composer.pt --out renders/ --device cuda --devices 2
+  scenecomp-render layouts/ --checkpoint run/composer.safetensors --out renders/ --device cuda --devices 2
 
   # two nodes of 4 GPUs: run on each node (or start it with srun); --out on a shared filesystem
   torchrun --nnodes 2 --nproc-per-node 4 --node-rank $NODE --master-addr $HOST0 --master-port 29500 \\
-      $(which scenecomp-render) layouts/ --checkpoint run/composer.pt --out /shared/renders/ --device cuda
+      $(which scenecomp-render) layouts/ --checkpoint run/composer.safetensors --out /shared/renders/ --device cuda
 
   # interrupted? run the same command again: finished images are skipped.
   # --overwrite renders everything again.
@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--checkpoint",
         metavar="PATH",
-        help="composer.pt bundle or a run folder holding one (default: the model shipped with scenecomp)",
+        help="composer.safetensors bundle or a run folder holding one (default: the model shipped with scenecomp)",
     )
     parser.add_argument(
         "--seeds",

@@ -1,7 +1,7 @@
 """scenecomp-studio: compose a scene by hand in a local web page, object by object.
 
     scenecomp-studio                                         # the shipped model on http://127.0.0.1:7860
-    scenecomp-studio --checkpoint runs/shapes64/composer.pt --port 8000
+    scenecomp-studio --checkpoint runs/shapes64/composer.safetensors --port 8000
 
 The page (``static/``: plain HTML, CSS and JavaScript, nothing fetched from
 elsewhere) talks JSON to this server, which keeps one `Scene` per browser tab
@@ -336,7 +336,7 @@ def main(argv=None) -> int:
                                      epilog="examples:\n" + __doc__.split("\n\n")[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", metavar="PATH",
-                        help="composer.pt bundle or a run folder holding one (default: the model shipped with scenecomp)")
+                        help="composer.safetensors bundle or a run folder holding one (default: the model shipped with scenecomp)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1: this machine only; the page has no login)")
     parser.add_argument("--port", type=int, default=7860, help="port (default 7860; 0 picks a free one)")
