@@ -85,8 +85,8 @@ examples:
   # 200 scenes from the shipped model, every category about equally often
   scenecomp-synth --out d --count 200 --balance --seed 3
 
-  # a trained model (its prior.json beside composer.pt), more suns than anything else
-  scenecomp-synth --out d2 --count 1000 --checkpoint run/composer.pt --categories sun=0.5,tree=0.25,house=0.25
+  # a trained model (its prior.json beside composer.safetensors), more suns than anything else
+  scenecomp-synth --out d2 --count 1000 --checkpoint run/composer.safetensors --categories sun=0.5,tree=0.25,house=0.25
 
   # jittered variations of given layouts (COCO instances files, layout files or folders)
   scenecomp-synth --out d3 --count 500 --layouts data/val/annotations.json examples/layouts/
@@ -482,7 +482,7 @@ def fit_prior_main(argv) -> int:
         description="Fit a layout prior on a COCO instances file (a model's training layouts) and print its fit.",
         epilog="example:\n  scenecomp-synth fit-prior data/shapes64/train/annotations.json --out run/prior.json")
     parser.add_argument("annotations", help="COCO instances JSON (paint order: the file's if it says so, else largest first)")
-    parser.add_argument("--out", "-o", required=True, help="prior file to write (put it beside the model's composer.pt)")
+    parser.add_argument("--out", "-o", required=True, help="prior file to write (put it beside the model's composer.safetensors)")
     parser.add_argument("--shapes-per-category", type=int, default=256, help="real objects kept per category (default 256)")
     parser.add_argument("--categories", help="comma-separated names to keep (default: all of the file's)")
     parser.add_argument("--seed", type=int, default=0, help="which objects are kept (default 0)")
@@ -515,7 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
                     f"`{PROG} fit-prior --help` fits a layout prior.")
     parser.add_argument("--out", "-o", required=True, metavar="DIR", help="output folder (new, empty, or this command's own to resume)")
     parser.add_argument("--count", "-n", required=True, type=int, metavar="N", help=f"images to make (1..{MAX_COUNT})")
-    parser.add_argument("--checkpoint", metavar="PATH", help="composer.pt bundle or a run folder (default: the shipped model)")
+    parser.add_argument("--checkpoint", metavar="PATH", help="composer.safetensors bundle or a run folder (default: the shipped model)")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--prior", metavar="PATH", help="layout prior file (default: prior.json beside the bundle)")
     source.add_argument("--layouts", nargs="+", metavar="SRC",

@@ -29,9 +29,9 @@ CATEGORIES = ["tree", "house", "sun"]
 def bundle(tmp_path_factory, tiny_shapes):
     folder = tmp_path_factory.mktemp("bundle")
     bg, fg = make_tiny_nets(resolution=R)
-    save_bundle(folder / "composer.pt", bundle_dict(CATEGORIES, background=bg, foreground=fg))
+    save_bundle(folder / "composer.safetensors", bundle_dict(CATEGORIES, background=bg, foreground=fg))
     LayoutPrior.fit(tiny_shapes, categories=CATEGORIES).save(folder / "prior.json")
-    return folder / "composer.pt"
+    return folder / "composer.safetensors"
 
 
 def run(argv, capsys):
