@@ -54,7 +54,7 @@ DEFAULT_MODEL = Path(__file__).parent / "assets" / "composer.safetensors"
 def paint_layers(background: LayoutGenerator, foreground: ForegroundGenerator, z_background: torch.Tensor,
                  z_objects: torch.Tensor, masks: torch.Tensor, categories: torch.Tensor,
                  start: torch.Tensor | None = None) -> list[torch.Tensor]:
-    """The data flow of DESIGN.md, batched: every canvas from x0 to x_T.
+    """The data flow of docs/ARCHITECTURE.md, batched: every canvas from x0 to x_T.
 
     z_background ``[B,z]``, z_objects ``[B,K,z]``, masks ``[B,K,1,H,W]``,
     categories ``[B,K]`` -> ``K+1`` canvases ``[B,3,H,W]``. An empty mask is a
