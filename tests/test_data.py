@@ -454,7 +454,6 @@ def test_cli_help_has_examples(capsys):
 
 
 def test_shapes_subcommand(tmp_path, capsys):
-    pytest.importorskip("scenecomp.shapes")
     out = tmp_path / "shapes"
     assert main(["shapes", "--out", str(out), "--count", "6", "--size", "32", "--seed", "0"]) == 0
     assert "wrote 6 scenes" in capsys.readouterr().out
