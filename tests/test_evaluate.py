@@ -343,7 +343,7 @@ def tiny_run(tiny_shapes, tmp_path_factory):
                                       f"data.train={tiny_shapes}"]))
     tool = runpy.run_path(str(ROOT / "tools" / "train_features.py"), run_name="train_features")
     assert tool["main"](["--data", str(tiny_shapes), "--out", str(out / "features.safetensors"), "--images", "48",
-                         "--holdout", "16", "--steps", "4", "--batch-size", "16"]) == 0
+                         "--holdout", "16", "--steps", "300", "--batch-size", "16"]) == 0
     return {"composer": composer, "baseline": baseline, "features": out / "features.safetensors", "data": tiny_shapes,
             "out": out}
 
@@ -383,23 +383,29 @@ finally:
     for key in ("fid", "kid", "inception_score", "object_accuracy", "appearance_accuracy", "diversity",
                 "locality_look", "locality_category", "background_purity", "illumination"):
         assert set(m[key]) >= {"scenecomp", "baseline"}, key
-    assert m["fid"]["scenecomp"] >= 0 and m["fid"]["real"] >= 0  # real: the floor
+    # Relations, not ranges: the bundles are barely trained (6 steps) and the feature network is trained
+    # (300 steps, held-out accuracy ~0.9), so every metric must tell the real images from the models'
+    # (measured: FID floor 11 vs 172 and 141; object accuracy 0.93 vs 0.32 and 0.15).
+    models = ("scenecomp", "baseline")
+    assert all(0 <= 4 * m["fid"]["real"] < m["fid"][k] for k in models), m["fid"]  # real: the floor
+    assert all(m["kid"]["real"] < m["kid"][k] for k in models), m["kid"]
+    assert m["object_accuracy"]["real"] > 0.85 and m["appearance_accuracy"]["real"] > 0.7, m
+    for key in ("object_accuracy", "appearance_accuracy", "inception_score", "illumination"):
+        assert all(m[key]["real"] > m[key][k] + 0.2 for k in models), (key, m[key])
+    for key in ("two_sample_scenes", "two_sample_objects", "two_sample_backgrounds"):  # real: the calibration
+        assert all(m[key][k] > m[key]["real"] + 0.3 for k in models), (key, m[key])
+    # an edit repaints only its object in the layered model; the single-shot baseline changes everything
+    assert m["locality_look"]["scenecomp"] < 1e-3 < m["locality_look"]["baseline"], m["locality_look"]
     # the same bundle given as both baselines: the same numbers, in its own column
     assert all(v["baseline"] == v["baseline-matched"] for v in m.values()), m
     assert result["models"]["baseline-matched"]["kind"] == "baseline"
-    for key in ("object_accuracy", "appearance_accuracy", "background_purity"):
-        assert all(0 <= v <= 1 for v in m[key].values()), key
-    assert 1 <= m["inception_score"]["real"] <= 5
-    assert m["locality_look"]["scenecomp"] >= 0 and m["diversity"]["real"] is None
-    assert m["locality_look"]["baseline"] > 0  # its only noise vector re-sampled: the whole image changes
-    assert -1 <= m["illumination"]["real"] <= 1
+    assert all(0 <= v <= 1 for v in m["background_purity"].values()), m["background_purity"]
+    assert m["diversity"]["real"] is None
     assert result["models"]["scenecomp"]["kind"] == "scenecomp"
     assert set(result["diversity_per_category"]) == {"scenecomp", "baseline", "baseline-matched"}
     assert all(set(v) == set(CATEGORIES) for v in result["diversity_per_category"].values())
     assert m["diversity_min_category"]["real"] is None and set(result["diversity_every_category_above_zero"]) == {
         "scenecomp", "baseline", "baseline-matched"}
-    for key in ("two_sample_scenes", "two_sample_objects", "two_sample_backgrounds"):  # with the calibration
-        assert all(0 <= v <= 1 for v in m[key].values()), key
     for cat in CATEGORIES:  # one row per category, "-" for real (no seeds)
         row = next(line for line in table.splitlines() if line.startswith(f"diversity, {cat} objects"))
         assert row.split()[-1] == "-"
