@@ -33,6 +33,7 @@ import torch
 from pycocotools import mask as mask_utils
 
 from scenecomp.atomic import write_atomically
+from scenecomp.images import from_array
 from scenecomp.layout import order_annotations
 
 __all__ = [
@@ -341,7 +342,7 @@ class SceneDataset(torch.utils.data.Dataset):
         categories[:n] = torch.from_numpy(s["categories"])
         valid = torch.zeros(K, dtype=torch.bool)
         valid[:n] = masks[:n].flatten(1).amax(1) > 0
-        image = torch.from_numpy(s["image"]).permute(2, 0, 1).float() / 127.5 - 1.0
+        image = from_array(s["image"])
         return {"image": image.contiguous(), "masks": masks, "categories": categories, "valid": valid, "index": i}
 
 

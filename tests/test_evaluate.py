@@ -18,7 +18,7 @@ from scenecomp.compose import Composer, noise
 from scenecomp.bundle import load_tensors
 from scenecomp.eval.cli import main
 from scenecomp.eval.feature_training import train_features
-from scenecomp.eval.features import (DEFAULT_FEATURES, FEATURES_FORMAT, FeatureNet, as_uint8, fill_outside, load_features,
+from scenecomp.eval.features import (DEFAULT_FEATURES, FEATURES_FORMAT, FeatureNet, fill_outside, load_features,
                                      object_crops, save_features, swap_silhouettes)
 from scenecomp.eval.metrics import (accuracy, background_purity, category_diversity, diversity, edit_locality,
                                     frechet_distance, illumination_consistency, illumination_pairs, inception_score,
@@ -26,6 +26,7 @@ from scenecomp.eval.metrics import (accuracy, background_purity, category_divers
 from scenecomp.eval.protocol import EDIT_OFFSET, SEED_STRIDE, Model, SingleShot, evaluate, read_batches, sample_layouts
 from scenecomp.eval.report import format_table
 from scenecomp.eval.two_sample import two_sample_accuracy
+from scenecomp.images import to_uint8
 from scenecomp.nets import layout_map, visible_masks
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -288,7 +289,7 @@ def test_samples_are_composer_renderings_with_the_documented_seeds(tiny_shapes):
     images = model.render(layouts, batch_size=2)
     unseeded = [dataclasses.replace(lay, background_seed=None) for lay in layouts]
     expected = [composer.render(lay, seeds=SEED_STRIDE + i) for lay, i in zip(unseeded, [3, 4, 5])]
-    assert torch.equal(images, as_uint8(torch.stack(expected)))
+    assert torch.equal(images, to_uint8(torch.stack(expected)))
     assert [lay.background_seed for lay in layouts] == [SEED_STRIDE + 3, SEED_STRIDE + 4, SEED_STRIDE + 5]
     edited = model.new_look(layouts[0], 0)
     seeded = composer.seeded(layouts[0])
