@@ -3,6 +3,7 @@
 Kept apart from scenecomp/data.py so that datasets and ``scenecomp-data`` do not
 import Lightning.
 """
+
 from __future__ import annotations
 
 import lightning as L
@@ -24,10 +25,21 @@ class SceneDataModule(L.LightningDataModule):
     up front; afterwards ``.categories`` holds the names in index order.
     """
 
-    def __init__(self, train: str, val: str | None = None, categories=None, resolution: int = 64,
-                 max_objects: int = 8, min_area: float = 0.0, batch_size: int = 32, num_workers: int = 0,
-                 limit: int | None = None, seed: int = 0, train_images: str | None = None,
-                 val_images: str | None = None):
+    def __init__(
+        self,
+        train: str,
+        val: str | None = None,
+        categories=None,
+        resolution: int = 64,
+        max_objects: int = 8,
+        min_area: float = 0.0,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        limit: int | None = None,
+        seed: int = 0,
+        train_images: str | None = None,
+        val_images: str | None = None,
+    ):
         super().__init__()
         self.save_hyperparameters()
         self.train_path, self.val_path = train, val
@@ -39,16 +51,30 @@ class SceneDataModule(L.LightningDataModule):
         self.train_set: SceneDataset | None = None
         self.val_set: SceneDataset | None = None
 
-    def check(self) -> "SceneDataModule":
+    def check(self) -> SceneDataModule:
         """Build the datasets (reads only the JSON files); raises DataError on bad config."""
         if self.batch_size < 1:
             raise DataError(f"batch_size must be positive, got {self.batch_size}")
         if self.train_set is None:
-            self.train_set = SceneDataset(self.train_path, self.train_images, self.requested_categories,
-                                          self.resolution, self.max_objects, self.min_area, self.limit)
+            self.train_set = SceneDataset(
+                self.train_path,
+                self.train_images,
+                self.requested_categories,
+                self.resolution,
+                self.max_objects,
+                self.min_area,
+                self.limit,
+            )
         if self.val_path is not None and self.val_set is None:
-            self.val_set = SceneDataset(self.val_path, self.val_images, self.train_set.categories,
-                                        self.resolution, self.max_objects, self.min_area, self.limit)
+            self.val_set = SceneDataset(
+                self.val_path,
+                self.val_images,
+                self.train_set.categories,
+                self.resolution,
+                self.max_objects,
+                self.min_area,
+                self.limit,
+            )
         return self
 
     @property
@@ -61,9 +87,14 @@ class SceneDataModule(L.LightningDataModule):
     def _loader(self, dataset: SceneDataset, shuffle: bool) -> torch.utils.data.DataLoader:
         generator = torch.Generator().manual_seed(self.seed) if shuffle else None
         return torch.utils.data.DataLoader(
-            dataset, batch_size=self.batch_size, shuffle=shuffle, generator=generator,
-            drop_last=shuffle and len(dataset) > self.batch_size, num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0)
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            generator=generator,
+            drop_last=shuffle and len(dataset) > self.batch_size,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
 
     def train_dataloader(self):
         return self._loader(self.check().train_set, shuffle=True)

@@ -5,6 +5,7 @@ One quantisation everywhere, so a saved PNG, an evaluated image and a preview
 agree bit for bit: ``uint8 = round((clamp(x, -1, 1) + 1) * 127.5)``, and back
 ``x = uint8 / 127.5 - 1``.
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """Image conversion: the one quantisation between [-1,1] tensors and uint8 files."""
+
 from __future__ import annotations
 
 import numpy as np
