@@ -43,6 +43,7 @@ import torch
 
 from scenecomp.atomic import write_atomically
 from scenecomp.bundle import BundleError, PickledFileError, load_tensors, save_tensors
+from scenecomp.images import to_pil
 from scenecomp.layout import (SEED_LIMIT, Layout, LayoutError, LayoutObject, did_you_mean, encode_rle, image_mask,
                               quote, rasterize)
 from scenecomp.nets import ForegroundGenerator, LayoutGenerator, composite
@@ -54,7 +55,7 @@ DEFAULT_MODEL = Path(__file__).parent / "assets" / "composer.safetensors"
 def paint_layers(background: LayoutGenerator, foreground: ForegroundGenerator, z_background: torch.Tensor,
                  z_objects: torch.Tensor, masks: torch.Tensor, categories: torch.Tensor,
                  start: torch.Tensor | None = None) -> list[torch.Tensor]:
-    """The data flow of DESIGN.md, batched: every canvas from x0 to x_T.
+    """The data flow of docs/ARCHITECTURE.md, batched: every canvas from x0 to x_T.
 
     z_background ``[B,z]``, z_objects ``[B,K,z]``, masks ``[B,K,1,H,W]``,
     categories ``[B,K]`` -> ``K+1`` canvases ``[B,3,H,W]``. An empty mask is a
@@ -458,7 +459,7 @@ class Scene:
         if not (isinstance(step, numbers.Integral) and -len(steps) <= step < len(steps)):
             raise CompositionError(f"step {step!r} out of range: the scene has {len(steps)} steps "
                                    f"(0 = background .. {len(steps) - 1} = image)")
-        return _to_pil(steps[step][0])
+        return to_pil(steps[step][0])
 
     def layout(self) -> Layout:
         """This scene as a `Layout`: size ``[R,R]``, every seed filled in, each mask
@@ -668,12 +669,6 @@ def _move_mask(mask: np.ndarray, dx: float, dy: float, scale: float) -> np.ndarr
     sx = np.floor(cx + (np.arange(W) + 0.5 - dx - cx) / scale).astype(np.int64)
     valid = ((sy >= 0) & (sy < H))[:, None] & ((sx >= 0) & (sx < W))[None]
     return valid & mask[np.clip(sy, 0, H - 1)[:, None], np.clip(sx, 0, W - 1)[None]]
-
-
-def _to_pil(canvas: torch.Tensor):
-    from PIL import Image
-    pixels = ((canvas.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return Image.fromarray(pixels.permute(1, 2, 0).cpu().numpy(), "RGB")
 
 
 def _save_png(image, path: Path) -> None:

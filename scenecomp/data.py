@@ -1,4 +1,5 @@
-"""COCO-format scene data: a Dataset, a LightningDataModule and ``scenecomp-data``.
+"""COCO-format scene data: a Dataset and ``scenecomp-data`` (the LightningDataModule
+is in scenecomp/datamodule.py, so that this module does not import Lightning).
 
 Any COCO *instances* JSON plus an image folder works: Shapes output
 (``scenecomp-data shapes``), a prepared subset (``scenecomp-data coco``) or real
@@ -32,12 +33,12 @@ import torch
 from pycocotools import mask as mask_utils
 
 from scenecomp.atomic import write_atomically
+from scenecomp.images import from_array
 from scenecomp.layout import order_annotations
 
 __all__ = [
     "DataError",
     "SceneDataset",
-    "SceneDataModule",
     "crop_box",
     "fit_image",
     "fit_mask",
@@ -341,88 +342,8 @@ class SceneDataset(torch.utils.data.Dataset):
         categories[:n] = torch.from_numpy(s["categories"])
         valid = torch.zeros(K, dtype=torch.bool)
         valid[:n] = masks[:n].flatten(1).amax(1) > 0
-        image = torch.from_numpy(s["image"]).permute(2, 0, 1).float() / 127.5 - 1.0
+        image = from_array(s["image"])
         return {"image": image.contiguous(), "masks": masks, "categories": categories, "valid": valid, "index": i}
-
-
-# --------------------------------------------------------------------------- datamodule
-def _datamodule_class():
-    """Build ``SceneDataModule`` on first use, so that importing this module
-    (datasets, the ``scenecomp-data`` command) does not import Lightning."""
-    import lightning
-
-    class SceneDataModule(lightning.LightningDataModule):
-        """Train (and optional val/test) loaders of ``SceneDataset`` from plain values.
-
-        ``train``/``val``: a COCO instances JSON or a folder holding
-        ``annotations.json``; their images are in ``images/`` beside it unless
-        ``train_images``/``val_images`` say otherwise. The validation set uses the
-        training set's categories (same indices). ``limit`` caps both sets.
-        Call ``check()`` (``setup()`` calls it) to validate paths and categories
-        up front; afterwards ``.categories`` holds the names in index order.
-        """
-
-        def __init__(self, train: str, val: str | None = None, categories=None, resolution: int = 64,
-                     max_objects: int = 8, min_area: float = 0.0, batch_size: int = 32, num_workers: int = 0,
-                     limit: int | None = None, seed: int = 0, train_images: str | None = None,
-                     val_images: str | None = None):
-            super().__init__()
-            self.save_hyperparameters()
-            self.train_path, self.val_path = train, val
-            self.train_images, self.val_images = train_images, val_images
-            self.requested_categories = _as_name_list(categories)
-            self.resolution, self.max_objects, self.min_area = int(resolution), int(max_objects), float(min_area)
-            self.batch_size, self.num_workers = int(batch_size), int(num_workers)
-            self.limit, self.seed = (None if limit is None else int(limit)), int(seed)
-            self.train_set: SceneDataset | None = None
-            self.val_set: SceneDataset | None = None
-
-        def check(self) -> "SceneDataModule":
-            """Build the datasets (reads only the JSON files); raises DataError on bad config."""
-            if self.batch_size < 1:
-                raise DataError(f"batch_size must be positive, got {self.batch_size}")
-            if self.train_set is None:
-                self.train_set = SceneDataset(self.train_path, self.train_images, self.requested_categories,
-                                              self.resolution, self.max_objects, self.min_area, self.limit)
-            if self.val_path is not None and self.val_set is None:
-                self.val_set = SceneDataset(self.val_path, self.val_images, self.train_set.categories,
-                                            self.resolution, self.max_objects, self.min_area, self.limit)
-            return self
-
-        @property
-        def categories(self) -> list[str]:
-            return self.check().train_set.categories
-
-        def setup(self, stage: str | None = None) -> None:
-            self.check()
-
-        def _loader(self, dataset: SceneDataset, shuffle: bool) -> torch.utils.data.DataLoader:
-            generator = torch.Generator().manual_seed(self.seed) if shuffle else None
-            return torch.utils.data.DataLoader(
-                dataset, batch_size=self.batch_size, shuffle=shuffle, generator=generator,
-                drop_last=shuffle and len(dataset) > self.batch_size, num_workers=self.num_workers,
-                persistent_workers=self.num_workers > 0)
-
-        def train_dataloader(self):
-            return self._loader(self.check().train_set, shuffle=True)
-
-        def val_dataloader(self):
-            self.check()
-            return [] if self.val_set is None else self._loader(self.val_set, shuffle=False)
-
-        def test_dataloader(self):
-            return self.val_dataloader()
-
-    SceneDataModule.__module__ = __name__
-    SceneDataModule.__qualname__ = "SceneDataModule"
-    return SceneDataModule
-
-
-def __getattr__(name: str):
-    if name == "SceneDataModule":  # lazily defined: see _datamodule_class
-        cls = globals()["SceneDataModule"] = _datamodule_class()
-        return cls
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # --------------------------------------------------------------------------- command line

@@ -1,6 +1,6 @@
 """Layout files: a canvas size, a background seed and objects in paint order.
 
-A layout file (JSON, version 1; see DESIGN.md, "Layout file")::
+A layout file (JSON, version 1; this docstring is its reference, docs/ARCHITECTURE.md shows where it fits)::
 
     {"size": [64, 64],                       # [height, width] in pixels
      "background": {"seed": 0},              # optional

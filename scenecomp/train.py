@@ -28,7 +28,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from scenecomp.atomic import build_folder_once
 from scenecomp.compose import BUNDLE_NAME, bundle_dict, save_bundle
-from scenecomp.data import DataError, SceneDataModule
+from scenecomp.data import DataError
+from scenecomp.datamodule import SceneDataModule
 from scenecomp.precision import training_precision
 from scenecomp.training import PreviewGrid, RankChecksums, SceneGAN
 

@@ -248,8 +248,10 @@ def test_render_iter_returns_steps_and_seeds(composer):
     for r, layout in zip(results, [l for l in layouts() for _ in (1, 2)]):
         assert len(r.steps) == len(layout.objects) + 1 and torch.equal(r.steps[-1], r.image)
         assert r.layout.background_seed is not None and all(o.seed is not None for o in r.layout.objects)
-        assert torch.equal(composer.render(r.layout), r.image) or \
-            torch.allclose(composer.render(r.layout), r.image, atol=1e-5)
+        # the recorded seeds give the same bits in a call of the same batch shape, whatever else
+        # is in it (float rounding follows the shape, not the neighbours; render/batching.py relies
+        # on this); across batch shapes only to rounding (test_render_of_a_batch_equals_each_layout_alone)
+        assert torch.equal(composer.render([r.layout] * 3, batch_size=3)[0], r.image)
     assert results[4].layout.background_seed == 2 and results[0].layout.background_seed == 1
 
 

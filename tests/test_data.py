@@ -5,6 +5,8 @@ Every test writes its own small COCO fixture under tmp_path.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -337,7 +339,7 @@ def _many(tmp_path, n=10, name="train"):
 
 
 def test_datamodule_batches_and_seeded_shuffle(tmp_path):
-    from scenecomp.data import SceneDataModule
+    from scenecomp.datamodule import SceneDataModule
 
     train, val = _many(tmp_path), _many(tmp_path, 3, "val")
     dm = SceneDataModule(train=str(train), val=str(val), resolution=16, max_objects=3, batch_size=4, seed=1)
@@ -366,13 +368,20 @@ def test_datamodule_batches_and_seeded_shuffle(tmp_path):
 
 
 def test_datamodule_check_fails_early(tmp_path):
-    from scenecomp.data import SceneDataModule
+    from scenecomp.datamodule import SceneDataModule
 
     train = _many(tmp_path)
     with pytest.raises(DataError, match="unknown category 'zebra'; known: tree, house"):
         SceneDataModule(train=str(train), categories=["zebra"]).check()
     with pytest.raises(DataError, match="missing.json: annotations file not found"):
         SceneDataModule(train=str(train), val=str(tmp_path / "missing.json")).check()
+
+
+def test_importing_data_leaves_lightning_out():
+    code = "import sys, scenecomp.data; print(sorted(m for m in sys.modules if m.split('.')[0] == 'lightning'))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
 
 
 # --------------------------------------------------------------------------- command line
@@ -445,7 +454,6 @@ def test_cli_help_has_examples(capsys):
 
 
 def test_shapes_subcommand(tmp_path, capsys):
-    pytest.importorskip("scenecomp.shapes")
     out = tmp_path / "shapes"
     assert main(["shapes", "--out", str(out), "--count", "6", "--size", "32", "--seed", "0"]) == 0
     assert "wrote 6 scenes" in capsys.readouterr().out

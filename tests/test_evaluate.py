@@ -18,7 +18,7 @@ from scenecomp.compose import Composer, noise
 from scenecomp.bundle import load_tensors
 from scenecomp.eval.cli import main
 from scenecomp.eval.feature_training import train_features
-from scenecomp.eval.features import (DEFAULT_FEATURES, FEATURES_FORMAT, FeatureNet, as_uint8, fill_outside, load_features,
+from scenecomp.eval.features import (DEFAULT_FEATURES, FEATURES_FORMAT, FeatureNet, fill_outside, load_features,
                                      object_crops, save_features, swap_silhouettes)
 from scenecomp.eval.metrics import (accuracy, background_purity, category_diversity, diversity, edit_locality,
                                     frechet_distance, illumination_consistency, illumination_pairs, inception_score,
@@ -26,6 +26,7 @@ from scenecomp.eval.metrics import (accuracy, background_purity, category_divers
 from scenecomp.eval.protocol import EDIT_OFFSET, SEED_STRIDE, Model, SingleShot, evaluate, read_batches, sample_layouts
 from scenecomp.eval.report import format_table
 from scenecomp.eval.two_sample import two_sample_accuracy
+from scenecomp.images import to_uint8
 from scenecomp.nets import layout_map, visible_masks
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -288,7 +289,7 @@ def test_samples_are_composer_renderings_with_the_documented_seeds(tiny_shapes):
     images = model.render(layouts, batch_size=2)
     unseeded = [dataclasses.replace(lay, background_seed=None) for lay in layouts]
     expected = [composer.render(lay, seeds=SEED_STRIDE + i) for lay, i in zip(unseeded, [3, 4, 5])]
-    assert torch.equal(images, as_uint8(torch.stack(expected)))
+    assert torch.equal(images, to_uint8(torch.stack(expected)))
     assert [lay.background_seed for lay in layouts] == [SEED_STRIDE + 3, SEED_STRIDE + 4, SEED_STRIDE + 5]
     edited = model.new_look(layouts[0], 0)
     seeded = composer.seeded(layouts[0])
@@ -343,7 +344,7 @@ def tiny_run(tiny_shapes, tmp_path_factory):
                                       f"data.train={tiny_shapes}"]))
     tool = runpy.run_path(str(ROOT / "tools" / "train_features.py"), run_name="train_features")
     assert tool["main"](["--data", str(tiny_shapes), "--out", str(out / "features.safetensors"), "--images", "48",
-                         "--holdout", "16", "--steps", "4", "--batch-size", "16"]) == 0
+                         "--holdout", "16", "--steps", "300", "--batch-size", "16"]) == 0
     return {"composer": composer, "baseline": baseline, "features": out / "features.safetensors", "data": tiny_shapes,
             "out": out}
 
@@ -383,23 +384,29 @@ finally:
     for key in ("fid", "kid", "inception_score", "object_accuracy", "appearance_accuracy", "diversity",
                 "locality_look", "locality_category", "background_purity", "illumination"):
         assert set(m[key]) >= {"scenecomp", "baseline"}, key
-    assert m["fid"]["scenecomp"] >= 0 and m["fid"]["real"] >= 0  # real: the floor
+    # Relations, not ranges: the bundles are barely trained (6 steps) and the feature network is trained
+    # (300 steps, held-out accuracy ~0.9), so every metric must tell the real images from the models'
+    # (measured: FID floor 11 vs 172 and 141; object accuracy 0.93 vs 0.32 and 0.15).
+    models = ("scenecomp", "baseline")
+    assert all(0 <= 4 * m["fid"]["real"] < m["fid"][k] for k in models), m["fid"]  # real: the floor
+    assert all(m["kid"]["real"] < m["kid"][k] for k in models), m["kid"]
+    assert m["object_accuracy"]["real"] > 0.85 and m["appearance_accuracy"]["real"] > 0.7, m
+    for key in ("object_accuracy", "appearance_accuracy", "inception_score", "illumination"):
+        assert all(m[key]["real"] > m[key][k] + 0.2 for k in models), (key, m[key])
+    for key in ("two_sample_scenes", "two_sample_objects", "two_sample_backgrounds"):  # real: the calibration
+        assert all(m[key][k] > m[key]["real"] + 0.3 for k in models), (key, m[key])
+    # an edit repaints only its object in the layered model; the single-shot baseline changes everything
+    assert m["locality_look"]["scenecomp"] < 1e-3 < m["locality_look"]["baseline"], m["locality_look"]
     # the same bundle given as both baselines: the same numbers, in its own column
     assert all(v["baseline"] == v["baseline-matched"] for v in m.values()), m
     assert result["models"]["baseline-matched"]["kind"] == "baseline"
-    for key in ("object_accuracy", "appearance_accuracy", "background_purity"):
-        assert all(0 <= v <= 1 for v in m[key].values()), key
-    assert 1 <= m["inception_score"]["real"] <= 5
-    assert m["locality_look"]["scenecomp"] >= 0 and m["diversity"]["real"] is None
-    assert m["locality_look"]["baseline"] > 0  # its only noise vector re-sampled: the whole image changes
-    assert -1 <= m["illumination"]["real"] <= 1
+    assert all(0 <= v <= 1 for v in m["background_purity"].values()), m["background_purity"]
+    assert m["diversity"]["real"] is None
     assert result["models"]["scenecomp"]["kind"] == "scenecomp"
     assert set(result["diversity_per_category"]) == {"scenecomp", "baseline", "baseline-matched"}
     assert all(set(v) == set(CATEGORIES) for v in result["diversity_per_category"].values())
     assert m["diversity_min_category"]["real"] is None and set(result["diversity_every_category_above_zero"]) == {
         "scenecomp", "baseline", "baseline-matched"}
-    for key in ("two_sample_scenes", "two_sample_objects", "two_sample_backgrounds"):  # with the calibration
-        assert all(0 <= v <= 1 for v in m[key].values()), key
     for cat in CATEGORIES:  # one row per category, "-" for real (no seeds)
         row = next(line for line in table.splitlines() if line.startswith(f"diversity, {cat} objects"))
         assert row.split()[-1] == "-"
@@ -489,11 +496,18 @@ def test_inception_fid_from_local_weights(tiny_run, capsys):
 
 
 def test_train_features_learns_on_tiny_data(tiny_shapes):
-    net = train_features(tiny_shapes, images=48, holdout=16, steps=2, batch_size=8, net_kwargs={"channels": 4})
+    def trained(steps):
+        return train_features(tiny_shapes, images=48, holdout=16, steps=steps, batch_size=16)
+
+    untrained, net = trained(1), trained(300)  # 300 steps: ~3 s
     assert net.categories == CATEGORIES and net.resolution == 32 and net.crop_size == 16
     assert {"heldout_object_accuracy", "heldout_swapped_accuracy", "heldout_presence_accuracy",
             "heldout_background_purity", "steps", "data"} <= set(net.meta)
-    assert 0 <= net.meta["heldout_object_accuracy"] <= 1
+    # learning: held-out objects (5 categories, chance ~0.2) recognised far better than after one step
+    # (measured: 0.27 after 1 step, 0.91 after 300)
+    before, after = untrained.meta["heldout_object_accuracy"], net.meta["heldout_object_accuracy"]
+    assert after > 0.75 and after > before + 0.4, (before, after)
+    assert net.meta["heldout_swapped_accuracy"] > untrained.meta["heldout_swapped_accuracy"] + 0.3, net.meta
 
 
 def test_lowest_category_accuracy_names_the_worst_category():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -146,10 +147,11 @@ def test_bad_config_fails_before_training_with_a_clear_message(override, message
 
 
 def test_empty_folder_is_a_clear_error(tiny_config, tmp_path):
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    with pytest.raises(DataError, match="empty"):
-        build(tiny_config(f"data.train={empty}", "data.generate=null"))
+    folder = tmp_path / "train_split"  # a name the expected message does not contain
+    folder.mkdir()
+    expected = re.escape(f"{folder / 'annotations.json'}: annotations file not found")
+    with pytest.raises(DataError, match=expected):
+        build(tiny_config(f"data.train={folder}", "data.generate=null"))
 
 
 @pytest.mark.gpu

@@ -16,16 +16,11 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 from scenecomp import Composer
+from scenecomp.images import to_array
 from scenecomp.layout import load_coco_layouts
-
-
-def to_uint8(image: torch.Tensor) -> np.ndarray:
-    """``[3,H,W]`` in [-1,1] -> ``[H,W,3]`` uint8."""
-    return ((image.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
 
 
 def main(argv=None) -> None:
@@ -42,8 +37,8 @@ def main(argv=None) -> None:
     real = [np.asarray(Image.open(args.data / "images" / files[layout.image_id]).convert("RGB")) for layout in layouts]
     samples = [composer.render(layout, seeds=[i, 1000 + i]) for i, layout in enumerate(layouts)]
     backgrounds = [composer.background(seed=i).image for i in range(len(layouts))]
-    rows = [real, [to_uint8(s[0]) for s in samples], [to_uint8(s[1]) for s in samples],
-            [to_uint8(b) for b in backgrounds]]
+    rows = [real, [to_array(s[0]) for s in samples], [to_array(s[1]) for s in samples],
+            [to_array(b) for b in backgrounds]]
     gap = 2
     R = real[0].shape[0]
     grid = np.full((len(rows) * (R + gap) - gap, len(layouts) * (R + gap) - gap, 3), 255, np.uint8)

@@ -19,11 +19,8 @@ from PIL import Image
 
 from scenecomp import Composer, Layout
 from scenecomp.compose import build_network, load_bundle, noise
+from scenecomp.images import to_array
 from scenecomp.nets import layout_map
-
-
-def to_uint8(image: torch.Tensor) -> np.ndarray:
-    return ((image.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
 
 
 def baseline_image(net, layout: Layout, seed: int, R: int, categories) -> torch.Tensor:
@@ -69,7 +66,7 @@ def main() -> None:
     for y, row in ((0, row1), (R + 4, row2)):
         x = 0
         for t in row:
-            canvas[y:y + R, x:x + t.shape[-1]] = to_uint8(t)
+            canvas[y:y + R, x:x + t.shape[-1]] = to_array(t)
             x += t.shape[-1]
     img = Image.fromarray(canvas)
     args.out.parent.mkdir(parents=True, exist_ok=True)

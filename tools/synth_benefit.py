@@ -32,6 +32,7 @@ from scenecomp.compose import DEFAULT_MODEL
 from scenecomp.data import SceneDataset
 from scenecomp.eval.features import DEFAULT_FEATURES, load_features, object_crops
 from scenecomp.eval.protocol import MIN_VISIBLE
+from scenecomp.images import from_array
 from scenecomp.render import file_sha256
 from scenecomp.synth import synthesize
 
@@ -78,7 +79,7 @@ def load_set(annotations, indices=None, rare: str | None = None, rare_limit: int
         label = np.zeros(s["image"].shape[:2], np.int64)
         for m, c in zip(s["masks"], s["categories"]):
             label[m > 0] = c + 1
-        images.append(torch.from_numpy(s["image"]).permute(2, 0, 1).float() / 127.5 - 1)
+        images.append(from_array(s["image"]))
         labels.append(torch.from_numpy(label))
         if count is not None and len(images) == count:
             break
@@ -129,7 +130,7 @@ def classifier_accuracy(annotations, limit: int) -> tuple[float, int]:
     crops, cats = [], []
     for i in range(min(limit, len(ds))):
         s = ds.read(i)
-        image = torch.from_numpy(s["image"]).permute(2, 0, 1).float() / 127.5 - 1
+        image = from_array(s["image"])
         masks = torch.from_numpy(s["masks"]).float()[:, None]
         covered = torch.zeros_like(masks[0])
         for k in reversed(range(len(masks))):  # visible masks (synthetic labels already are)

@@ -14,9 +14,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from scenecomp.eval.features import FeatureNet, as_float, fill_outside, object_crops, swap_silhouettes
+from scenecomp.eval.features import FeatureNet, fill_outside, object_crops, swap_silhouettes
 from scenecomp.eval.metrics import accuracy, background_purity
 from scenecomp.eval.protocol import read_background
+from scenecomp.images import to_float
 from scenecomp.nets import visible_masks
 
 
@@ -39,7 +40,7 @@ def _read_pool(dataset, indices, S: int, backgrounds: Path | None):
     crops = []
     for a in range(0, len(vis), 256):
         m = vis[a:a + 256].float()
-        c = object_crops(as_float(imgs[owner[a:a + 256]]), m, S)
+        c = object_crops(to_float(imgs[owner[a:a + 256]]), m, S)
         crops.append(torch.cat([c, fill_outside(c)], 1).half())
     crops = torch.cat(crops) if crops else torch.zeros(0, 7, S, S, dtype=torch.half)
     return {"images": imgs, "backgrounds": torch.stack(bgs) if bgs else None, "vis": vis, "cats": cats,
@@ -66,7 +67,7 @@ def _presence_batch(pool, rows, C, gen, p_background: float = 0.25, p_drop: floa
         label[pool["cats"][objs[keep]]] = 1.0
         images.append(image)
         labels.append(label)
-    return as_float(torch.stack(images)), torch.stack(labels)
+    return to_float(torch.stack(images)), torch.stack(labels)
 
 
 def _object_batch(pool, rows, gen, p_swap: float = 0.5):
@@ -92,7 +93,7 @@ def _heldout_scores(net: FeatureNet, pool, C: int) -> dict:
         logits_s = torch.cat([net.object_logits(swapped[a:a + 256]) for a in range(0, n, 256)])
         labels = pool["cats"]
         differs = labels != labels.roll(1, 0)
-        images = as_float(pool["images"])
+        images = to_float(pool["images"])
         truth = torch.zeros(len(images), C)
         truth[pool["owner"], pool["cats"]] = 1.0
         pres = torch.cat([torch.sigmoid(net.presence_logits(images[a:a + 256])) for a in range(0, len(images), 256)])
@@ -103,7 +104,7 @@ def _heldout_scores(net: FeatureNet, pool, C: int) -> dict:
                "heldout_presence_object_recall": float((pres[pool["owner"], pool["cats"]] > 0.5).float().mean()),
                "heldout_objects": n, "heldout_images": len(images)}
         if pool["backgrounds"] is not None:
-            bg = as_float(pool["backgrounds"])
+            bg = to_float(pool["backgrounds"])
             bp = torch.cat([torch.sigmoid(net.presence_logits(bg[a:a + 256])) for a in range(0, len(bg), 256)])
             out["heldout_background_purity"] = background_purity(bp)
     return out
@@ -167,7 +168,7 @@ def train_features(data, *, images: int = 6000, holdout: int = 500, steps: int =
                 f"({time.perf_counter() - start:.0f} s)")
     net.eval().requires_grad_(False)
     with torch.no_grad():
-        f = torch.cat([net._whole(as_float(pool["images"][a:a + 256])) for a in range(0, min(2048, len(pool["images"])), 256)])
+        f = torch.cat([net._whole(to_float(pool["images"][a:a + 256])) for a in range(0, min(2048, len(pool["images"])), 256)])
         net.feature_scale.fill_(float(f.square().mean().rsqrt()))
     meta = _heldout_scores(net, held, C)
     meta.update({"data": str(dataset.annotations_path), "data_seed": dataset.info.get("seed"),

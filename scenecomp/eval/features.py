@@ -20,6 +20,7 @@ from torch import nn
 
 from scenecomp.bundle import BundleError, PickledFileError, load_tensors, save_tensors
 from scenecomp.eval import EvaluationError
+from scenecomp.images import to_float
 from scenecomp.nets import crop_objects
 
 FEATURES_FORMAT = "scenecomp-features"
@@ -86,17 +87,8 @@ class FeatureNet(nn.Module):
         return self.object_head(self.object_features(crops))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.features(as_float(images).to(self.object_head.weight.device))
+        return self.features(to_float(images).to(self.object_head.weight.device))
 
-
-def as_float(images: torch.Tensor) -> torch.Tensor:
-    """uint8 [0,255] -> float [-1,1]; floats are returned as they are (assumed [-1,1])."""
-    return images.float() / 127.5 - 1.0 if images.dtype == torch.uint8 else images
-
-
-def as_uint8(images: torch.Tensor) -> torch.Tensor:
-    """float [-1,1] -> uint8 [0,255], as when an image is saved."""
-    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
 def save_features(path, net: FeatureNet, categories, meta: dict | None = None, half: bool = True) -> None:

@@ -45,10 +45,11 @@ from torch import nn
 
 from scenecomp.compose import BundleError, Composer, CompositionError, build_network, load_bundle, noise
 from scenecomp.eval import EvaluationError
-from scenecomp.eval.features import FeatureNet, as_float, as_uint8, fill_outside, object_crops, swap_silhouettes
+from scenecomp.eval.features import FeatureNet, fill_outside, object_crops, swap_silhouettes
 from scenecomp.eval.metrics import (ClassifierScores, Diversity, Illumination, Locality, Purity, frechet_distance,
                                     kernel_distance)
 from scenecomp.eval.two_sample import two_sample_accuracy
+from scenecomp.images import to_float, to_uint8
 from scenecomp.layout import SEED_LIMIT, Layout, LayoutObject
 from scenecomp.nets import crop_objects, layout_map, visible_masks
 
@@ -117,7 +118,7 @@ class Model:
 
     def render(self, layouts: list[Layout], batch_size: int) -> torch.Tensor:
         """uint8 images ``[len(layouts),3,R,R]`` (as if saved)."""
-        return as_uint8(torch.stack([r.image for r in self.renderer.render_iter(layouts, batch_size=batch_size)]))
+        return to_uint8(torch.stack([r.image for r in self.renderer.render_iter(layouts, batch_size=batch_size)]))
 
     def new_look(self, layout: Layout, k: int) -> Layout:
         """The layout with object ``k`` given a new look: its seed + EDIT_OFFSET (layered); the
@@ -202,7 +203,7 @@ def read_batches(dataset, indices: list[int], batch_size: int, backgrounds: Path
                                            for k in range(len(keep))]))
         vis = visible_masks(masks)
         index = [int(s["index"]) for s in items]
-        yield Batch(index, as_uint8(torch.stack([s["image"] for s in items])),
+        yield Batch(index, to_uint8(torch.stack([s["image"] for s in items])),
                     torch.stack([read_background(dataset, i, backgrounds) for i in index]) if backgrounds else None,
                     masks, cats, vis.flatten(2).mean(2) >= MIN_VISIBLE, vis, layouts)
 
@@ -229,7 +230,7 @@ class _Crops:
         self.masks, self.cats, self.size = batch.vis[self.rows, self.cols], batch.cats[self.rows, self.cols], size
 
     def of(self, images: torch.Tensor) -> torch.Tensor:
-        return object_crops(as_float(images)[self.rows], self.masks, self.size)
+        return object_crops(to_float(images)[self.rows], self.masks, self.size)
 
 
 class _Real:
@@ -255,7 +256,7 @@ class _Real:
             self.top_masks.append(crop_objects(masks, masks, net.crop_size))
         if batch.background is not None:
             self.backgrounds.append(batch.background)
-            self.purity.update(torch.sigmoid(net.presence_logits(as_float(batch.background))))
+            self.purity.update(torch.sigmoid(net.presence_logits(to_float(batch.background))))
 
 
 class _Generated:
@@ -290,7 +291,7 @@ class _Generated:
         C, S = net.num_categories, net.crop_size
         background = model.render([dataclasses.replace(lay, objects=[]) for lay in layouts], batch_size)
         self.backgrounds.append(background)
-        self.purity.update(torch.sigmoid(net.presence_logits(as_float(background))))
+        self.purity.update(torch.sigmoid(net.presence_logits(to_float(background))))
         # appearance: the top object painted as every category in turn (same mask, same seed)
         top = _top_object(batch.counted)
         idx = (top >= 0).nonzero().flatten().tolist()
@@ -299,7 +300,7 @@ class _Generated:
             for c in range(C):
                 recat = [_with_object(layouts[b], int(top[b]), category=net.categories[c]) for b in idx]
                 painted = model.render(recat, batch_size)
-                self.appearance.update(net.object_logits(object_crops(as_float(painted), masks, S)),
+                self.appearance.update(net.object_logits(object_crops(to_float(painted), masks, S)),
                                        torch.full((len(idx),), c))
         # locality: object i mod n of layout i gets a new look / a new category
         edited = [(b, i % len(layouts[b].objects)) for b, i in enumerate(batch.index) if layouts[b].objects]

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from scenecomp.images import to_float
+
 EPOCHS = 15
 MIN_STEPS = 100  # small sets still get enough steps to learn an obvious difference
 BATCH_SIZE = 32
@@ -47,10 +49,6 @@ def _classifier(channels: int) -> nn.Module:
     return Net()
 
 
-def _as_input(x: torch.Tensor) -> torch.Tensor:
-    return x.float() / 127.5 - 1.0 if x.dtype == torch.uint8 else x.float()
-
-
 def two_sample_accuracy(a: torch.Tensor, b: torch.Tensor, seed: int = 0, epochs: int = EPOCHS,
                         batch_size: int = BATCH_SIZE) -> float:
     """Held-out accuracy of a fresh classifier telling ``a`` from ``b``.
@@ -68,7 +66,7 @@ def two_sample_accuracy(a: torch.Tensor, b: torch.Tensor, seed: int = 0, epochs:
     gen = torch.Generator().manual_seed(seed)
     order = torch.randperm(n, generator=gen)
     train, test = order[:n // 2], order[n // 2:]
-    x_train = torch.cat([_as_input(a[train]), _as_input(b[train])])
+    x_train = torch.cat([to_float(a[train]), to_float(b[train])])
     y_train = torch.cat([torch.zeros(len(train)), torch.ones(len(train))])
     with torch.random.fork_rng(devices=[]):
         net = _classifier(a.shape[1])
@@ -84,5 +82,5 @@ def two_sample_accuracy(a: torch.Tensor, b: torch.Tensor, seed: int = 0, epochs:
             loss.backward()
             opt.step()
         with torch.no_grad():
-            right = (net(_as_input(a[test])) < 0).sum() + (net(_as_input(b[test])) > 0).sum()
+            right = (net(to_float(a[test])) < 0).sum() + (net(to_float(b[test])) > 0).sum()
     return float(right) / (2 * len(test))

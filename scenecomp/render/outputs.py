@@ -15,18 +15,11 @@ import torch
 
 from scenecomp.atomic import write_atomically
 from scenecomp.compose import Rendering
+from scenecomp.images import to_pil
 from scenecomp.ora import layer_names, write_ora
 from scenecomp.render.manifest import end_with_newline
 from scenecomp.render.options import output_faults
 from scenecomp.render.planning import Job
-
-
-def _to_pil(canvas: torch.Tensor):
-    """The same quantisation as `Scene.to_pil`: [-1,1] -> round((x + 1) * 127.5)."""
-    from PIL import Image
-
-    pixels = ((canvas.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return Image.fromarray(pixels.permute(1, 2, 0).cpu().numpy(), "RGB")
 
 
 def _save_png(image, path: Path) -> str:
@@ -48,7 +41,7 @@ def _save_layers(directory: Path, rendering: Rendering, resolution: int) -> None
     written = set()
     for t, canvas in enumerate(steps):
         written.add(f"step_{t:0{width}d}.png")
-        _save_png(_to_pil(canvas), directory / f"step_{t:0{width}d}.png")
+        _save_png(to_pil(canvas), directory / f"step_{t:0{width}d}.png")
     masks = rendering.layout.masks((resolution, resolution)) > 0.5
     for t, mask in enumerate(masks, 1):
         written.add(f"mask_{t:0{width}d}.png")
@@ -100,7 +93,7 @@ class Outputs:
             R = self.resolution
             strip = Image.new("RGB", (R * len(rendering.steps), R))
             for t, canvas in enumerate(rendering.steps):
-                strip.paste(_to_pil(canvas), (t * R, 0))
+                strip.paste(to_pil(canvas), (t * R, 0))
             line["steps"] = f"{stem}_steps.png"
             line["steps_sha256"] = _save_png(strip, self.out / line["steps"])
         if self.layers:
@@ -110,12 +103,12 @@ class Outputs:
             masks = filled.masks((self.resolution, self.resolution)) > 0.5
             write_ora(
                 self.out / f"{stem}.ora",
-                [_to_pil(canvas) for canvas in rendering.steps],
+                [to_pil(canvas) for canvas in rendering.steps],
                 list(masks),
                 layer_names(filled.background_seed, filled.objects),
             )
             line["ora"] = f"{stem}.ora"
-        line["image_sha256"] = _save_png(_to_pil(rendering.image), self.out / line["image"])
+        line["image_sha256"] = _save_png(to_pil(rendering.image), self.out / line["image"])
         line.update(self.meta, device=device)
         if device == "cpu":
             line["threads"] = torch.get_num_threads()
