@@ -1,18 +1,22 @@
 """Training: the losses, the EMA, and one LightningModule that trains the enabled stages.
 
-Stages (any subset, trained side by side on every batch, since they are
-independent: the foreground stage learns on real images, not on the
-background generator's output):
+Stages (any subset, trained side by side on every batch; the paper trains them separately,
+``experiment=shapes64_background`` trains the background alone):
 
-- ``background``: G_bg's layout head A against a global discriminator on real
-  images, and its noise-only head B pulled towards head A outside the objects.
-- ``foreground``: one object of a real image is blanked and G_fg repaints it in
-  context, judged by a global and an object discriminator.
-- ``baseline``: a single-shot SPADE-style generator (the same network as G_bg,
-  head A only) with its own global discriminator: the comparison the paper makes.
+- ``background``: G_bg from noise. ``background_method: plates`` (default): a background
+  inpainter paints the objects out of real images, G_bg learns those plates as a cVAE-GAN
+  (reconstruction + KL) with D_bg judging either real pixels outside the objects
+  (``bg_judged_on: real``) or the plates. ``two_head``: the paper's head A (layout) against a
+  global discriminator, head B (noise only) pulled towards head A outside the objects.
+  ``masked``: noise only, judged where real images show no object.
+- ``foreground``: one object of a real image is blanked and G_fg repaints it in context, as a
+  cVAE-GAN (the encoder of the real object's crop gives z for an L1 reconstruction, z from the
+  prior is judged by the object discriminator), half of it on G_bg's canvases.
+- ``baseline``: a single-shot SPADE-style generator (the same network as G_bg, head A only)
+  with its own global discriminator: the comparison the paper makes.
 
 Each stage has a generator and a discriminator optimiser, so Lightning's
-``global_step`` advances by two per stage per batch.
+``global_step`` advances by two per stage per batch. See docs/ARCHITECTURE.md.
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from scenecomp.compose import paint_layers
+from scenecomp.images import to_array
 from scenecomp.nets import (AppearanceEncoder, ForegroundGenerator, GlobalDiscriminator, LayoutGenerator, ObjectDiscriminator,
                             composite, crop_objects, layout_map, visible_masks)
 
@@ -124,7 +129,7 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float, step:
 class SceneGAN(L.LightningModule):
     """Trains the stages named in ``stages`` with manual optimisation and EMA generators.
 
-    Every argument is a plain value (Hydra passes them from ``conf/model``);
+    Every argument is a plain value (Hydra passes them from ``scenecomp/conf/model``);
     the network sizes are the constructor arguments of the networks in
     :mod:`scenecomp.nets`.
     """
@@ -495,7 +500,7 @@ class SceneGAN(L.LightningModule):
         if "baseline" in self.stages:
             rows.append(self.g_base_ema(zb(self.g_base_ema), seg))
         grid = torch.cat([torch.cat(list(r), dim=2) for r in rows], dim=1)  # [3, rows*H, B*W]
-        return ((grid.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+        return to_array(grid)
 
     def save_preview(self, folder: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
