@@ -4,13 +4,14 @@ Temporary names are unique (``tempfile``) and sit beside the target, so the fina
 rename never crosses filesystems, and two processes (or two nodes on a shared
 filesystem) writing the same target never share a temporary file.
 """
+
 from __future__ import annotations
 
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 # mkstemp makes its files owner-only (0600); a finished file gets the mode open() would give it
 _UMASK = os.umask(0o022)

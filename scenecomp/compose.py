@@ -29,14 +29,15 @@ index the object is added at, and the seed it picks is kept from then on (so
 rendering them again reproduces the image. A fully seeded layout gives the same
 image for every sample seed.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import numbers
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -44,17 +45,32 @@ import torch
 from scenecomp.atomic import write_atomically
 from scenecomp.bundle import BundleError, PickledFileError, load_tensors, save_tensors
 from scenecomp.images import to_pil
-from scenecomp.layout import (SEED_LIMIT, Layout, LayoutError, LayoutObject, did_you_mean, encode_rle, image_mask,
-                              quote, rasterize)
+from scenecomp.layout import (
+    SEED_LIMIT,
+    Layout,
+    LayoutError,
+    LayoutObject,
+    did_you_mean,
+    encode_rle,
+    image_mask,
+    quote,
+    rasterize,
+)
 from scenecomp.nets import ForegroundGenerator, LayoutGenerator, composite
 from scenecomp.precision import auto_dtype
 
 DEFAULT_MODEL = Path(__file__).parent / "assets" / "composer.safetensors"
 
 
-def paint_layers(background: LayoutGenerator, foreground: ForegroundGenerator, z_background: torch.Tensor,
-                 z_objects: torch.Tensor, masks: torch.Tensor, categories: torch.Tensor,
-                 start: torch.Tensor | None = None) -> list[torch.Tensor]:
+def paint_layers(
+    background: LayoutGenerator,
+    foreground: ForegroundGenerator,
+    z_background: torch.Tensor,
+    z_objects: torch.Tensor,
+    masks: torch.Tensor,
+    categories: torch.Tensor,
+    start: torch.Tensor | None = None,
+) -> list[torch.Tensor]:
     """The data flow of docs/ARCHITECTURE.md, batched: every canvas from x0 to x_T.
 
     z_background ``[B,z]``, z_objects ``[B,K,z]``, masks ``[B,K,1,H,W]``,
@@ -110,19 +126,30 @@ class Composer:
     the networks run in ``channels_last`` memory format.
     """
 
-    def __init__(self, background: LayoutGenerator, foreground: ForegroundGenerator, categories,
-                 *, device=None, dtype: torch.dtype | str | None = "auto"):
+    def __init__(
+        self,
+        background: LayoutGenerator,
+        foreground: ForegroundGenerator,
+        categories,
+        *,
+        device=None,
+        dtype: torch.dtype | str | None = "auto",
+    ):
         categories = tuple(categories)
         if not categories or not all(isinstance(c, str) and c for c in categories):
             raise CompositionError(f"categories must be non-empty strings, got {list(categories)!r}")
         if len(set(categories)) != len(categories):
             raise CompositionError(f"categories must be distinct, got {list(categories)!r}")
         if foreground.num_categories != len(categories):
-            raise CompositionError(f"the foreground generator knows {foreground.num_categories} categories "
-                                   f"but {len(categories)} names were given: {list(categories)}")
+            raise CompositionError(
+                f"the foreground generator knows {foreground.num_categories} categories "
+                f"but {len(categories)} names were given: {list(categories)}"
+            )
         if background.resolution != foreground.resolution:
-            raise CompositionError(f"the background generator paints {background.resolution}x{background.resolution}"
-                                   f" but the foreground generator {foreground.resolution}x{foreground.resolution}")
+            raise CompositionError(
+                f"the background generator paints {background.resolution}x{background.resolution}"
+                f" but the foreground generator {foreground.resolution}x{foreground.resolution}"
+            )
         self.background_net = background.eval().requires_grad_(False)
         self.foreground_net = foreground.eval().requires_grad_(False)
         self._categories = categories
@@ -152,7 +179,8 @@ class Composer:
         if not DEFAULT_MODEL.is_file():
             raise FileNotFoundError(
                 f"no default model is shipped with this scenecomp yet (looked for {DEFAULT_MODEL}); "
-                "train one with scenecomp-train and load it with Composer.from_checkpoint('run/composer.safetensors')")
+                "train one with scenecomp-train and load it with Composer.from_checkpoint('run/composer.safetensors')"
+            )
         return cls.from_checkpoint(DEFAULT_MODEL, device=device, dtype=dtype)
 
     def to(self, device=None, dtype: torch.dtype | str | None = None) -> Composer:
@@ -162,8 +190,9 @@ class Composer:
         if isinstance(dtype, str) and dtype == "auto":
             dtype = auto_dtype(self.device if device is None else device)
         elif dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-            raise CompositionError(f"dtype must be \"auto\" or a floating torch dtype such as torch.bfloat16, "
-                                   f"got {dtype!r}")
+            raise CompositionError(
+                f'dtype must be "auto" or a floating torch dtype such as torch.bfloat16, got {dtype!r}'
+            )
         for net in (self.background_net, self.foreground_net):
             net.to(device=device, dtype=dtype)
         if self.device.type in ("cpu", "cuda"):
@@ -195,8 +224,10 @@ class Composer:
         return next(self.foreground_net.parameters()).dtype
 
     def __repr__(self) -> str:
-        return (f"Composer(categories={list(self.categories)}, resolution={self.resolution}, "
-                f"device={self.device}, dtype={self.dtype})")
+        return (
+            f"Composer(categories={list(self.categories)}, resolution={self.resolution}, "
+            f"device={self.device}, dtype={self.dtype})"
+        )
 
     # --- scenes
 
@@ -215,10 +246,11 @@ class Composer:
         seeded = self.seeded(layout, seed)
         masks = layout.masks((self.resolution, self.resolution)) > 0.5
         objects = []
-        for i, (obj, mask) in enumerate(zip(seeded.objects, masks)):
+        for i, (obj, mask) in enumerate(zip(seeded.objects, masks, strict=False)):
             if not mask.any():
-                raise LayoutError(f"covers no pixel at the composer's resolution {self.resolution}x{self.resolution}",
-                                  layout.path, i)
+                raise LayoutError(
+                    f"covers no pixel at the composer's resolution {self.resolution}x{self.resolution}", layout.path, i
+                )
             mask.flags.writeable = False
             objects.append(SceneObject(obj.category, mask, obj.seed))
         objects = tuple(objects)
@@ -245,11 +277,12 @@ class Composer:
         images = [r.image for r in self.render_iter([layouts] if single else layouts, seed_list, batch_size)]
         if per_seed:
             n = len(seed_list)
-            images = [images[i:i + n] for i in range(0, len(images), n)]
+            images = [images[i : i + n] for i in range(0, len(images), n)]
         return images[0] if single else images
 
-    def render_iter(self, layouts: Iterable, seeds=None, batch_size: int = 16,
-                    steps: bool = False) -> Iterator[Rendering]:
+    def render_iter(
+        self, layouts: Iterable, seeds=None, batch_size: int = 16, steps: bool = False
+    ) -> Iterator[Rendering]:
         """Render layouts lazily, ``batch_size`` (layout, seed) pairs at a time,
         yielding one `Rendering` per pair in input order (for each layout, each
         seed). ``layouts`` may be any iterable (a generator keeps memory flat);
@@ -284,16 +317,18 @@ class Composer:
         zo = torch.zeros(B, K, self.foreground_net.z_dim)
         mk = torch.zeros(B, K, 1, R, R)
         cats = torch.zeros(B, K, dtype=torch.long)
-        for b, (s, m) in enumerate(zip(seeded, masks)):
+        for b, (s, m) in enumerate(zip(seeded, masks, strict=False)):
             for k, obj in enumerate(s.objects):
                 zo[b, k] = noise(obj.seed, self.foreground_net.z_dim)
                 cats[b, k] = self._index[obj.category]
-            mk[b, :len(m), 0] = m
+            mk[b, : len(m), 0] = m
         canvases = self._paint_batch(zb, zo, mk, cats)
         out = []
-        for b, ((index, _, seed), s, m) in enumerate(zip(items, seeded, masks)):
+        for b, ((index, _, seed), s, m) in enumerate(zip(items, seeded, masks, strict=False)):
             n = len(m)
-            cpu = [c[b].to("cpu", torch.float32, copy=True) for c in (canvases[:n + 1] if steps else canvases[n:n + 1])]
+            cpu = [
+                c[b].to("cpu", torch.float32, copy=True) for c in (canvases[: n + 1] if steps else canvases[n : n + 1])
+            ]
             empty = tuple(int(i) for i in torch.nonzero(~m.flatten(1).any(1)).flatten())
             out.append(Rendering(index, seed, s, cpu[-1], tuple(cpu) if steps else None, empty))
         return out
@@ -303,9 +338,15 @@ class Composer:
     @torch.inference_mode()
     def _paint_batch(self, zb, zo, masks, cats, start=None) -> list[torch.Tensor]:
         dev, dt = self.device, self.dtype
-        return paint_layers(self.background_net, self.foreground_net,
-                            None if zb is None else zb.to(dev, dt), zo.to(dev, dt),
-                            masks.to(dev, dt), cats.to(dev), start)
+        return paint_layers(
+            self.background_net,
+            self.foreground_net,
+            None if zb is None else zb.to(dev, dt),
+            zo.to(dev, dt),
+            masks.to(dev, dt),
+            cats.to(dev),
+            start,
+        )
 
     def _paint(self, background_seed: int, objects, start: torch.Tensor | None = None) -> list[torch.Tensor]:
         """Canvases ``[1,3,R,R]``: ``start`` (or the background of ``background_seed``) then one per object."""
@@ -328,8 +369,10 @@ class Composer:
         if isinstance(category, numbers.Integral) and not isinstance(category, bool):
             if 0 <= category < len(self._categories):
                 return self._categories[category]
-            raise CompositionError(f"category index {category} out of range: this composer has "
-                                   f"{len(self._categories)} categories ({', '.join(self._categories)})")
+            raise CompositionError(
+                f"category index {category} out of range: this composer has "
+                f"{len(self._categories)} categories ({', '.join(self._categories)})"
+            )
         if isinstance(category, str):
             shown = f"{quote(category)}{did_you_mean(category, self._categories)}"
         else:
@@ -350,7 +393,8 @@ class Composer:
                 raise CompositionError(
                     f"{what} is {array.shape[0]}x{array.shape[1]} (height x width) but this composer paints "
                     f"{R}x{R}; resize it to {R}x{R} first, or give a shape such as {{'bbox': [x, y, w, h]}} "
-                    f"in the composer's pixels")
+                    f"in the composer's pixels"
+                )
         if not array.any():
             raise CompositionError(f"{what} is empty: it covers no pixel of the {R}x{R} canvas")
         array = np.array(array, dtype=bool)
@@ -368,8 +412,10 @@ class Composer:
     def seeded(self, layout: Layout, seed: int = 0) -> Layout:
         """The layout with every seed filled in (module docstring)."""
         background = seed if layout.background_seed is None else layout.background_seed
-        objects = [obj if obj.seed is not None else dataclasses.replace(obj, seed=object_seed(background, i))
-                   for i, obj in enumerate(layout.objects)]
+        objects = [
+            obj if obj.seed is not None else dataclasses.replace(obj, seed=object_seed(background, i))
+            for i, obj in enumerate(layout.objects)
+        ]
         return dataclasses.replace(layout, objects=objects, background_seed=background)
 
 
@@ -377,12 +423,12 @@ class Composer:
 class Rendering:
     """One rendered (layout, sample seed) pair, from `Composer.render_iter`."""
 
-    index: int                      # the layout's position in the input
-    seed: int                       # the sample seed
-    layout: Layout                  # the input layout with every seed filled in (same path, size and shapes)
-    image: torch.Tensor             # [3,R,R] float32 CPU, in [-1,1]
-    steps: tuple | None             # x0..xT, each [3,R,R] float32 CPU, when asked for
-    empty: tuple[int, ...]          # objects that cover no pixel at the composer's resolution (painted nothing)
+    index: int  # the layout's position in the input
+    seed: int  # the sample seed
+    layout: Layout  # the input layout with every seed filled in (same path, size and shapes)
+    image: torch.Tensor  # [3,R,R] float32 CPU, in [-1,1]
+    steps: tuple | None  # x0..xT, each [3,R,R] float32 CPU, when asked for
+    empty: tuple[int, ...]  # objects that cover no pixel at the composer's resolution (painted nothing)
 
 
 # ----------------------------------------------------------------------------- scenes
@@ -457,8 +503,10 @@ class Scene:
         """``steps[step]`` (default: the image) as an RGB PIL image."""
         steps = self._canvases
         if not (isinstance(step, numbers.Integral) and -len(steps) <= step < len(steps)):
-            raise CompositionError(f"step {step!r} out of range: the scene has {len(steps)} steps "
-                                   f"(0 = background .. {len(steps) - 1} = image)")
+            raise CompositionError(
+                f"step {step!r} out of range: the scene has {len(steps)} steps "
+                f"(0 = background .. {len(steps) - 1} = image)"
+            )
         return to_pil(steps[step][0])
 
     def layout(self) -> Layout:
@@ -477,6 +525,7 @@ class Scene:
         atomically; ``step_*``/``mask_*`` PNGs left by an earlier, longer
         scene are removed. Returns the directory."""
         from PIL import Image
+
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         width = max(2, len(str(len(self._objects))))
@@ -500,8 +549,13 @@ class Scene:
         RGBA layer per object (the object as painted, alpha = its mask), named by number,
         category and seed; stacking them gives ``to_pil()``. Written atomically; returns the path."""
         from scenecomp.ora import layer_names, write_ora
-        return write_ora(path, [self.to_pil(t) for t in range(len(self._canvases))], [o.mask for o in self._objects],
-                         layer_names(self._background_seed, self._objects))
+
+        return write_ora(
+            path,
+            [self.to_pil(t) for t in range(len(self._canvases))],
+            [o.mask for o in self._objects],
+            layer_names(self._background_seed, self._objects),
+        )
 
     def __repr__(self) -> str:
         objects = ", ".join(f"{o.category}(seed={o.seed})" for o in self._objects)
@@ -533,17 +587,19 @@ class Scene:
         """Object ``i`` with a new category, mask and/or seed (None keeps it); objects ``i`` onward are repainted."""
         i = self._check_index(i)
         old = self._objects[i]
-        obj = SceneObject(old.category if category is None else self._composer._category(category),
-                          old.mask if mask is None else self._composer._mask(mask),
-                          old.seed if seed is None else _check_seed(seed, "seed"))
+        obj = SceneObject(
+            old.category if category is None else self._composer._category(category),
+            old.mask if mask is None else self._composer._mask(mask),
+            old.seed if seed is None else _check_seed(seed, "seed"),
+        )
         if obj.category == old.category and obj.seed == old.seed and np.array_equal(obj.mask, old.mask):
             return self
-        return self._edit(self._background_seed, (*self._objects[:i], obj, *self._objects[i + 1:]))
+        return self._edit(self._background_seed, (*self._objects[:i], obj, *self._objects[i + 1 :]))
 
     def remove(self, i: int) -> Scene:
         """This scene without object ``i``; the objects after it are repainted."""
         i = self._check_index(i)
-        return self._edit(self._background_seed, self._objects[:i] + self._objects[i + 1:])
+        return self._edit(self._background_seed, self._objects[:i] + self._objects[i + 1 :])
 
     def move(self, i: int, dx: float = 0, dy: float = 0, scale: float = 1.0) -> Scene:
         """Object ``i`` with its mask scaled by ``scale`` about the centre of its
@@ -559,14 +615,18 @@ class Scene:
         old = self._objects[i]
         moved = _move_mask(old.mask, float(dx), float(dy), float(scale))
         if not moved.any():
-            raise CompositionError(f"move: object {i} ({old.category}) would leave the "
-                                   f"{old.mask.shape[0]}x{old.mask.shape[1]} canvas entirely "
-                                   f"(dx={dx}, dy={dy}, scale={scale})")
+            raise CompositionError(
+                f"move: object {i} ({old.category}) would leave the "
+                f"{old.mask.shape[0]}x{old.mask.shape[1]} canvas entirely "
+                f"(dx={dx}, dy={dy}, scale={scale})"
+            )
         if np.array_equal(moved, old.mask):
             return self
         moved.flags.writeable = False
-        return self._edit(self._background_seed,
-                          (*self._objects[:i], SceneObject(old.category, moved, old.seed), *self._objects[i + 1:]))
+        return self._edit(
+            self._background_seed,
+            (*self._objects[:i], SceneObject(old.category, moved, old.seed), *self._objects[i + 1 :]),
+        )
 
     def reorder(self, i: int, j: int) -> Scene:
         """Move object ``i`` to position ``j`` of the paint order (as ``objects.insert(j, objects.pop(i))``;
@@ -601,7 +661,7 @@ class Scene:
             k += 1
         if k == len(old) == len(objects):
             return self
-        kept = self._canvases[:k + 1]
+        kept = self._canvases[: k + 1]
         if any(c.device != composer.device or c.dtype != composer.dtype for c in kept):
             with torch.inference_mode():  # the composer moved since this scene was made
                 kept = tuple(c.to(composer.device, composer.dtype) for c in kept)
@@ -632,6 +692,7 @@ def _seed_list(seeds) -> list[int]:
 def _mask_array(mask, what: str) -> np.ndarray:
     """A 2-D bool array from an array, tensor or PIL image; size unchecked."""
     from PIL import Image
+
     if isinstance(mask, Image.Image):  # the rule of mask files (`image_mask`); a flat image is empty
         inside = image_mask(mask)
         return np.zeros((mask.height, mask.width), bool) if inside is None else inside
@@ -643,8 +704,10 @@ def _mask_array(mask, what: str) -> np.ndarray:
     except Exception:
         array = np.asarray(None)
     if array.dtype == object or not (array.dtype == bool or np.issubdtype(array.dtype, np.number)):
-        raise CompositionError(f"{what} must be a numpy array, a torch tensor, a PIL image or a shape dict "
-                               f"(polygon, bbox, rle, mask), got {type(mask).__name__}")
+        raise CompositionError(
+            f"{what} must be a numpy array, a torch tensor, a PIL image or a shape dict "
+            f"(polygon, bbox, rle, mask), got {type(mask).__name__}"
+        )
     if array.ndim == 3 and array.shape[0] == 1:
         array = array[0]
     if array.ndim != 2:
@@ -654,8 +717,9 @@ def _mask_array(mask, what: str) -> np.ndarray:
     if not np.isin(array, (0, 1)).all():
         finite = array[np.isfinite(array)] if np.issubdtype(array.dtype, np.floating) else array
         span = f"from {finite.min()} to {finite.max()}" if finite.size else "that are not finite"
-        raise CompositionError(f"{what} values must be 0 and 1 (or bool), got values {span}; "
-                               "threshold it first, e.g. mask > 0")
+        raise CompositionError(
+            f"{what} values must be 0 and 1 (or bool), got values {span}; threshold it first, e.g. mask > 0"
+        )
     return array == 1
 
 
@@ -688,11 +752,19 @@ def bundle_dict(categories: list[str], half: bool = False, **networks: torch.nn.
     network (``background``, ``foreground``, ``baseline``), its constructor
     arguments and weights. ``half`` stores weights as float16 (they load as float32)."""
     first = next(iter(networks.values()))
-    data = {"format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "categories": list(categories),
-            "resolution": first.resolution, "z_dim": first.z_dim, "networks": {}}
+    data = {
+        "format": BUNDLE_FORMAT,
+        "version": BUNDLE_VERSION,
+        "categories": list(categories),
+        "resolution": first.resolution,
+        "z_dim": first.z_dim,
+        "networks": {},
+    }
     for name, net in networks.items():
-        state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().clone()
-                 for k, v in net.state_dict().items()}
+        state = {
+            k: (v.half() if half and v.is_floating_point() else v).detach().cpu().clone()
+            for k, v in net.state_dict().items()
+        }
         data["networks"][name] = {"kwargs": dict(net.init_kwargs), "state_dict": state}
     return data
 
@@ -700,8 +772,9 @@ def bundle_dict(categories: list[str], half: bool = False, **networks: torch.nn.
 def save_bundle(path, data: dict) -> None:
     """Write a `bundle_dict` as safetensors (`scenecomp.bundle`): each network's weights as
     tensors ``{network}/{key}``, the rest as JSON metadata; atomically."""
-    tensors = {f"{name}/{key}": value for name, net in data["networks"].items()
-               for key, value in net["state_dict"].items()}
+    tensors = {
+        f"{name}/{key}": value for name, net in data["networks"].items() for key, value in net["state_dict"].items()
+    }
     meta = {key: value for key, value in data.items() if key != "networks"}
     meta["networks"] = {name: {"kwargs": net["kwargs"]} for name, net in data["networks"].items()}
     save_tensors(path, tensors, meta)
@@ -722,8 +795,10 @@ def load_bundle(path) -> dict:
     except PickledFileError:
         if path.suffix != ".ckpt":
             raise
-        raise BundleError(f"{path}: this is a Lightning training checkpoint (for resuming scenecomp-train), "
-                          f"not a composer bundle; {_lightning_hint(path)}") from None
+        raise BundleError(
+            f"{path}: this is a Lightning training checkpoint (for resuming scenecomp-train), "
+            f"not a composer bundle; {_lightning_hint(path)}"
+        ) from None
     except BundleError as e:
         if path.suffix != ".ckpt" or not path.exists():
             raise
@@ -731,23 +806,28 @@ def load_bundle(path) -> dict:
     if meta.get("format") != BUNDLE_FORMAT:
         raise BundleError(f"{path}: not a scenecomp bundle (format tag {quote(str(meta.get('format')))})")
     if meta.get("version") != BUNDLE_VERSION:
-        raise BundleError(f"{path}: bundle version {quote(str(meta.get('version')))}, "
-                          f"this scenecomp reads version {BUNDLE_VERSION}")
+        raise BundleError(
+            f"{path}: bundle version {quote(str(meta.get('version')))}, this scenecomp reads version {BUNDLE_VERSION}"
+        )
     networks = meta.get("networks")
-    if not isinstance(networks, dict) or not all(isinstance(n, dict) and isinstance(n.get("kwargs"), dict)
-                                                 for n in networks.values()):
+    if not isinstance(networks, dict) or not all(
+        isinstance(n, dict) and isinstance(n.get("kwargs"), dict) for n in networks.values()
+    ):
         raise BundleError(f"{path}: damaged bundle metadata (no constructor arguments per network)")
     for name, net in networks.items():
-        net["state_dict"] = {key.split("/", 1)[1]: value for key, value in tensors.items()
-                             if key.split("/", 1)[0] == name}
+        net["state_dict"] = {
+            key.split("/", 1)[1]: value for key, value in tensors.items() if key.split("/", 1)[0] == name
+        }
     return meta
 
 
 def _lightning_hint(path: Path) -> str:
     """Where the bundle of the run that wrote a Lightning checkpoint is."""
     run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-    return (f"load the bundle the run writes when it ends: {run / BUNDLE_NAME} "
-            f"(or the run folder {run}; --checkpoint takes either)")
+    return (
+        f"load the bundle the run writes when it ends: {run / BUNDLE_NAME} "
+        f"(or the run folder {run}; --checkpoint takes either)"
+    )
 
 
 def build_network(data: dict, name: str, path=None) -> torch.nn.Module:
@@ -759,8 +839,10 @@ def build_network(data: dict, name: str, path=None) -> torch.nn.Module:
     for key, value in entry["state_dict"].items():
         if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all():
             bad = int((~torch.isfinite(value)).sum())
-            raise BundleError(f"{path or 'bundle'}: network {name!r}, tensor {key!r}: {bad} of {value.numel()} "
-                              "values are NaN or infinite (the training diverged); use a checkpoint from before")
+            raise BundleError(
+                f"{path or 'bundle'}: network {name!r}, tensor {key!r}: {bad} of {value.numel()} "
+                "values are NaN or infinite (the training diverged); use a checkpoint from before"
+            )
     net = NETWORKS[name](**entry["kwargs"])
     net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in entry["state_dict"].items()})
     return net.eval().requires_grad_(False)

@@ -15,6 +15,7 @@ shrinking and bilinear when enlarging; masks use nearest neighbour.
 Images are read lazily, one per ``__getitem__``: building a dataset over COCO's
 118k images reads only the JSON.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,7 +61,7 @@ def crop_box(height: int, width: int) -> tuple[int, int, int]:
 def fit_image(image: np.ndarray, resolution: int) -> np.ndarray:
     """Centre-crop an ``[H, W, C]`` uint8 image to a square, resize to ``resolution``."""
     top, left, side = crop_box(*image.shape[:2])
-    square = image[top:top + side, left:left + side]
+    square = image[top : top + side, left : left + side]
     if side == resolution:
         return np.ascontiguousarray(square)
     interpolation = cv2.INTER_AREA if side > resolution else cv2.INTER_LINEAR
@@ -70,7 +71,7 @@ def fit_image(image: np.ndarray, resolution: int) -> np.ndarray:
 def fit_mask(mask: np.ndarray, resolution: int) -> np.ndarray:
     """Centre-crop an ``[H, W]`` uint8 {0,1} mask to a square, resize (nearest)."""
     top, left, side = crop_box(*mask.shape[:2])
-    square = mask[top:top + side, left:left + side]
+    square = mask[top : top + side, left : left + side]
     if side == resolution:
         return np.ascontiguousarray(square)
     return cv2.resize(square, (resolution, resolution), interpolation=cv2.INTER_NEAREST_EXACT)
@@ -102,8 +103,9 @@ def _to_rle(segmentation, height: int, width: int) -> dict | None:
     (or TypeError, KeyError) for a malformed one.
     """
     if isinstance(segmentation, list):
-        polygons = [[float(v) for v in p] for p in segmentation
-                    if isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0]
+        polygons = [
+            [float(v) for v in p] for p in segmentation if isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0
+        ]
         if not polygons:
             return None
         return mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
@@ -181,8 +183,16 @@ class SceneDataset(torch.utils.data.Dataset):
     ``index`` int.
     """
 
-    def __init__(self, annotations, images=None, categories=None, resolution: int = 64,
-                 max_objects: int | None = 8, min_area: float = 0.0, limit: int | None = None):
+    def __init__(
+        self,
+        annotations,
+        images=None,
+        categories=None,
+        resolution: int = 64,
+        max_objects: int | None = 8,
+        min_area: float = 0.0,
+        limit: int | None = None,
+    ):
         path = Path(annotations)
         if path.is_dir():
             path = path / "annotations.json"
@@ -207,7 +217,7 @@ class SceneDataset(torch.utils.data.Dataset):
         # categories: file id -> model index
         by_name: dict[str, int] = {}
         try:
-            file_categories = sorted(((int(c["id"]), str(c["name"])) for c in data["categories"]))
+            file_categories = sorted((int(c["id"]), str(c["name"])) for c in data["categories"])
         except (KeyError, TypeError, ValueError):
             raise DataError(f"{path}: every category needs an integer 'id' and a 'name'") from None
         for cid, name in file_categories:
@@ -221,8 +231,10 @@ class SceneDataset(torch.utils.data.Dataset):
             raise DataError(f"{path}: no categories selected")
         unknown = [n for n in wanted if n not in by_name]
         if unknown:
-            raise DataError(f"{path}: unknown categor{'y' if len(unknown) == 1 else 'ies'} "
-                            f"{', '.join(repr(n) for n in unknown)}; known: {', '.join(by_name) or '(none)'}")
+            raise DataError(
+                f"{path}: unknown categor{'y' if len(unknown) == 1 else 'ies'} "
+                f"{', '.join(repr(n) for n in unknown)}; known: {', '.join(by_name) or '(none)'}"
+            )
         if len(set(wanted)) != len(wanted):
             raise DataError(f"{path}: categories repeat a name: {', '.join(wanted)}")
         self.categories: list[str] = list(wanted)
@@ -236,19 +248,22 @@ class SceneDataset(torch.utils.data.Dataset):
                 iid, h, w = int(entry["id"]), int(entry["height"]), int(entry["width"])
                 name = str(entry["file_name"])
             except (KeyError, TypeError, ValueError):
-                raise DataError(f"{path}: every image needs 'id', 'file_name', 'height' and 'width' "
-                                f"(bad entry: {str(entry)[:120]})") from None
+                raise DataError(
+                    f"{path}: every image needs 'id', 'file_name', 'height' and 'width' (bad entry: {str(entry)[:120]})"
+                ) from None
             if h < 1 or w < 1:
                 raise DataError(f"{path}: image {iid} ({name}) has size {h}x{w}")
             images_by_id[iid] = {"id": iid, "file_name": name, "height": h, "width": w, "objects": []}
         for ann in data["annotations"]:
             if not isinstance(ann, dict) or "image_id" not in ann or "category_id" not in ann:
-                raise DataError(f"{path}: every annotation needs 'image_id' and 'category_id' "
-                                f"(bad entry: {str(ann)[:120]})")
+                raise DataError(
+                    f"{path}: every annotation needs 'image_id' and 'category_id' (bad entry: {str(ann)[:120]})"
+                )
             image = images_by_id.get(ann["image_id"])
             if image is None:
-                raise DataError(f"{path}: annotation {ann.get('id')} refers to image {ann['image_id']}, "
-                                f"which is not in 'images'")
+                raise DataError(
+                    f"{path}: annotation {ann.get('id')} refers to image {ann['image_id']}, which is not in 'images'"
+                )
             if ann["category_id"] in index_of:
                 image["objects"].append(ann)
 
@@ -257,14 +272,17 @@ class SceneDataset(torch.utils.data.Dataset):
         for image in images_by_id.values():
             objects = self._select(path, image, index_of)
             if objects:
-                self._records.append({k: image[k] for k in ("id", "file_name", "height", "width")}
-                                     | {"objects": objects})
+                self._records.append(
+                    {k: image[k] for k in ("id", "file_name", "height", "width")} | {"objects": objects}
+                )
                 if limit is not None and len(self._records) >= limit:
                     break
         if not self._records:
-            raise DataError(f"{path}: no usable object after filters (categories: {', '.join(self.categories)}; "
-                            f"min_area: {self.min_area}; {len(images_by_id)} images, "
-                            f"{len(data['annotations'])} annotations in the file)")
+            raise DataError(
+                f"{path}: no usable object after filters (categories: {', '.join(self.categories)}; "
+                f"min_area: {self.min_area}; {len(images_by_id)} images, "
+                f"{len(data['annotations'])} annotations in the file)"
+            )
         if self.max_objects is None:
             self.max_objects = max(len(r["objects"]) for r in self._records)
 
@@ -277,8 +295,9 @@ class SceneDataset(torch.utils.data.Dataset):
             try:
                 rle = _to_rle(ann.get("segmentation"), h, w)
             except Exception as e:  # noqa: BLE001 - pycocotools raises bare Exception
-                raise DataError(f"{path}: annotation {ann.get('id')} (image {image['id']}): "
-                                f"bad segmentation: {e}") from None
+                raise DataError(
+                    f"{path}: annotation {ann.get('id')} (image {image['id']}): bad segmentation: {e}"
+                ) from None
             area = _area_in_crop(ann, rle, h, w)
             if area <= 0 or area / (side * side) < self.min_area:
                 continue
@@ -288,8 +307,15 @@ class SceneDataset(torch.utils.data.Dataset):
             rank = sorted(range(len(ordered)), key=lambda i: (-ordered[i]["area"], i))
             keep = set(rank[: self.max_objects])
             ordered = [a for i, a in enumerate(ordered) if i in keep]
-        return [{"rle": a["_rle"], "category": index_of[a["category_id"]], "annotation_id": a.get("id"),
-                 "iscrowd": int(a.get("iscrowd", 0) or 0)} for a in ordered]
+        return [
+            {
+                "rle": a["_rle"],
+                "category": index_of[a["category_id"]],
+                "annotation_id": a.get("id"),
+                "iscrowd": int(a.get("iscrowd", 0) or 0),
+            }
+            for a in ordered
+        ]
 
     def __len__(self) -> int:
         return len(self._records)
@@ -297,8 +323,14 @@ class SceneDataset(torch.utils.data.Dataset):
     def image_info(self, i: int) -> dict:
         """``id``, ``file_name``, ``path``, ``height``, ``width`` and object count of sample ``i``."""
         r = self._records[i]
-        return {"id": r["id"], "file_name": r["file_name"], "path": self.images_dir / r["file_name"],
-                "height": r["height"], "width": r["width"], "objects": len(r["objects"])}
+        return {
+            "id": r["id"],
+            "file_name": r["file_name"],
+            "path": self.images_dir / r["file_name"],
+            "height": r["height"],
+            "width": r["width"],
+            "objects": len(r["objects"]),
+        }
 
     def read(self, i: int) -> dict:
         """Sample ``i`` unpadded, at the model resolution, as numpy.
@@ -312,22 +344,28 @@ class SceneDataset(torch.utils.data.Dataset):
             raise DataError(f"{file}: image file not found (image {r['id']} of {self.annotations_path})")
         try:
             from PIL import Image
+
             with Image.open(file) as im:
                 pixels = np.array(im.convert("RGB"))
         except Exception as e:  # noqa: BLE001 - PIL raises many types for a bad file
             raise DataError(f"{file}: cannot read image: {e}") from None
         if pixels.shape[:2] != (r["height"], r["width"]):
-            raise DataError(f"{file}: image is {pixels.shape[0]}x{pixels.shape[1]} (HxW) but "
-                            f"{self.annotations_path} says {r['height']}x{r['width']}")
+            raise DataError(
+                f"{file}: image is {pixels.shape[0]}x{pixels.shape[1]} (HxW) but "
+                f"{self.annotations_path} says {r['height']}x{r['width']}"
+            )
         R = self.resolution
         objects = r["objects"]
         masks = np.zeros((len(objects), R, R), dtype=np.uint8)
         for k, obj in enumerate(objects):
             masks[k] = fit_mask(mask_utils.decode(obj["rle"]), R)
-        return {"image": fit_image(pixels, R), "masks": masks,
-                "categories": np.array([o["category"] for o in objects], dtype=np.int64),
-                "annotation_ids": [o["annotation_id"] for o in objects],
-                "iscrowd": [o["iscrowd"] for o in objects]}
+        return {
+            "image": fit_image(pixels, R),
+            "masks": masks,
+            "categories": np.array([o["category"] for o in objects], dtype=np.int64),
+            "annotation_ids": [o["annotation_id"] for o in objects],
+            "iscrowd": [o["iscrowd"] for o in objects],
+        }
 
     def __getitem__(self, i: int) -> dict:
         if i < 0:
@@ -362,8 +400,10 @@ def new_folder(out, overwrite: bool = False):
     if out.exists() and not out.is_dir():
         raise DataError(f"{out}: exists and is not a folder")
     if not overwrite and out.is_dir() and any(out.iterdir()):
-        raise DataError(f"{out}: folder is not empty; choose another --out, or --overwrite to replace it "
-                        "(its whole content) with the new data set")
+        raise DataError(
+            f"{out}: folder is not empty; choose another --out, or --overwrite to replace it "
+            "(its whole content) with the new data set"
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}.tmp"
     old = tmp.with_suffix(".old")
@@ -377,8 +417,9 @@ def new_folder(out, overwrite: bool = False):
         except OSError:
             if old.exists():
                 os.rename(old, out)  # put the old data set back
-            raise DataError(f"{out}: could not be replaced (another process wrote there?); nothing was changed") \
-                from None
+            raise DataError(
+                f"{out}: could not be replaced (another process wrote there?); nothing was changed"
+            ) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     shutil.rmtree(old, ignore_errors=True)
@@ -389,9 +430,18 @@ def _inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
-def prepare_coco(annotations, images, out, categories=None, size: int = 128, max_objects: int | None = None,
-                 min_area: float = 0.0, limit: int | None = None, progress: bool = False,
-                 overwrite: bool = False) -> dict:
+def prepare_coco(
+    annotations,
+    images,
+    out,
+    categories=None,
+    size: int = 128,
+    max_objects: int | None = None,
+    min_area: float = 0.0,
+    limit: int | None = None,
+    progress: bool = False,
+    overwrite: bool = False,
+) -> dict:
     """Write a resized, filtered COCO subset to ``out`` (see ``scenecomp-data coco --help``),
     as a whole (`new_folder`: a non-empty ``out`` is refused unless ``overwrite``).
 
@@ -401,12 +451,19 @@ def prepare_coco(annotations, images, out, categories=None, size: int = 128, max
     dataset = SceneDataset(annotations, images, categories, size, max_objects, min_area, limit)
     final = Path(out)
     if _inside(dataset.images_dir, final) or _inside(dataset.annotations_path, final):
-        raise DataError(f"{final}: the output folder holds the source images or annotations, which writing "
-                        "it would replace; choose another --out")
+        raise DataError(
+            f"{final}: the output folder holds the source images or annotations, which writing "
+            "it would replace; choose another --out"
+        )
     with new_folder(final, overwrite) as out:
         result = _write_coco_subset(dataset, out, size, max_objects, progress)
-    return {"images": len(result["images"]), "objects": len(result["annotations"]), "categories": dataset.categories,
-            "annotations": final / "annotations.json", "seconds": time.perf_counter() - start}
+    return {
+        "images": len(result["images"]),
+        "objects": len(result["annotations"]),
+        "categories": dataset.categories,
+        "annotations": final / "annotations.json",
+        "seconds": time.perf_counter() - start,
+    }
 
 
 def _write_coco_subset(dataset: SceneDataset, out: Path, size: int, max_objects, progress: bool) -> dict:
@@ -417,24 +474,34 @@ def _write_coco_subset(dataset: SceneDataset, out: Path, size: int, max_objects,
     indices = range(len(dataset))
     if progress:
         from tqdm import tqdm
+
         indices = tqdm(indices, desc="coco", unit="img", file=sys.stderr, disable=None)
     for i in indices:
         info, sample = dataset.image_info(i), dataset.read(i)
         name = f"{info['id']:012d}.png"
         Image.fromarray(sample["image"]).save(out / "images" / name)
-        images_out.append({"id": info["id"], "file_name": name, "height": size, "width": size,
-                           "source_file_name": info["file_name"]})
+        images_out.append(
+            {"id": info["id"], "file_name": name, "height": size, "width": size, "source_file_name": info["file_name"]}
+        )
         objects = []
-        for mask, cat, aid, crowd in zip(sample["masks"], sample["categories"], sample["annotation_ids"],
-                                         sample["iscrowd"]):
+        for mask, cat, aid, crowd in zip(
+            sample["masks"], sample["categories"], sample["annotation_ids"], sample["iscrowd"], strict=False
+        ):
             area = int(mask.sum())
             if area == 0:
                 continue  # vanished in the resize
             rle = mask_utils.encode(np.asfortranarray(mask))
-            objects.append({"image_id": info["id"], "category_id": int(cat) + 1,
-                            "segmentation": {"size": [size, size], "counts": rle["counts"].decode("ascii")},
-                            "area": area, "bbox": [float(v) for v in mask_utils.toBbox(rle)],
-                            "iscrowd": crowd, "source_annotation_id": aid})
+            objects.append(
+                {
+                    "image_id": info["id"],
+                    "category_id": int(cat) + 1,
+                    "segmentation": {"size": [size, size], "counts": rle["counts"].decode("ascii")},
+                    "area": area,
+                    "bbox": [float(v) for v in mask_utils.toBbox(rle)],
+                    "iscrowd": crowd,
+                    "source_annotation_id": aid,
+                }
+            )
         if not dataset.has_paint_order:
             objects.sort(key=lambda a: -a["area"])  # stable: ties keep the dataset's order
         anns_out.extend(objects)
@@ -443,17 +510,25 @@ def _write_coco_subset(dataset: SceneDataset, out: Path, size: int, max_objects,
     if dataset.has_paint_order:
         note = "annotations keep the paint order (back to front) of the source file"
     else:
-        note = ("annotations of each image are ordered largest first (area after resize): the source has no "
-                "paint order (COCO does not record one), and large regions are usually behind small ones")
+        note = (
+            "annotations of each image are ordered largest first (area after resize): the source has no "
+            "paint order (COCO does not record one), and large regions are usually behind small ones"
+        )
     result = {
-        "info": {"description": f"scenecomp subset of {dataset.annotations_path.name}",
-                 "source": str(dataset.annotations_path), "resolution": size,
-                 "paint_order": "annotation_order", "note": note,
-                 "min_area": dataset.min_area, "max_objects": max_objects},
+        "info": {
+            "description": f"scenecomp subset of {dataset.annotations_path.name}",
+            "source": str(dataset.annotations_path),
+            "resolution": size,
+            "paint_order": "annotation_order",
+            "note": note,
+            "min_area": dataset.min_area,
+            "max_objects": max_objects,
+        },
         "images": images_out,
         "annotations": anns_out,
-        "categories": [{"id": i + 1, "name": n, "source_id": dataset.category_ids[i]}
-                       for i, n in enumerate(dataset.categories)],
+        "categories": [
+            {"id": i + 1, "name": n, "source_id": dataset.category_ids[i]} for i, n in enumerate(dataset.categories)
+        ],
     }
     write_atomically(out / "annotations.json", lambda tmp: tmp.write_text(json.dumps(result), encoding="utf-8"))
     return result
@@ -468,32 +543,44 @@ _EPILOG = """examples:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="scenecomp-data", description="Make and prepare scenecomp datasets.",
-                                epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="scenecomp-data",
+        description="Make and prepare scenecomp datasets.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="{shapes,coco}")
-    s = sub.add_parser("shapes", help="generate a procedural Shapes dataset (no downloads)",
-                       epilog="example:\n  scenecomp-data shapes --out data/shapes64 --count 10000 --size 64 --seed 0",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    s = sub.add_parser(
+        "shapes",
+        help="generate a procedural Shapes dataset (no downloads)",
+        epilog="example:\n  scenecomp-data shapes --out data/shapes64 --count 10000 --size 64 --seed 0",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     s.add_argument("--out", required=True, help="output folder (images/, backgrounds/, annotations.json)")
     s.add_argument("--count", type=int, required=True, help="number of scenes")
     s.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
     s.add_argument("--seed", type=int, default=0, help="random seed, a non-negative integer (default 0)")
     s.add_argument("--workers", type=int, default=1, help="processes to render with (default 1; same output)")
-    c = sub.add_parser("coco", help="prepare a resized subset of a COCO instances file",
-                       epilog="example:\n" + _EPILOG.split("\n", 2)[2],
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    c = sub.add_parser(
+        "coco",
+        help="prepare a resized subset of a COCO instances file",
+        epilog="example:\n" + _EPILOG.split("\n", 2)[2],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     c.add_argument("--annotations", required=True, help="COCO instances JSON (e.g. instances_train2017.json)")
     c.add_argument("--images", help="its image folder (default: images/ beside the JSON)")
     c.add_argument("--out", required=True, help="output folder (images/*.png and annotations.json)")
     c.add_argument("--categories", help="comma-separated names to keep, in index order (default: all)")
     c.add_argument("--size", type=int, default=128, help="output side in pixels (default 128)")
     c.add_argument("--max-objects", type=int, help="keep at most this many (largest) objects per image")
-    c.add_argument("--min-area", type=float, default=0.0,
-                   help="drop objects smaller than this fraction of the image (default 0)")
+    c.add_argument(
+        "--min-area", type=float, default=0.0, help="drop objects smaller than this fraction of the image (default 0)"
+    )
     c.add_argument("--limit", type=int, help="write at most this many images")
     for parser in (s, c):
-        parser.add_argument("--overwrite", action="store_true",
-                            help="replace a non-empty --out folder as a whole (default: refuse it)")
+        parser.add_argument(
+            "--overwrite", action="store_true", help="replace a non-empty --out folder as a whole (default: refuse it)"
+        )
     return p
 
 
@@ -510,17 +597,29 @@ def main(argv: list[str] | None = None) -> int:
             _positive("count", args.count)
             _positive("size", args.size)
             from scenecomp.shapes import write_dataset
+
             _positive("workers", args.workers)
             if args.seed < 0:
                 raise DataError(f"--seed must be a non-negative integer, got {args.seed}")
             start = time.perf_counter()
-            stats = write_dataset(args.out, count=args.count, size=args.size, seed=args.seed,
-                                  workers=args.workers, overwrite=args.overwrite) or {}
+            stats = (
+                write_dataset(
+                    args.out,
+                    count=args.count,
+                    size=args.size,
+                    seed=args.seed,
+                    workers=args.workers,
+                    overwrite=args.overwrite,
+                )
+                or {}
+            )
             seconds = time.perf_counter() - start
             out = Path(args.out)
             objects = f" with {stats['objects']} objects" if "objects" in stats else ""
-            print(f"wrote {args.count} scenes ({args.size}x{args.size}){objects} to {out} "
-                  f"in {seconds:.2f} s ({args.count / max(seconds, 1e-9):.0f} scenes/s)")
+            print(
+                f"wrote {args.count} scenes ({args.size}x{args.size}){objects} to {out} "
+                f"in {seconds:.2f} s ({args.count / max(seconds, 1e-9):.0f} scenes/s)"
+            )
             print(f"annotations: {out / 'annotations.json'}")
             if (out / "preview.png").is_file():
                 print(f"preview: {out / 'preview.png'}")
@@ -528,11 +627,22 @@ def main(argv: list[str] | None = None) -> int:
             _positive("size", args.size)
             _positive("max-objects", args.max_objects)
             _positive("limit", args.limit)
-            r = prepare_coco(args.annotations, args.images, args.out, args.categories, args.size,
-                             args.max_objects, args.min_area, args.limit, progress=True,
-                             overwrite=args.overwrite)
-            print(f"wrote {r['images']} images ({args.size}x{args.size}) with {r['objects']} objects of "
-                  f"{len(r['categories'])} categories ({', '.join(r['categories'])}) in {r['seconds']:.1f} s")
+            r = prepare_coco(
+                args.annotations,
+                args.images,
+                args.out,
+                args.categories,
+                args.size,
+                args.max_objects,
+                args.min_area,
+                args.limit,
+                progress=True,
+                overwrite=args.overwrite,
+            )
+            print(
+                f"wrote {r['images']} images ({args.size}x{args.size}) with {r['objects']} objects of "
+                f"{len(r['categories'])} categories ({', '.join(r['categories'])}) in {r['seconds']:.1f} s"
+            )
             print(f"annotations: {r['annotations']}")
     except (ValueError, OSError) as e:  # DataError, LayoutError-like errors, missing files
         print(f"scenecomp-data: error: {e}", file=sys.stderr)

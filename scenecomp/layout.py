@@ -22,6 +22,7 @@ the layout is loaded with ``trusted=True``. Sizes, point counts and coordinates
 are bounded (`MAX_SIDE`, `MAX_PIXELS`, `MAX_OBJECTS`, `MAX_POLYGON_POINTS`, `MAX_COORDINATE`)
 and checked before anything is allocated, so a hostile file costs little.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -51,12 +52,12 @@ SEED_LIMIT = 2**32
 # Limits that keep a hostile file from costing more than a few hundred MB or a
 # few seconds; every one is checked before anything is allocated. Sizes are those
 # of the canvas, an RLE and a mask image's header alike.
-MAX_SIDE = 8192                  # pixels per side
-MAX_PIXELS = 2**24               # height * width (16.7M, e.g. 4096 x 4096)
+MAX_SIDE = 8192  # pixels per side
+MAX_PIXELS = 2**24  # height * width (16.7M, e.g. 4096 x 4096)
 MAX_POLYGON_POINTS = 10_000
-MAX_OBJECTS = 1000               # per layout: rendering holds a mask per object and batch entry
-MAX_COORDINATE = 1e9             # |x|, |y| of polygon and bbox values
-MAX_ECHO = 60                    # characters of a user's string shown in a message
+MAX_OBJECTS = 1000  # per layout: rendering holds a mask per object and batch entry
+MAX_COORDINATE = 1e9  # |x|, |y| of polygon and bbox values
+MAX_ECHO = 60  # characters of a user's string shown in a message
 
 
 class LayoutError(ValueError):
@@ -139,8 +140,11 @@ class Layout:
         path = Path(path)
         data = _read_json(path)
         if _is_coco(data):
-            raise LayoutError(f"this is a COCO instances file ({len(data['images'])} images), not a "
-                              "layout file; use load_layouts() or load_coco_layouts()", path)
+            raise LayoutError(
+                f"this is a COCO instances file ({len(data['images'])} images), not a "
+                "layout file; use load_layouts() or load_coco_layouts()",
+                path,
+            )
         return cls.from_dict(data, path, categories, trusted=trusted)
 
     @classmethod
@@ -156,8 +160,7 @@ class Layout:
             raise LayoutError(f"top level must be a JSON object, got {_show(d)}", path)
         unknown = sorted(set(d) - _TOP_KEYS)
         if unknown:
-            raise LayoutError(f"unknown top-level key(s) {_names(unknown)}; allowed: "
-                              f"{_names(sorted(_TOP_KEYS))}", path)
+            raise LayoutError(f"unknown top-level key(s) {_names(unknown)}; allowed: {_names(sorted(_TOP_KEYS))}", path)
         if "version" in d and not (_is_int(d["version"]) and d["version"] == 1):
             raise LayoutError(f"version must be 1, got {_show(d['version'])}", path)
         if "size" not in d:
@@ -183,8 +186,10 @@ class Layout:
                 # for another canvas), never something to skip silently.
                 if not rasterize(obj.shape, size, base_dir=base_dir, trusted=trusted).any():
                     kind = next(iter(obj.shape))
-                    raise LayoutError(f"{kind} is empty after rasterisation at size {list(size)} "
-                                      "(wholly off the canvas, or degenerate)")
+                    raise LayoutError(
+                        f"{kind} is empty after rasterisation at size {list(size)} "
+                        "(wholly off the canvas, or degenerate)"
+                    )
             except LayoutError as e:
                 raise LayoutError(e.problem, path, i) from None
             objects.append(obj)
@@ -217,15 +222,14 @@ class Layout:
         d = self.to_dict()
         old_dir = self.path.parent if self.path is not None else Path(".")
         new_dir = os.path.realpath(path.parent)
-        for i, (entry, obj) in enumerate(zip(d["objects"], self.objects)):
+        for i, (entry, obj) in enumerate(zip(d["objects"], self.objects, strict=False)):
             if "mask" not in entry:
                 continue
             target = old_dir / entry["mask"]
             if os.path.commonpath([new_dir, os.path.realpath(target)]) == new_dir:
                 entry["mask"] = Path(os.path.relpath(os.path.realpath(target), new_dir)).as_posix()
             else:
-                mask = rasterize(obj.shape, self.size, base_dir=old_dir, path=self.path, index=i,
-                                 trusted=self.trusted)
+                mask = rasterize(obj.shape, self.size, base_dir=old_dir, path=self.path, index=i, trusted=self.trusted)
                 d["objects"][i] = {k: v for k, v in entry.items() if k != "mask"} | {"rle": encode_rle(mask)}
         text = _layout_json(d)
 
@@ -242,8 +246,7 @@ class Layout:
         base_dir = self.path.parent if self.path is not None else None
         result = np.zeros((len(self.objects), *out), np.float32)
         for i, obj in enumerate(self.objects):
-            result[i] = rasterize(obj.shape, self.size, out, base_dir, path=self.path, index=i,
-                                  trusted=self.trusted)
+            result[i] = rasterize(obj.shape, self.size, out, base_dir, path=self.path, index=i, trusted=self.trusted)
         return result
 
     def check_categories(self, categories) -> None:
@@ -254,8 +257,13 @@ class Layout:
         for i, obj in enumerate(self.objects):
             if obj.category not in known_set:
                 listed = ", ".join(known) if known else "(none)"
-                raise LayoutError(f"unknown category {quote(obj.category)}{did_you_mean(obj.category, known)}; "
-                                  f"known categories: {listed}", self.path, i, image=self._image_label)
+                raise LayoutError(
+                    f"unknown category {quote(obj.category)}{did_you_mean(obj.category, known)}; "
+                    f"known categories: {listed}",
+                    self.path,
+                    i,
+                    image=self._image_label,
+                )
 
     @property
     def _image_label(self) -> str | None:
@@ -277,8 +285,9 @@ def did_you_mean(name: str, known) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def rasterize(shape: dict, layout_size, out_size=None, base_dir=None, *, path=None, index=None,
-              trusted: bool = False) -> np.ndarray:
+def rasterize(
+    shape: dict, layout_size, out_size=None, base_dir=None, *, path=None, index=None, trusted: bool = False
+) -> np.ndarray:
     """Boolean mask [H, W] of one shape at ``out_size`` (default ``layout_size``).
 
     Polygon and bbox coordinates are in the pixels of ``layout_size`` and scale
@@ -350,6 +359,7 @@ def order_annotations(annotations: list[dict], info: dict | None) -> list[dict]:
 # Validators raise LayoutError with the problem only; their callers know the
 # file and the object index and re-raise with them.
 
+
 def _read_json(path: Path):
     try:
         raw = path.read_bytes()
@@ -372,15 +382,17 @@ def parse_json(raw: bytes, path=None):
     except UnicodeDecodeError:
         raise LayoutError("not UTF-8 text", path) from None
     except RecursionError:
-        raise LayoutError("JSON nested too deeply (brackets inside brackets beyond Python's recursion "
-                          "limit); a layout file needs at most 5 levels", path) from None
+        raise LayoutError(
+            "JSON nested too deeply (brackets inside brackets beyond Python's recursion "
+            "limit); a layout file needs at most 5 levels",
+            path,
+        ) from None
     except ValueError as e:  # an integer longer than Python's int_max_str_digits
         raise LayoutError(f"unreadable JSON: {e}", path) from None
 
 
 def _is_coco(data) -> bool:
-    return isinstance(data, dict) and isinstance(data.get("images"), list) \
-        and isinstance(data.get("annotations"), list)
+    return isinstance(data, dict) and isinstance(data.get("images"), list) and isinstance(data.get("annotations"), list)
 
 
 def _parse_object(raw) -> LayoutObject:
@@ -388,8 +400,9 @@ def _parse_object(raw) -> LayoutObject:
         raise LayoutError(f'must be an object like {{"category": "tree", "bbox": [x, y, w, h]}}, got {_show(raw)}')
     unknown = [k for k in raw if k not in _OBJECT_KEYS]
     if unknown:
-        raise LayoutError(f"unknown key(s) {_names(unknown)}; allowed: category, seed and one shape "
-                          f"of {_names(SHAPE_KINDS)}")
+        raise LayoutError(
+            f"unknown key(s) {_names(unknown)}; allowed: category, seed and one shape of {_names(SHAPE_KINDS)}"
+        )
     if "category" not in raw:
         raise LayoutError("missing 'category'")
     category = raw["category"]
@@ -425,8 +438,10 @@ def _check_size(size, what: str = "size") -> tuple[int, int]:
 
 def _check_pixels(height: int, width: int, what: str) -> None:
     if height > MAX_SIDE or width > MAX_SIDE or height * width > MAX_PIXELS:
-        raise LayoutError(f"{what} {height}x{width} (height x width) is too large: at most {MAX_SIDE} pixels "
-                          f"a side and {MAX_PIXELS} pixels in all")
+        raise LayoutError(
+            f"{what} {height}x{width} (height x width) is too large: at most {MAX_SIDE} pixels "
+            f"a side and {MAX_PIXELS} pixels in all"
+        )
 
 
 def _check_shape(shape) -> tuple[str, object]:
@@ -460,8 +475,10 @@ def _check_polygon(polygon) -> list[list[float]]:
     points = []
     for j, p in enumerate(polygon):
         if not (isinstance(p, (list, tuple, np.ndarray)) and len(p) == 2 and all(map(_is_number, p))):
-            raise LayoutError(f"polygon point {j} must be [x, y], two finite numbers of magnitude at most "
-                              f"{MAX_COORDINATE:g}, got {_show(p)}")
+            raise LayoutError(
+                f"polygon point {j} must be [x, y], two finite numbers of magnitude at most "
+                f"{MAX_COORDINATE:g}, got {_show(p)}"
+            )
         points.append([_plain(v) for v in p])
     if len(points) < 3:
         raise LayoutError(f"polygon needs at least 3 points, got {len(points)}")
@@ -472,8 +489,9 @@ def _check_bbox(bbox) -> list[float]:
     if not (isinstance(bbox, (list, tuple, np.ndarray)) and len(bbox) == 4):
         raise LayoutError(f"bbox must be [x, y, width, height], got {_show(bbox)}")
     if not all(map(_is_number, bbox)):
-        raise LayoutError(f"bbox values must be finite numbers of magnitude at most {MAX_COORDINATE:g}, "
-                          f"got {_show(bbox)}")
+        raise LayoutError(
+            f"bbox values must be finite numbers of magnitude at most {MAX_COORDINATE:g}, got {_show(bbox)}"
+        )
     if not (bbox[2] > 0 and bbox[3] > 0):
         raise LayoutError(f"bbox width and height must be positive, got width {bbox[2]}, height {bbox[3]}")
     return [_plain(v) for v in bbox]
@@ -495,8 +513,10 @@ def _check_rle(rle) -> dict:
     # at most 7 characters in a string: anything longer is refused unread.
     longest = (h * w + 1) * (_RLE_CHARS if isinstance(counts, str) else 1)
     if isinstance(counts, (str, list)) and len(counts) > longest:
-        raise LayoutError(f"rle counts has {len(counts)} {'characters' if isinstance(counts, str) else 'runs'}, "
-                          f"more than a {h}x{w} mask can need ({longest})")
+        raise LayoutError(
+            f"rle counts has {len(counts)} {'characters' if isinstance(counts, str) else 'runs'}, "
+            f"more than a {h}x{w} mask can need ({longest})"
+        )
     if isinstance(counts, str):
         total = int(_rle_string_runs(counts).sum())
     elif isinstance(counts, list) and all(_is_int(c) and c >= 0 for c in counts):
@@ -544,7 +564,7 @@ def _rle_string_runs(s: str) -> np.ndarray:
     # run i (i > 2) is value i plus run i - 2: a running sum along each parity from runs 1 and 2
     for first in (1, 2):
         if len(runs) > first + 2:
-            runs[first + 2::2] = runs[first] + np.cumsum(values[first + 2::2])
+            runs[first + 2 :: 2] = runs[first] + np.cumsum(values[first + 2 :: 2])
     if (runs < 0).any():
         raise LayoutError("rle counts string decodes to a negative run length")
     return runs
@@ -582,7 +602,7 @@ def _show(value, limit: int = MAX_ECHO) -> str:
         text = json.dumps(value)
     except (TypeError, ValueError, RecursionError):  # not JSON, an int too long to print, or nested too deep
         text = f"a {type(value).__name__}"
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def quote(text: str, limit: int = MAX_ECHO, show=repr) -> str:
@@ -601,6 +621,7 @@ def _names(keys, limit: int = 10) -> str:
 
 
 # --- rasterising ---------------------------------------------------------------
+
 
 def _fill_polygon(points: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Pixels whose centre lies inside the polygon (even-odd rule).
@@ -680,15 +701,16 @@ def _read_mask(name: str, base_dir, trusted: bool = False) -> np.ndarray:
         if not trusted:
             root, real = os.path.realpath(base), os.path.realpath(file)
             if os.path.isabs(name) or os.path.commonpath([root, real]) != root:
-                raise LayoutError(f"mask file {shown} is outside the layout's folder {root}; only files inside "
-                                  "it are read (for a layout you trust: Layout.load(..., trusted=True), "
-                                  "scenecomp-render --trusted-masks)")
+                raise LayoutError(
+                    f"mask file {shown} is outside the layout's folder {root}; only files inside "
+                    "it are read (for a layout you trust: Layout.load(..., trusted=True), "
+                    "scenecomp-render --trusted-masks)"
+                )
         # Checked before opening: opening a FIFO waits forever, opening a device may act.
         # Opened non-blocking and checked again, in case the file was swapped in between.
         if not stat.S_ISREG(os.stat(file).st_mode):
             raise LayoutError(f"mask file {shown} is not a regular file")
-        with open(os.open(file, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb") as f, \
-                warnings.catch_warnings():
+        with open(os.open(file, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb") as f, warnings.catch_warnings():
             if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
                 raise LayoutError(f"mask file {shown} is not a regular file")
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -704,11 +726,12 @@ def _read_mask(name: str, base_dir, trusted: bool = False) -> np.ndarray:
         raise LayoutError(f"mask file {shown} is too large an image ({e})") from None
     except (OSError, ValueError) as e:  # not an image, truncated, a NUL in the name, a name too long
         # an OSError's text repeats the file name, which may be huge: keep only its reason
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)[:4 * MAX_ECHO]
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)[: 4 * MAX_ECHO]
         raise LayoutError(f"mask file {shown} is not a readable image ({reason})") from None
     if inside is None:
-        raise LayoutError(f"mask file {shown} is empty: one flat value (constant alpha and luminance), "
-                          "so it marks no shape")
+        raise LayoutError(
+            f"mask file {shown} is empty: one flat value (constant alpha and luminance), so it marks no shape"
+        )
     return inside
 
 
@@ -724,6 +747,7 @@ def _decode_rle(rle: dict) -> np.ndarray:
 
 # --- COCO ----------------------------------------------------------------------
 
+
 def _coco_layouts(data: dict, path: Path, categories) -> list[Layout]:
     names = {}
     if not isinstance(data.get("categories", []), list):
@@ -735,8 +759,11 @@ def _coco_layouts(data: dict, path: Path, categories) -> list[Layout]:
 
     images = {}
     for j, image in enumerate(data["images"]):
-        ok = isinstance(image, dict) and isinstance(image.get("id"), (int, str)) \
+        ok = (
+            isinstance(image, dict)
+            and isinstance(image.get("id"), (int, str))
             and isinstance(image.get("file_name"), str)
+        )
         if not ok or image["id"] in images:
             raise LayoutError(f"images[{j}] needs a unique 'id' and a 'file_name', got {_show(image)}", path)
         try:
@@ -750,9 +777,12 @@ def _coco_layouts(data: dict, path: Path, categories) -> list[Layout]:
         if not isinstance(ann, dict) or not _is_key(ann.get("image_id")) or ann["image_id"] not in per_image:
             raise LayoutError(f"annotations[{j}] refers to no image in 'images'", path)
         if not _is_key(ann.get("category_id")) or ann["category_id"] not in names:
-            raise LayoutError(f"annotations[{j}] (id {_show(ann.get('id'))}): unknown category_id "
-                              f"{_show(ann.get('category_id'))}; the file's categories have ids "
-                              f"{_show(sorted(names))}", path)
+            raise LayoutError(
+                f"annotations[{j}] (id {_show(ann.get('id'))}): unknown category_id "
+                f"{_show(ann.get('category_id'))}; the file's categories have ids "
+                f"{_show(sorted(names))}",
+                path,
+            )
         per_image[ann["image_id"]].append(ann)
 
     info = data.get("info") if isinstance(data.get("info"), dict) else None
@@ -761,15 +791,22 @@ def _coco_layouts(data: dict, path: Path, categories) -> list[Layout]:
         image = images[image_id]
         size = (image["height"], image["width"])
         if len(per_image[image_id]) > MAX_OBJECTS:
-            raise LayoutError(f"{len(per_image[image_id])} objects; at most {MAX_OBJECTS} are accepted", path,
-                              image=_image_name(image_id, image["file_name"]))
+            raise LayoutError(
+                f"{len(per_image[image_id])} objects; at most {MAX_OBJECTS} are accepted",
+                path,
+                image=_image_name(image_id, image["file_name"]),
+            )
         objects = []
         for i, ann in enumerate(order_annotations(per_image[image_id], info)):
             try:
                 rle = _coco_rle(ann.get("segmentation"), size)
             except LayoutError as e:
-                raise LayoutError(f"annotation {_show(ann.get('id'))}: {e.problem}", path, i,
-                                  image=_image_name(image_id, image["file_name"])) from None
+                raise LayoutError(
+                    f"annotation {_show(ann.get('id'))}: {e.problem}",
+                    path,
+                    i,
+                    image=_image_name(image_id, image["file_name"]),
+                ) from None
             objects.append(LayoutObject(names[ann["category_id"]], {"rle": rle}))
         layout = Layout(size, objects, path=path, _image=(image_id, image["file_name"]))
         if categories is not None:
@@ -794,8 +831,7 @@ def _coco_rle(segmentation, size: tuple[int, int]) -> dict:
         polygons = []
         for part in segmentation:
             if not (isinstance(part, list) and len(part) % 2 == 0 and all(map(_is_number, part))):
-                raise LayoutError(f"segmentation polygon must be a flat list [x1, y1, x2, y2, ...], "
-                                  f"got {_show(part)}")
+                raise LayoutError(f"segmentation polygon must be a flat list [x1, y1, x2, y2, ...], got {_show(part)}")
             # Real COCO has a few parts with fewer than 3 points: they enclose
             # nothing, and pycocotools would read a 4-number part as a box.
             if len(part) >= 6:
@@ -807,10 +843,11 @@ def _coco_rle(segmentation, size: tuple[int, int]) -> dict:
         raise LayoutError(f"segmentation must be a list of polygons or an RLE, got {_show(segmentation)}")
 
     counts = rle["counts"]
-    rle = {"size": [int(v) for v in rle["size"]],
-           "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts}
-    empty = (mask_utils.area(rle) == 0 if rle["size"] == [h, w]
-             else not rasterize({"rle": rle}, size).any())
+    rle = {
+        "size": [int(v) for v in rle["size"]],
+        "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts,
+    }
+    empty = mask_utils.area(rle) == 0 if rle["size"] == [h, w] else not rasterize({"rle": rle}, size).any()
     if empty:
         raise LayoutError(f"segmentation is empty at the image's size {[h, w]}")
     return rle

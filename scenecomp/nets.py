@@ -5,6 +5,7 @@ Every network is a plain ``nn.Module`` that describes itself (``z_dim``,
 ``init_kwargs``, so a bundle can rebuild it without restating the architecture.
 Images are ``[B,3,H,W]`` in [-1,1]; masks are ``[B,1,H,W]`` floats in {0,1}.
 """
+
 from __future__ import annotations
 
 import math
@@ -153,8 +154,16 @@ class LayoutBlock(nn.Module):
     """2x upsampling residual block conditioned on a semantic map and a style vector, with optional
     per-pixel noise after each conv."""
 
-    def __init__(self, cin: int, cout: int, cond: int, style: int, upsample: str = "nearest",
-                 padding_mode: str = "zeros", pixel_noise: bool = False):
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        cond: int,
+        style: int,
+        upsample: str = "nearest",
+        padding_mode: str = "zeros",
+        pixel_noise: bool = False,
+    ):
         super().__init__()
         self.conv1 = Modulated(cin, cout, cond, style, padding_mode=padding_mode)
         self.conv2 = Modulated(cout, cout, cond, style, padding_mode=padding_mode)
@@ -162,11 +171,13 @@ class LayoutBlock(nn.Module):
         self.noise1, self.noise2 = (NoiseInjection(cout), NoiseInjection(cout)) if pixel_noise else (None, None)
         self.upsample = upsample
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor, w: torch.Tensor,
-                grain: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cond: torch.Tensor, w: torch.Tensor, grain: torch.Tensor | None = None
+    ) -> torch.Tensor:
         # bilinear: nearest upsampling from 4x4 leaves blocky streaks that the convs must learn to hide
-        x = F.interpolate(x, scale_factor=2, mode=self.upsample, **({} if self.upsample == "nearest" else
-                                                                     {"align_corners": False}))
+        x = F.interpolate(
+            x, scale_factor=2, mode=self.upsample, **({} if self.upsample == "nearest" else {"align_corners": False})
+        )
         h = self.conv1(x, cond, w)
         if self.noise1 is not None:
             h = self.noise1(h, grain)
@@ -192,34 +203,54 @@ class LayoutGenerator(nn.Module):
     keeps zero padding from drawing a frame at the image's edges.
     """
 
-    def __init__(self, z_dim: int = 64, num_categories: int = 5, resolution: int = 64,
-                 channels: int = 32, max_channels: int = 256, style_dim: int = 128, upsample: str = "nearest",
-                 padding_mode: str = "zeros", pixel_noise: bool = False):
+    def __init__(
+        self,
+        z_dim: int = 64,
+        num_categories: int = 5,
+        resolution: int = 64,
+        channels: int = 32,
+        max_channels: int = 256,
+        style_dim: int = 128,
+        upsample: str = "nearest",
+        padding_mode: str = "zeros",
+        pixel_noise: bool = False,
+    ):
         super().__init__()
         if upsample not in ("nearest", "bilinear"):
             raise ValueError(f"upsample must be 'nearest' or 'bilinear', got {upsample!r}")
         if padding_mode not in ("zeros", "reflect", "replicate"):
             raise ValueError(f"padding_mode must be 'zeros', 'reflect' or 'replicate', got {padding_mode!r}")
-        self.init_kwargs = dict(z_dim=z_dim, num_categories=num_categories, resolution=resolution,
-                                channels=channels, max_channels=max_channels, style_dim=style_dim, upsample=upsample,
-                                padding_mode=padding_mode, pixel_noise=pixel_noise)
+        self.init_kwargs = dict(
+            z_dim=z_dim,
+            num_categories=num_categories,
+            resolution=resolution,
+            channels=channels,
+            max_channels=max_channels,
+            style_dim=style_dim,
+            upsample=upsample,
+            padding_mode=padding_mode,
+            pixel_noise=pixel_noise,
+        )
         self.z_dim, self.num_categories, self.resolution = z_dim, num_categories, resolution
-        self.noise_dim = z_dim + (resolution ** 2 if pixel_noise else 0)
+        self.noise_dim = z_dim + (resolution**2 if pixel_noise else 0)
         n = _levels(resolution, 4)
         widths = [min(channels * 2 ** (n - i), max_channels) for i in range(n + 1)]  # 4x4 ... res
         self.fc = nn.Linear(z_dim, widths[0] * 16)
-        self.mapping = nn.Sequential(nn.Linear(z_dim, style_dim), nn.LeakyReLU(0.2),
-                                     nn.Linear(style_dim, style_dim), nn.LeakyReLU(0.2))
-        self.blocks = nn.ModuleList(LayoutBlock(widths[i], widths[i + 1], num_categories, style_dim, upsample,
-                                                padding_mode, pixel_noise) for i in range(n))
+        self.mapping = nn.Sequential(
+            nn.Linear(z_dim, style_dim), nn.LeakyReLU(0.2), nn.Linear(style_dim, style_dim), nn.LeakyReLU(0.2)
+        )
+        self.blocks = nn.ModuleList(
+            LayoutBlock(widths[i], widths[i + 1], num_categories, style_dim, upsample, padding_mode, pixel_noise)
+            for i in range(n)
+        )
         self.to_rgb = nn.Conv2d(widths[-1], 3, 3, padding=1, padding_mode=padding_mode)
 
     def forward(self, z: torch.Tensor, layout: torch.Tensor | None = None) -> torch.Tensor:
         B, R = z.shape[0], self.resolution
         if z.shape[1] != self.noise_dim:
             raise ValueError(f"noise must be [B,{self.noise_dim}], got {list(z.shape)}")
-        grain = z[:, self.z_dim:].reshape(B, 1, R, R) if self.noise_dim > self.z_dim else None
-        z = z[:, :self.z_dim]
+        grain = z[:, self.z_dim :].reshape(B, 1, R, R) if self.noise_dim > self.z_dim else None
+        z = z[:, : self.z_dim]
         if layout is None:
             layout = z.new_zeros(B, self.num_categories, 4, 4)  # empty map: head B
         x, w = self.fc(z).view(B, -1, 4, 4), self.mapping(z)
@@ -239,25 +270,43 @@ class ForegroundGenerator(nn.Module):
     :func:`composite` to place the result; only pixels inside the mask count.
     """
 
-    def __init__(self, z_dim: int = 64, num_categories: int = 5, resolution: int = 64,
-                 channels: int = 32, max_channels: int = 128, embed_dim: int = 16):
+    def __init__(
+        self,
+        z_dim: int = 64,
+        num_categories: int = 5,
+        resolution: int = 64,
+        channels: int = 32,
+        max_channels: int = 128,
+        embed_dim: int = 16,
+    ):
         super().__init__()
-        self.init_kwargs = dict(z_dim=z_dim, num_categories=num_categories, resolution=resolution,
-                                channels=channels, max_channels=max_channels, embed_dim=embed_dim)
+        self.init_kwargs = dict(
+            z_dim=z_dim,
+            num_categories=num_categories,
+            resolution=resolution,
+            channels=channels,
+            max_channels=max_channels,
+            embed_dim=embed_dim,
+        )
         self.z_dim, self.num_categories, self.resolution = z_dim, num_categories, resolution
         n = _levels(resolution, 8)
-        widths = [min(channels * 2 ** i, max_channels) for i in range(n + 1)]  # res ... 8x8
+        widths = [min(channels * 2**i, max_channels) for i in range(n + 1)]  # res ... 8x8
         self.embed = nn.Embedding(num_categories, embed_dim)
         self.stem = nn.Conv2d(3 + 1 + embed_dim, widths[0], 3, padding=1)
         self.down = nn.ModuleList(nn.Conv2d(widths[i], widths[i + 1], 4, stride=2, padding=1) for i in range(n))
         style = 2 * widths[-1]
-        self.mapping = nn.Sequential(nn.Linear(z_dim + embed_dim + widths[-1], style), nn.LeakyReLU(0.2),
-                                     nn.Linear(style, style), nn.LeakyReLU(0.2))
+        self.mapping = nn.Sequential(
+            nn.Linear(z_dim + embed_dim + widths[-1], style),
+            nn.LeakyReLU(0.2),
+            nn.Linear(style, style),
+            nn.LeakyReLU(0.2),
+        )
         self.mid = nn.Conv2d(widths[-1], widths[-1], 3, padding=1)
         self.mid_film = FiLM(style, widths[-1])
         # decoder, 8x8 -> res: upsample, concatenate the encoder's skip, conv, modulate
-        self.up = nn.ModuleList(nn.Conv2d(widths[i + 1] + widths[i], widths[i], 3, padding=1)
-                                for i in reversed(range(n)))
+        self.up = nn.ModuleList(
+            nn.Conv2d(widths[i + 1] + widths[i], widths[i], 3, padding=1) for i in reversed(range(n))
+        )
         self.up_film = nn.ModuleList(FiLM(style, widths[i]) for i in reversed(range(n)))
         self.to_rgb = nn.Conv2d(widths[0], 3, 3, padding=1)
 
@@ -271,7 +320,7 @@ class ForegroundGenerator(nn.Module):
             skips.append(x)
         w = self.mapping(torch.cat([z, e, x.mean(dim=(2, 3))], dim=1))
         x = F.leaky_relu(self.mid_film(self.mid(x), w), 0.2)
-        for conv, film, skip in zip(self.up, self.up_film, reversed(skips[:-1])):
+        for conv, film, skip in zip(self.up, self.up_film, reversed(skips[:-1]), strict=False):
             x = F.interpolate(x, scale_factor=2, mode="nearest")
             x = F.leaky_relu(film(conv(torch.cat([x, skip], dim=1)), w), 0.2)
         return torch.tanh(self.to_rgb(x))
@@ -285,14 +334,16 @@ class AppearanceEncoder(nn.Module):
     object crop ⊕ its mask (C=4), for G_bg a whole background plate (C=3).
     """
 
-    def __init__(self, in_channels: int = 4, resolution: int = 32, z_dim: int = 64, channels: int = 32,
-                 max_channels: int = 256):
+    def __init__(
+        self, in_channels: int = 4, resolution: int = 32, z_dim: int = 64, channels: int = 32, max_channels: int = 256
+    ):
         super().__init__()
-        self.init_kwargs = dict(in_channels=in_channels, resolution=resolution, z_dim=z_dim, channels=channels,
-                                max_channels=max_channels)
+        self.init_kwargs = dict(
+            in_channels=in_channels, resolution=resolution, z_dim=z_dim, channels=channels, max_channels=max_channels
+        )
         self.z_dim, self.resolution = z_dim, resolution
         n = _levels(resolution, 4)
-        widths = [min(channels * 2 ** i, max_channels) for i in range(n + 1)]
+        widths = [min(channels * 2**i, max_channels) for i in range(n + 1)]
         layers = [nn.Conv2d(in_channels, widths[0], 3, padding=1), nn.LeakyReLU(0.2)]
         for i in range(n):
             layers += [nn.Conv2d(widths[i], widths[i + 1], 4, stride=2, padding=1), nn.LeakyReLU(0.2)]
@@ -325,12 +376,17 @@ class DownStack(nn.Module):
     def __init__(self, cin: int, resolution: int, channels: int, max_channels: int):
         super().__init__()
         n = _levels(resolution, 4)
-        widths = [min(channels * 2 ** i, max_channels) for i in range(n + 1)]
+        widths = [min(channels * 2**i, max_channels) for i in range(n + 1)]
         self.stem = _sn_conv(cin, widths[0])
         self.blocks = nn.ModuleList(
-            nn.Sequential(_sn_conv(widths[i], widths[i]), nn.LeakyReLU(0.2),
-                          _sn_conv(widths[i], widths[i + 1], 4, stride=2), nn.LeakyReLU(0.2))
-            for i in range(n))
+            nn.Sequential(
+                _sn_conv(widths[i], widths[i]),
+                nn.LeakyReLU(0.2),
+                _sn_conv(widths[i], widths[i + 1], 4, stride=2),
+                nn.LeakyReLU(0.2),
+            )
+            for i in range(n)
+        )
         self.out_channels = widths[-1]
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -347,11 +403,22 @@ class GlobalDiscriminator(nn.Module):
     the features serve feature matching.
     """
 
-    def __init__(self, num_categories: int = 5, resolution: int = 64, channels: int = 32,
-                 max_channels: int = 256, mbstd: bool = True):
+    def __init__(
+        self,
+        num_categories: int = 5,
+        resolution: int = 64,
+        channels: int = 32,
+        max_channels: int = 256,
+        mbstd: bool = True,
+    ):
         super().__init__()
-        self.init_kwargs = dict(num_categories=num_categories, resolution=resolution, channels=channels,
-                                max_channels=max_channels, mbstd=mbstd)
+        self.init_kwargs = dict(
+            num_categories=num_categories,
+            resolution=resolution,
+            channels=channels,
+            max_channels=max_channels,
+            mbstd=mbstd,
+        )
         self.mbstd = mbstd
         self.trunk = DownStack(3 + num_categories, resolution, channels, max_channels)
         c = self.trunk.out_channels
@@ -371,11 +438,11 @@ class ObjectDiscriminator(nn.Module):
     ``forward(crop [B,4,S,S] (image ⊕ mask), category [B]) -> (score [B], features)``
     """
 
-    def __init__(self, num_categories: int = 5, crop_size: int = 32, channels: int = 32,
-                 max_channels: int = 256):
+    def __init__(self, num_categories: int = 5, crop_size: int = 32, channels: int = 32, max_channels: int = 256):
         super().__init__()
-        self.init_kwargs = dict(num_categories=num_categories, crop_size=crop_size, channels=channels,
-                                max_channels=max_channels)
+        self.init_kwargs = dict(
+            num_categories=num_categories, crop_size=crop_size, channels=channels, max_channels=max_channels
+        )
         self.crop_size = crop_size
         self.trunk = DownStack(4, crop_size, channels, max_channels)
         c = self.trunk.out_channels

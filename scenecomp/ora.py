@@ -18,12 +18,13 @@ unchanged), which is that object's layer's colour, and every later layer is
 transparent there. Occluded parts of an object stay in its layer, so moving a
 layer in an editor shows what the object painted behind the ones in front.
 """
+
 from __future__ import annotations
 
 import io
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 from xml.etree import ElementTree
 
 import numpy as np
@@ -44,8 +45,10 @@ def write_ora(path, steps: Sequence[Image.Image], masks: Sequence[np.ndarray], n
     one layer name per step. Returns the path.
     """
     if not (len(steps) == len(masks) + 1 == len(names)):
-        raise ValueError(f"write_ora: {len(steps)} steps, {len(masks)} masks and {len(names)} names; "
-                         "need one step more than masks and one name per step")
+        raise ValueError(
+            f"write_ora: {len(steps)} steps, {len(masks)} masks and {len(names)} names; "
+            "need one step more than masks and one name per step"
+        )
     width, height = steps[0].size
     layers = [steps[0].convert("RGBA")]
     for t, mask in enumerate(masks, 1):
@@ -58,9 +61,18 @@ def write_ora(path, steps: Sequence[Image.Image], masks: Sequence[np.ndarray], n
 
     image = ElementTree.Element("image", version=VERSION, w=str(width), h=str(height))
     stack = ElementTree.SubElement(image, "stack")
-    for name, src in reversed(list(zip(names, sources))):  # the top layer comes first
-        ElementTree.SubElement(stack, "layer", name=name, src=src, x="0", y="0", opacity="1.0",
-                               visibility="visible", **{"composite-op": "svg:src-over"})
+    for name, src in reversed(list(zip(names, sources, strict=False))):  # the top layer comes first
+        ElementTree.SubElement(
+            stack,
+            "layer",
+            name=name,
+            src=src,
+            x="0",
+            y="0",
+            opacity="1.0",
+            visibility="visible",
+            **{"composite-op": "svg:src-over"},
+        )
     xml = ElementTree.tostring(image, encoding="UTF-8", xml_declaration=True)
 
     merged = steps[-1].convert("RGBA")
@@ -71,7 +83,7 @@ def write_ora(path, steps: Sequence[Image.Image], masks: Sequence[np.ndarray], n
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
             z.writestr(zipfile.ZipInfo("mimetype"), MIMETYPE, compress_type=zipfile.ZIP_STORED)
             z.writestr("stack.xml", xml)
-            for src, layer in zip(sources, layers):
+            for src, layer in zip(sources, layers, strict=False):
                 z.writestr(src, _png(layer), compress_type=zipfile.ZIP_STORED)  # PNG is compressed already
             z.writestr("mergedimage.png", _png(merged), compress_type=zipfile.ZIP_STORED)
             z.writestr("Thumbnails/thumbnail.png", _png(thumbnail), compress_type=zipfile.ZIP_STORED)
@@ -88,5 +100,7 @@ def _png(image: Image.Image) -> bytes:
 def layer_names(background_seed: int, objects) -> list[str]:
     """Layer names, bottom up: ``0 background (seed s)``, then ``t category (seed s)`` for object t
     (paint order, from 1); ``objects`` have ``category`` and ``seed``."""
-    return [f"0 background (seed {background_seed})",
-            *(f"{t} {obj.category} (seed {obj.seed})" for t, obj in enumerate(objects, 1))]
+    return [
+        f"0 background (seed {background_seed})",
+        *(f"{t} {obj.category} (seed {obj.seed})" for t, obj in enumerate(objects, 1)),
+    ]

@@ -5,6 +5,7 @@ CPUs with AVX512-BF16 or AMX-BF16 multiply bf16 matrices 4-5x faster than fp32
 CPUs emulate bf16 and run it slower than fp32, so there ``auto`` means fp32.
 GPUs with bf16 support (Ampere and newer) always get bf16 under ``auto``.
 """
+
 from __future__ import annotations
 
 import functools
@@ -34,7 +35,10 @@ def training_precision(precision: str, accelerator: str) -> str:
     """Lightning's ``precision`` for a run: ``bf16-mixed`` asked for on a CPU without native
     bf16 falls back to ``32-true`` (emulated bf16 would be slower), saying so once."""
     if str(precision).startswith("bf16") and accelerator == "cpu" and not cpu_has_fast_bf16():
-        warnings.warn("this CPU has no native bf16 (AVX512-BF16 or AMX); training in 32-true instead of "
-                      f"{precision} (set trainer.precision=32-true to silence this)", stacklevel=2)
+        warnings.warn(
+            "this CPU has no native bf16 (AVX512-BF16 or AMX); training in 32-true instead of "
+            f"{precision} (set trainer.precision=32-true to silence this)",
+            stacklevel=2,
+        )
         return "32-true"
     return str(precision)

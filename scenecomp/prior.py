@@ -29,6 +29,7 @@ bundle; ``scenecomp-synth fit-prior`` fits one)::
      "instances": {"tree": 18133, ...},
      "shapes": {"tree": [{"box": [x, y, w, h], "rank": 0.25, "rle": {"size": [h, w], "counts": "..."}}, ...]}}
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -47,9 +48,9 @@ from scenecomp.shapes import min_object_pixels
 PRIOR_FORMAT = "scenecomp-layout-prior"
 PRIOR_VERSION = 1
 DEFAULT_PRIOR = Path(__file__).parent / "assets" / "prior.json"
-MAX_PRIOR_BYTES = 64 * 2**20   # a prior is read whole: bound it first
-MAX_BANK = 10_000              # objects per category in a prior file
-MAX_COUNT = 1000               # objects per image (as layouts: scenecomp.layout.MAX_OBJECTS)
+MAX_PRIOR_BYTES = 64 * 2**20  # a prior is read whole: bound it first
+MAX_BANK = 10_000  # objects per category in a prior file
+MAX_COUNT = 1000  # objects per image (as layouts: scenecomp.layout.MAX_OBJECTS)
 
 
 class PriorError(ValueError):
@@ -129,7 +130,7 @@ class Quota:
     def lacking(self, extra: int = 0) -> dict[str, float]:
         """What each category lacks for the count ``window + extra`` objects from now (may be negative)."""
         total = self.counts.sum() + self.window + extra
-        return dict(zip(self.names, self.shares * total - self.counts))
+        return dict(zip(self.names, self.shares * total - self.counts, strict=False))
 
     def draw(self, rng: np.random.Generator, pending: list[str] = ()) -> str:
         """One category, given the ``pending`` ones already drawn for the image being made."""
@@ -158,8 +159,12 @@ class LayoutPrior:
         images = np.array([k for _, k in data["objects_per_image"]], np.float64)
         self._counts, self._count_p = counts, images / images.sum()
         self.bank: dict[str, list[Shape]] = {
-            c: [Shape(rasterize({"rle": e["rle"]}, e["rle"]["size"]), tuple(e["box"]), float(e["rank"]))
-                for e in data["shapes"].get(c, [])] for c in self.categories}
+            c: [
+                Shape(rasterize({"rle": e["rle"]}, e["rle"]["size"]), tuple(e["box"]), float(e["rank"]))
+                for e in data["shapes"].get(c, [])
+            ]
+            for c in self.categories
+        }
 
     # --- shares
 
@@ -215,8 +220,10 @@ class LayoutPrior:
         if categories is not None:
             unknown = [c for c in categories if c not in names]
             if unknown:
-                raise PriorError(f"{path}: no category {', '.join(map(quote, unknown))} in the file; "
-                                 f"its categories: {', '.join(names)}")
+                raise PriorError(
+                    f"{path}: no category {', '.join(map(quote, unknown))} in the file; "
+                    f"its categories: {', '.join(names)}"
+                )
             names = list(categories)
         histogram: dict[int, int] = {}
         instances = {c: 0 for c in names}
@@ -233,29 +240,47 @@ class LayoutPrior:
         rng = np.random.default_rng(seed)
         shapes = {}
         for c in names:
-            chosen = sorted(rng.choice(len(objects[c]), min(shapes_per_category, len(objects[c])), replace=False)) \
-                if objects[c] else []
+            chosen = (
+                sorted(rng.choice(len(objects[c]), min(shapes_per_category, len(objects[c])), replace=False))
+                if objects[c]
+                else []
+            )
             shapes[c] = []
             for i in chosen:
                 layout, k, n, obj = objects[c][int(i)]
                 H, W = layout.size
                 crop, (x, y, w, h) = crop_to_box(rasterize(obj.shape, layout.size))
-                shapes[c].append({"box": [round(x / W, 5), round(y / H, 5), round(w / W, 5), round(h / H, 5)],
-                                  "rank": round(k / (n - 1), 5) if n > 1 else 0.5, "rle": encode_rle(crop)})
-        data = {"format": PRIOR_FORMAT, "version": PRIOR_VERSION,
-                "source": {"file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-                           "images": len(layouts), "objects": sum(instances.values())},
-                "categories": names,
-                "objects_per_image": [[n, k] for n, k in sorted(histogram.items())],
-                "instances": instances, "shapes": shapes}
+                shapes[c].append(
+                    {
+                        "box": [round(x / W, 5), round(y / H, 5), round(w / W, 5), round(h / H, 5)],
+                        "rank": round(k / (n - 1), 5) if n > 1 else 0.5,
+                        "rle": encode_rle(crop),
+                    }
+                )
+        data = {
+            "format": PRIOR_FORMAT,
+            "version": PRIOR_VERSION,
+            "source": {
+                "file": path.name,
+                "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+                "images": len(layouts),
+                "objects": sum(instances.values()),
+            },
+            "categories": names,
+            "objects_per_image": [[n, k] for n, k in sorted(histogram.items())],
+            "instances": instances,
+            "shapes": shapes,
+        }
         return cls(_checked(data, path), path)
 
     def save(self, path) -> None:
         """Write the prior's JSON atomically (one bank entry per line: small diffs)."""
         d = self.data
         head = [f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in d.items() if k != "shapes"]
-        banks = ",\n".join(f"    {json.dumps(c)}: [\n" + ",\n".join(f"      {json.dumps(e)}" for e in entries)
-                           + "\n    ]" for c, entries in d["shapes"].items())
+        banks = ",\n".join(
+            f"    {json.dumps(c)}: [\n" + ",\n".join(f"      {json.dumps(e)}" for e in entries) + "\n    ]"
+            for c, entries in d["shapes"].items()
+        )
         text = "{\n" + ",\n".join(head) + ',\n  "shapes": {\n' + banks + "\n  }\n}\n"
         write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
@@ -278,6 +303,7 @@ class LayoutPrior:
 
 def _checked(data, path) -> dict:
     """``data`` if it is a well-formed prior, else `PriorError` naming the file and the entry."""
+
     def bad(problem):
         return PriorError(f"{path}: {problem}")
 
@@ -287,14 +313,23 @@ def _checked(data, path) -> dict:
     if data.get("version") != PRIOR_VERSION:
         raise bad(f"layout prior version {data.get('version')!r}; this scenecomp reads version {PRIOR_VERSION}")
     cats = data.get("categories")
-    if not (isinstance(cats, list) and cats and all(isinstance(c, str) and c for c in cats) and len(set(cats)) == len(cats)):
+    if not (
+        isinstance(cats, list) and cats and all(isinstance(c, str) and c for c in cats) and len(set(cats)) == len(cats)
+    ):
         raise bad("'categories' must be a list of distinct non-empty names")
     hist = data.get("objects_per_image")
-    if not (isinstance(hist, list) and hist and all(
-            isinstance(e, list) and len(e) == 2 and all(_is_count(v) for v in e) and e[0] <= MAX_COUNT for e in hist)
-            and sum(e[1] for e in hist) > 0):
-        raise bad(f"'objects_per_image' must be a list of [objects (0..{MAX_COUNT}), images] pairs of "
-                  "non-negative integers with some images")
+    if not (
+        isinstance(hist, list)
+        and hist
+        and all(
+            isinstance(e, list) and len(e) == 2 and all(_is_count(v) for v in e) and e[0] <= MAX_COUNT for e in hist
+        )
+        and sum(e[1] for e in hist) > 0
+    ):
+        raise bad(
+            f"'objects_per_image' must be a list of [objects (0..{MAX_COUNT}), images] pairs of "
+            "non-negative integers with some images"
+        )
     inst = data.get("instances")
     if not (isinstance(inst, dict) and set(inst) <= set(cats) and all(_is_count(v) for v in inst.values())):
         raise bad("'instances' must map the prior's categories to non-negative integers")
@@ -305,12 +340,21 @@ def _checked(data, path) -> dict:
         if not isinstance(entries, list) or len(entries) > MAX_BANK:
             raise bad(f"shapes of {quote(c)} must be a list of at most {MAX_BANK} objects")
         for i, e in enumerate(entries):
-            ok = (isinstance(e, dict) and isinstance(e.get("box"), list) and len(e["box"]) == 4
-                  and all(_is_fraction(v) for v in e["box"]) and e["box"][2] > 0 and e["box"][3] > 0
-                  and _is_fraction(e.get("rank")) and isinstance(e.get("rle"), dict))
+            ok = (
+                isinstance(e, dict)
+                and isinstance(e.get("box"), list)
+                and len(e["box"]) == 4
+                and all(_is_fraction(v) for v in e["box"])
+                and e["box"][2] > 0
+                and e["box"][3] > 0
+                and _is_fraction(e.get("rank"))
+                and isinstance(e.get("rle"), dict)
+            )
             if not ok:
-                raise bad(f"shapes of {quote(c)}, object {i}: needs 'box' [x, y, w, h] (fractions in [0, 1], "
-                          "w and h > 0), 'rank' in [0, 1] and 'rle'")
+                raise bad(
+                    f"shapes of {quote(c)}, object {i}: needs 'box' [x, y, w, h] (fractions in [0, 1], "
+                    "w and h > 0), 'rank' in [0, 1] and 'rle'"
+                )
             try:
                 size = e["rle"].get("size")
                 if not rasterize({"rle": e["rle"]}, size).any():

@@ -21,6 +21,7 @@ pycocotools and Pillow are needed (no torch)::
     scene = make_scene(np.random.default_rng(0), size=64)
     stats = write_dataset("shapes", count=1000, size=64, seed=0)
 """
+
 from __future__ import annotations
 
 import json
@@ -129,8 +130,14 @@ _SKY = {  # (top, horizon) albedo of the sky
     "dusk": ((0.32, 0.30, 0.62), (1.00, 0.62, 0.38)),
     "night": ((0.16, 0.20, 0.45), (0.34, 0.38, 0.62)),
 }
-_GROUND = ((0.36, 0.60, 0.25), (0.46, 0.62, 0.28), (0.62, 0.60, 0.32), (0.80, 0.71, 0.46),
-           (0.52, 0.40, 0.27), (0.30, 0.48, 0.24))
+_GROUND = (
+    (0.36, 0.60, 0.25),
+    (0.46, 0.62, 0.28),
+    (0.62, 0.60, 0.32),
+    (0.80, 0.71, 0.46),
+    (0.52, 0.40, 0.27),
+    (0.30, 0.48, 0.24),
+)
 
 
 def _lighting(rng: np.random.Generator, light: str) -> tuple[np.ndarray, np.ndarray]:
@@ -192,11 +199,16 @@ _LEAF = ((0.22, 0.52, 0.16), (0.32, 0.62, 0.20), (0.16, 0.42, 0.22), (0.40, 0.58
 _AUTUMN = ((0.85, 0.45, 0.10), (0.78, 0.22, 0.10), (0.88, 0.72, 0.16))
 _CONIFER = ((0.10, 0.36, 0.20), (0.14, 0.42, 0.26), (0.08, 0.30, 0.16))
 _BARK = ((0.40, 0.26, 0.14), (0.32, 0.22, 0.14), (0.48, 0.34, 0.20))
-_WALL = ((0.92, 0.88, 0.78), (0.76, 0.32, 0.22), (0.95, 0.84, 0.50), (0.56, 0.66, 0.82),
-         (0.86, 0.86, 0.86), (0.62, 0.46, 0.30))
+_WALL = (
+    (0.92, 0.88, 0.78),
+    (0.76, 0.32, 0.22),
+    (0.95, 0.84, 0.50),
+    (0.56, 0.66, 0.82),
+    (0.86, 0.86, 0.86),
+    (0.62, 0.46, 0.30),
+)
 _ROOF = ((0.58, 0.16, 0.10), (0.36, 0.20, 0.14), (0.30, 0.30, 0.34), (0.20, 0.26, 0.42))
-_ROCK = ((0.50, 0.50, 0.50), (0.60, 0.58, 0.55), (0.50, 0.41, 0.31), (0.44, 0.42, 0.38),
-         (0.36, 0.36, 0.38))
+_ROCK = ((0.50, 0.50, 0.50), (0.60, 0.58, 0.55), (0.50, 0.41, 0.31), (0.44, 0.42, 0.38), (0.36, 0.36, 0.38))
 
 
 def _sun(rng, size, horizon, ctx):
@@ -232,7 +244,7 @@ def _cloud(rng, size, horizon, ctx):
     mask = np.zeros((size, size), np.uint8)
     k = int(rng.integers(3, 7))
     offs = np.sort(rng.uniform(-0.5, 0.5, k)) * (w * 0.7)
-    for j, dx in enumerate(offs):
+    for _j, dx in enumerate(offs):
         centre = 1.0 - abs(dx) / (w * 0.5)  # middle lobes are taller
         ay = h * 0.5 * (0.55 + 0.55 * centre) * rng.uniform(0.85, 1.1)
         ax = w * rng.uniform(0.17, 0.3)
@@ -259,8 +271,15 @@ def _tree(rng, size, bx, by, s, ctx):
     tw = max(1.3, h * rng.uniform(0.06, 0.11))
     trunk = np.zeros((size, size), np.uint8)
     crown = np.zeros((size, size), np.uint8)
-    _poly(trunk, [(bx - tw / 2, by), (bx + tw / 2, by),
-                  (bx + tw * 0.35, by - th - h * 0.08), (bx - tw * 0.35, by - th - h * 0.08)])
+    _poly(
+        trunk,
+        [
+            (bx - tw / 2, by),
+            (bx + tw / 2, by),
+            (bx + tw * 0.35, by - th - h * 0.08),
+            (bx - tw * 0.35, by - th - h * 0.08),
+        ],
+    )
     ch = h - th
     top = by - h
     if conifer:
@@ -279,8 +298,13 @@ def _tree(rng, size, bx, by, s, ctx):
         _ellipse(crown, ccx, ccy, r * rng.uniform(0.85, 1.2), r)
         for _ in range(int(rng.integers(1, 4))):
             rr = r * rng.uniform(0.45, 0.75)
-            _ellipse(crown, ccx + rng.choice((-1, 1)) * r * rng.uniform(0.35, 0.75),
-                     ccy + r * rng.uniform(-0.2, 0.45), rr, rr * rng.uniform(0.8, 1.0))
+            _ellipse(
+                crown,
+                ccx + rng.choice((-1, 1)) * r * rng.uniform(0.35, 0.75),
+                ccy + r * rng.uniform(-0.2, 0.45),
+                rr,
+                rr * rng.uniform(0.8, 1.0),
+            )
         palette = _AUTUMN if rng.random() < 0.25 else _LEAF
         colour = _jitter(rng, _pick(rng, palette), 0.05)
     bark = _jitter(rng, _pick(rng, _BARK), 0.04)
@@ -291,10 +315,8 @@ def _tree(rng, size, bx, by, s, ctx):
 
     def paint(canvas):
         ys, xs = _grid(size)
-        shade = (1.0 + 0.22 * lx * np.clip((xs - ccx) / cr, -1, 1)
-                 + 0.15 * np.clip((ccy - ys) / cr, -1, 1))
-        tex = 1.0 + 0.16 * _blotch(rng, size, max(3, size // 6), max(3, size // 6)) \
-            + 0.08 * _fine(rng, size)
+        shade = 1.0 + 0.22 * lx * np.clip((xs - ccx) / cr, -1, 1) + 0.15 * np.clip((ccy - ys) / cr, -1, 1)
+        tex = 1.0 + 0.16 * _blotch(rng, size, max(3, size // 6), max(3, size // 6)) + 0.08 * _fine(rng, size)
         canvas[crown_b] = _field(colour, shade * tex)[crown_b]
         tshade = 1.0 + 0.25 * lx * np.clip((xs - bx) / max(tw / 2, 0.5), -1, 1)
         canvas[trunk_b] = _field(bark, tshade)[trunk_b]
@@ -320,7 +342,7 @@ def _house(rng, size, bx, by, s, ctx, light):
     roof_col = _jitter(rng, _pick(rng, _ROOF), 0.04)
     door_col = _jitter(rng, (0.30, 0.20, 0.12), 0.05)
     lit = light == "night" and rng.random() < 0.7
-    glass = (np.float32([2.4, 1.9, 0.8]) if lit else _jitter(rng, (0.55, 0.75, 0.90), 0.05))
+    glass = np.float32([2.4, 1.9, 0.8]) if lit else _jitter(rng, (0.55, 0.75, 0.90), 0.05)
     detail = np.zeros((size, size), np.uint8)  # 1 = door, 2 = window
     if ww >= 5:
         dw, dh = ww * rng.uniform(0.16, 0.24), wh * rng.uniform(0.4, 0.6)
@@ -330,8 +352,12 @@ def _house(rng, size, bx, by, s, ctx, light):
         wy = yt + wh * 0.3
         for wx in (x0 + ww * 0.22, x1 - ww * 0.22):
             if abs(wx - dx) > dw / 2 + ws / 2 + 0.5:
-                pts = [(wx - ws / 2, wy - ws / 2), (wx + ws / 2, wy - ws / 2),
-                       (wx + ws / 2, wy + ws / 2), (wx - ws / 2, wy + ws / 2)]
+                pts = [
+                    (wx - ws / 2, wy - ws / 2),
+                    (wx + ws / 2, wy - ws / 2),
+                    (wx + ws / 2, wy + ws / 2),
+                    (wx - ws / 2, wy + ws / 2),
+                ]
                 cv2.fillPoly(detail, [_fix(pts)], 2, cv2.LINE_8, _SHIFT)
     brick = rng.random() < 0.35
     period = max(2, int(round(size / 32)))
@@ -364,7 +390,7 @@ def _rock(rng, size, bx, by, s, ctx):
     ang = np.sort(rng.uniform(np.pi * 1.05, np.pi * 1.95, n))
     rad = rng.uniform(0.78, 1.1, n)
     pts = [(bx + rw / 2 * rng.uniform(0.85, 1.0), by)]
-    pts += [(bx + np.cos(a) * rw / 2 * q, by + np.sin(a) * rh * q) for a, q in zip(ang[::-1], rad[::-1])]
+    pts += [(bx + np.cos(a) * rw / 2 * q, by + np.sin(a) * rh * q) for a, q in zip(ang[::-1], rad[::-1], strict=False)]
     pts += [(bx - rw / 2 * rng.uniform(0.85, 1.0), by)]
     m = np.zeros((size, size), np.uint8)
     _poly(m, pts)
@@ -374,10 +400,12 @@ def _rock(rng, size, bx, by, s, ctx):
 
     def paint(canvas):
         ys, xs = _grid(size)
-        shade = (1.0 + 0.25 * lx * np.clip((xs - bx) / max(rw / 2, 0.5), -1, 1)
-                 + 0.22 * np.clip((by - rh * 0.5 - ys) / max(rh * 0.5, 0.5), -1, 1))
-        tex = 1.0 + 0.1 * _blotch(rng, size, max(4, size // 5), max(4, size // 5)) \
-            + 0.13 * _fine(rng, size)
+        shade = (
+            1.0
+            + 0.25 * lx * np.clip((xs - bx) / max(rw / 2, 0.5), -1, 1)
+            + 0.22 * np.clip((by - rh * 0.5 - ys) / max(rh * 0.5, 0.5), -1, 1)
+        )
+        tex = 1.0 + 0.1 * _blotch(rng, size, max(4, size // 5), max(4, size // 5)) + 0.13 * _fine(rng, size)
         canvas[mask] = _field(colour, shade * tex)[mask]
 
     return mask, paint
@@ -403,8 +431,9 @@ def _layout(rng, size, horizon, light, min_px):
             if np.count_nonzero(mask) >= min_px:
                 objs.append((cat, mask, paint))
                 break
-    ctx["lx"] = (float(np.clip((ctx["sun_x"] - size / 2) / (size / 2), -1, 1)) if "sun_x" in ctx
-                 else float(rng.uniform(-1, 1)))
+    ctx["lx"] = (
+        float(np.clip((ctx["sun_x"] - size / 2) / (size / 2), -1, 1)) if "sun_x" in ctx else float(rng.uniform(-1, 1))
+    )
     ground = [c for c in cats if c not in SKY]
     lo = horizon + max(1.0, 0.03 * size)
     hi = size - 1.0
@@ -458,8 +487,9 @@ def make_scene(rng: np.random.Generator, size: int = 64) -> Scene:
     for _, _, paint in objs:
         paint(albedo)
     image = _to_uint8(albedo, mult, add)
-    return Scene(image=image, background=background,
-                 objects=[(cat, mask) for cat, mask, _ in objs], light=light, horizon=horizon)
+    return Scene(
+        image=image, background=background, objects=[(cat, mask) for cat, mask, _ in objs], light=light, horizon=horizon
+    )
 
 
 # ---------------------------------------------------------------- dataset
@@ -503,8 +533,14 @@ def _record(scene: Scene, index: int) -> tuple:
     anns = []
     for cat, mask in scene.objects:
         rle = mask_utils.encode(np.asfortranarray(mask, dtype=np.uint8))
-        anns.append((_CATEGORY_IDS[cat], rle["counts"].decode("ascii"),
-                     int(mask_utils.area(rle)), [float(v) for v in mask_utils.toBbox(rle)]))
+        anns.append(
+            (
+                _CATEGORY_IDS[cat],
+                rle["counts"].decode("ascii"),
+                int(mask_utils.area(rle)),
+                [float(v) for v in mask_utils.toBbox(rle)],
+            )
+        )
     return (scene.light, scene.horizon, anns, scene.image if index < 16 else None)
 
 
@@ -516,12 +552,11 @@ def _contact_sheet(images: list[np.ndarray], cols: int = 4, scale: int = 2, gap:
     for k, img in enumerate(images):
         r, c = divmod(k, cols)
         y, x = gap + r * (size + gap), gap + c * (size + gap)
-        sheet[y:y + size, x:x + size] = np.repeat(np.repeat(img, scale, 0), scale, 1)
+        sheet[y : y + size, x : x + size] = np.repeat(np.repeat(img, scale, 0), scale, 1)
     return sheet
 
 
-def write_dataset(out, count: int, size: int = 64, seed: int = 0, workers: int = 1,
-                  overwrite: bool = False) -> dict:
+def write_dataset(out, count: int, size: int = 64, seed: int = 0, workers: int = 1, overwrite: bool = False) -> dict:
     """Write ``count`` scenes to the folder ``out`` as a COCO instances dataset.
 
     Layout: ``images/{i:06d}.png`` and ``backgrounds/{i:06d}.png`` (RGB; the
@@ -570,27 +605,52 @@ def _write_dataset(out: Path, count: int, size: int, seed: int, workers: int) ->
     i = 0
     for part in parts:
         for light, horizon, anns, preview in part:
-            images.append({"id": i + 1, "file_name": f"{i:06d}.png", "height": size, "width": size,
-                           "light": light, "horizon": horizon})
+            images.append(
+                {
+                    "id": i + 1,
+                    "file_name": f"{i:06d}.png",
+                    "height": size,
+                    "width": size,
+                    "light": light,
+                    "horizon": horizon,
+                }
+            )
             per_light[light] += 1
             for cat_id, counts, area, bbox in anns:
-                annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "category_id": cat_id,
-                                    "segmentation": {"size": [size, size], "counts": counts},
-                                    "area": area, "bbox": bbox, "iscrowd": 0})
+                annotations.append(
+                    {
+                        "id": len(annotations) + 1,
+                        "image_id": i + 1,
+                        "category_id": cat_id,
+                        "segmentation": {"size": [size, size], "counts": counts},
+                        "area": area,
+                        "bbox": bbox,
+                        "iscrowd": 0,
+                    }
+                )
                 per_category[CATEGORIES[cat_id - 1]] += 1
             if preview is not None:
                 previews.append(preview)
             i += 1
     coco = {
-        "info": {"description": "scenecomp Shapes: procedural landscape scenes",
-                 "paint_order": "annotation_order", "generator": "scenecomp.shapes",
-                 "seed": seed, "size": size, "count": count},
+        "info": {
+            "description": "scenecomp Shapes: procedural landscape scenes",
+            "paint_order": "annotation_order",
+            "generator": "scenecomp.shapes",
+            "seed": seed,
+            "size": size,
+            "count": count,
+        },
         "images": images,
         "annotations": annotations,
-        "categories": [{"id": k + 1, "name": name, "supercategory": "sky" if name in SKY else "ground"}
-                       for k, name in enumerate(CATEGORIES)],
+        "categories": [
+            {"id": k + 1, "name": name, "supercategory": "sky" if name in SKY else "ground"}
+            for k, name in enumerate(CATEGORIES)
+        ],
     }
-    write_atomically(out / "annotations.json",
-                     lambda tmp: tmp.write_text(json.dumps(coco, separators=(",", ":")) + "\n", encoding="utf-8"))
+    write_atomically(
+        out / "annotations.json",
+        lambda tmp: tmp.write_text(json.dumps(coco, separators=(",", ":")) + "\n", encoding="utf-8"),
+    )
     _write_png(str(out / "preview.png"), _contact_sheet(previews))
     return {"count": count, "objects": len(annotations), "per_category": per_category, "per_light": per_light}

@@ -54,6 +54,7 @@ The same command writes byte-identical ``annotations.json``, layouts and PNGs
 (PNGs: on the same device, dtype, batch size and threads, as for
 ``scenecomp-render``); only the manifest records times.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,16 +70,25 @@ from pycocotools import mask as mask_utils
 
 from scenecomp.atomic import write_atomically
 from scenecomp.compose import DEFAULT_MODEL, BundleError, bundle_file, load_bundle, object_seed
-from scenecomp.layout import SEED_LIMIT, Layout, LayoutError, LayoutObject, did_you_mean, encode_rle, load_layouts, quote
+from scenecomp.layout import (
+    SEED_LIMIT,
+    Layout,
+    LayoutError,
+    LayoutObject,
+    did_you_mean,
+    encode_rle,
+    load_layouts,
+    quote,
+)
 from scenecomp.prior import DEFAULT_PRIOR, LayoutPrior, PriorError, Quota, crop_to_box, keep_visible, place
 
 PROG = "scenecomp-synth"
 RECIPE = "synth.json"
 MAX_COUNT = 1_000_000
-JITTER_SHIFT = (0.08, 0.04)     # largest shift, as a fraction of the width and of the height
-JITTER_SCALE = 1.15             # objects are scaled by a factor in [1/JITTER_SCALE, JITTER_SCALE]
-CANDIDATES = 8                  # layouts considered per image when --layouts must meet a target
-BALANCE_RATIO = 1.5             # --balance: the largest category count over the smallest, at most
+JITTER_SHIFT = (0.08, 0.04)  # largest shift, as a fraction of the width and of the height
+JITTER_SCALE = 1.15  # objects are scaled by a factor in [1/JITTER_SCALE, JITTER_SCALE]
+CANDIDATES = 8  # layouts considered per image when --layouts must meet a target
+BALANCE_RATIO = 1.5  # --balance: the largest category count over the smallest, at most
 
 EPILOG = """\
 examples:
@@ -122,8 +132,10 @@ def parse_shares(text: str, categories) -> dict[str, float]:
         if not eq or not name:
             raise SynthError(f"--categories: {quote(part.strip())} is not NAME=SHARE; write e.g. tree=0.4,sun=0.6")
         if name not in categories:
-            raise SynthError(f"--categories: unknown category {quote(name)}{did_you_mean(name, categories)}; "
-                             f"known categories: {', '.join(categories)}")
+            raise SynthError(
+                f"--categories: unknown category {quote(name)}{did_you_mean(name, categories)}; "
+                f"known categories: {', '.join(categories)}"
+            )
         if name in shares:
             raise SynthError(f"--categories: {quote(name)} is given twice")
         try:
@@ -165,7 +177,9 @@ class Sources:
     def objects(self, j: int) -> list:
         if j not in self._objects:
             masks = self.layouts[j].masks(self.size) > 0.5
-            self._objects[j] = [(o.category, *crop_to_box(m)) for o, m in zip(self.layouts[j].objects, masks) if m.any()]
+            self._objects[j] = [
+                (o.category, *crop_to_box(m)) for o, m in zip(self.layouts[j].objects, masks, strict=False) if m.any()
+            ]
         return self._objects[j]
 
 
@@ -210,6 +224,7 @@ def jittered_layouts(sources: Sources, count: int, seed: int, shares: dict[str, 
 def read_sources(paths, categories, size) -> Sources:
     """Every layout in ``paths`` (files, folders, COCO files), checked against the model's categories."""
     from scenecomp.render.options import UsageError, find_inputs
+
     try:
         files = find_inputs(paths)
     except UsageError as e:
@@ -243,14 +258,23 @@ def image_labels(objects, background_seed: int) -> tuple[list[LayoutObject], lis
         visible.append(mask & ~covered)
         covered = covered | mask
     visible.reverse()
-    for k, ((category, mask), seen) in enumerate(zip(objects, visible)):
+    for k, ((category, mask), seen) in enumerate(zip(objects, visible, strict=False)):
         seed = object_seed(background_seed, k)
         amodal = encode_rle(mask)
         layout_objects.append(LayoutObject(category, {"rle": amodal}, seed))
         rle = mask_utils.encode(np.asfortranarray(seen.astype(np.uint8)))
-        annotations.append({"category": category, "segmentation": {"size": amodal["size"], "counts": rle["counts"].decode("ascii")},
-                            "area": int(mask_utils.area(rle)), "bbox": [float(v) for v in mask_utils.toBbox(rle)],
-                            "iscrowd": 0, "amodal_segmentation": amodal, "order": k, "seed": seed})
+        annotations.append(
+            {
+                "category": category,
+                "segmentation": {"size": amodal["size"], "counts": rle["counts"].decode("ascii")},
+                "area": int(mask_utils.area(rle)),
+                "bbox": [float(v) for v in mask_utils.toBbox(rle)],
+                "iscrowd": 0,
+                "amodal_segmentation": amodal,
+                "order": k,
+                "seed": seed,
+            }
+        )
     return layout_objects, annotations
 
 
@@ -262,10 +286,24 @@ def image_name(i: int, count: int) -> str:
 # ----------------------------------------------------------------------------- the whole run
 
 
-def synthesize(out, count: int, checkpoint=None, *, prior=None, layouts=None, balance: bool = False,
-               categories: str | dict | None = None, seed: int = 0, batch_size: int = 16, device=None,
-               devices: int | None = None, num_nodes: int | None = None, dtype: str = "auto",
-               threads: int | None = None, quiet: bool = False) -> int:
+def synthesize(
+    out,
+    count: int,
+    checkpoint=None,
+    *,
+    prior=None,
+    layouts=None,
+    balance: bool = False,
+    categories: str | dict | None = None,
+    seed: int = 0,
+    batch_size: int = 16,
+    device=None,
+    devices: int | None = None,
+    num_nodes: int | None = None,
+    dtype: str = "auto",
+    threads: int | None = None,
+    quiet: bool = False,
+) -> int:
     """Write a labelled data set into ``out`` (module docstring); returns the exit status of the
     rendering (0: every image written). Bad input raises `SynthError` before anything is written.
 
@@ -274,14 +312,19 @@ def synthesize(out, count: int, checkpoint=None, *, prior=None, layouts=None, ba
     of the prior). ``balance`` or ``categories`` (``"tree=0.4,sun=0.6"`` or a dict) set the
     category targets. The rest is passed to ``scenecomp-render``.
     """
-    from scenecomp.render import file_sha256, main as render_main
+    from scenecomp.render import file_sha256
+    from scenecomp.render import main as render_main
 
     if not (isinstance(count, int) and 1 <= count <= MAX_COUNT):
         raise SynthError(f"--count must be an integer in [1, {MAX_COUNT}], got {count!r}")
     if not (isinstance(seed, int) and 0 <= seed < SEED_LIMIT):
         raise SynthError(f"--seed must be an integer in [0, 2**32), got {seed!r}")
-    for name, value in (("--batch-size", batch_size), ("--devices", devices), ("--num-nodes", num_nodes),
-                        ("--threads", threads)):
+    for name, value in (
+        ("--batch-size", batch_size),
+        ("--devices", devices),
+        ("--num-nodes", num_nodes),
+        ("--threads", threads),
+    ):
         if value is not None and not (isinstance(value, int) and value >= 1):
             raise SynthError(f"{name} must be a positive integer, got {value!r}")
     if balance and categories is not None:
@@ -293,13 +336,25 @@ def synthesize(out, count: int, checkpoint=None, *, prior=None, layouts=None, ba
         raise SynthError(str(e)) from None
     names, R = list(bundle["categories"]), int(bundle["resolution"])
     del bundle
-    shares = ({c: 1 / len(names) for c in names} if balance
-              else parse_shares(categories, names) if isinstance(categories, str)
-              else parse_shares(",".join(f"{c}={s}" for c, s in categories.items()), names) if categories else None)
+    shares = (
+        {c: 1 / len(names) for c in names}
+        if balance
+        else parse_shares(categories, names)
+        if isinstance(categories, str)
+        else parse_shares(",".join(f"{c}={s}" for c, s in categories.items()), names)
+        if categories
+        else None
+    )
 
-    recipe = {"checkpoint": os.path.abspath(checkpoint), "checkpoint_sha256": file_sha256(checkpoint),
-              "categories": names, "resolution": R, "count": count, "seed": seed,
-              "targets": "balance" if balance else shares if shares else "as the source"}
+    recipe = {
+        "checkpoint": os.path.abspath(checkpoint),
+        "checkpoint_sha256": file_sha256(checkpoint),
+        "categories": names,
+        "resolution": R,
+        "count": count,
+        "seed": seed,
+        "targets": "balance" if balance else shares if shares else "as the source",
+    }
     if layouts:
         if prior is not None:
             raise SynthError("--prior and --layouts are exclusive: layouts come from one or the other")
@@ -308,30 +363,40 @@ def synthesize(out, count: int, checkpoint=None, *, prior=None, layouts=None, ba
             present = {c for j in range(len(sources)) for c in sources.categories(j)}
             missing = [c for c, s in shares.items() if s > 0 and c not in present]
             if missing:
-                raise SynthError(f"--layouts: no {', '.join(map(quote, missing))} in the given layouts "
-                                 f"(at {R}x{R}): no share of {'it' if len(missing) == 1 else 'them'} can be met")
+                raise SynthError(
+                    f"--layouts: no {', '.join(map(quote, missing))} in the given layouts "
+                    f"(at {R}x{R}): no share of {'it' if len(missing) == 1 else 'them'} can be met"
+                )
         files = dict.fromkeys(os.path.abspath(layout.path) for layout in sources.layouts)
         recipe["layouts"] = [{"file": f, "sha256": file_sha256(f)} for f in files]
         recipe["jitter"] = {"shift": list(JITTER_SHIFT), "scale": JITTER_SCALE, "flip": 0.5}
         images = jittered_layouts(sources, count, seed, shares)
     else:
-        prior_file = Path(prior) if prior is not None else (
-            DEFAULT_PRIOR if checkpoint == DEFAULT_MODEL else checkpoint.parent / "prior.json")
+        prior_file = (
+            Path(prior)
+            if prior is not None
+            else (DEFAULT_PRIOR if checkpoint == DEFAULT_MODEL else checkpoint.parent / "prior.json")
+        )
         if prior is None and not prior_file.is_file():
-            raise SynthError(f"no layout prior beside {checkpoint} (looked for {prior_file}); fit one with "
-                             f"scenecomp-synth fit-prior TRAIN/annotations.json --out {prior_file}, "
-                             "or give --prior PATH or --layouts")
+            raise SynthError(
+                f"no layout prior beside {checkpoint} (looked for {prior_file}); fit one with "
+                f"scenecomp-synth fit-prior TRAIN/annotations.json --out {prior_file}, "
+                "or give --prior PATH or --layouts"
+            )
         try:
             the_prior = LayoutPrior.load(prior_file)
         except PriorError as e:
             raise SynthError(str(e)) from None
         if set(the_prior.categories) != set(names):
-            raise SynthError(f"{prior_file}: the prior's categories ({', '.join(the_prior.categories)}) are not the "
-                             f"model's ({checkpoint}: {', '.join(names)}); fit a prior on the model's training data")
+            raise SynthError(
+                f"{prior_file}: the prior's categories ({', '.join(the_prior.categories)}) are not the "
+                f"model's ({checkpoint}: {', '.join(names)}); fit a prior on the model's training data"
+            )
         missing = [c for c, s in (shares or the_prior.shares()).items() if s > 0 and not the_prior.bank[c]]
         if missing:
-            raise SynthError(f"{prior_file}: holds no shape of {', '.join(map(quote, missing))}: "
-                             "no share of it can be met")
+            raise SynthError(
+                f"{prior_file}: holds no shape of {', '.join(map(quote, missing))}: no share of it can be met"
+            )
         recipe["prior"] = os.path.abspath(prior_file)
         recipe["prior_sha256"] = file_sha256(prior_file)
         images = prior_layouts(the_prior, count, seed, (R, R), shares)
@@ -342,10 +407,23 @@ def synthesize(out, count: int, checkpoint=None, *, prior=None, layouts=None, ba
     fresh = _claim(out, recipe)
     try:
         coco = _write_layouts(out, images, names, recipe, count, quiet)
-        argv = [str(out / "layouts"), "--out", str(out / "images"), "--checkpoint", str(checkpoint),
-                "--batch-size", str(batch_size), "--dtype", dtype]
-        for flag, value in (("--device", device), ("--devices", devices), ("--num-nodes", num_nodes),
-                            ("--threads", threads)):
+        argv = [
+            str(out / "layouts"),
+            "--out",
+            str(out / "images"),
+            "--checkpoint",
+            str(checkpoint),
+            "--batch-size",
+            str(batch_size),
+            "--dtype",
+            dtype,
+        ]
+        for flag, value in (
+            ("--device", device),
+            ("--devices", devices),
+            ("--num-nodes", num_nodes),
+            ("--threads", threads),
+        ):
             if value is not None:
                 argv += [flag, str(value)]
         status = render_main(argv + (["--quiet"] if quiet else []))
@@ -362,9 +440,11 @@ def synthesize(out, count: int, checkpoint=None, *, prior=None, layouts=None, ba
             counts = {c: 0 for c in names}
             for a in coco["annotations"]:
                 counts[names[a["category_id"] - 1]] += 1
-            print(f"{PROG}: {count} images, {len(coco['annotations'])} objects "
-                  f"({', '.join(f'{c} {n}' for c, n in counts.items())}); labels: {out / 'annotations.json'}",
-                  file=sys.stderr)
+            print(
+                f"{PROG}: {count} images, {len(coco['annotations'])} objects "
+                f"({', '.join(f'{c} {n}' for c, n in counts.items())}); labels: {out / 'annotations.json'}",
+                file=sys.stderr,
+            )
     return status
 
 
@@ -378,12 +458,16 @@ def _claim(out: Path, recipe: dict) -> bool:
         try:
             old = json.loads((out / RECIPE).read_text(encoding="utf-8"))
         except (OSError, ValueError):
-            raise SynthError(f"--out {out}: the folder is not empty and holds no scenecomp-synth data set "
-                             f"({RECIPE}); choose another --out") from None
+            raise SynthError(
+                f"--out {out}: the folder is not empty and holds no scenecomp-synth data set "
+                f"({RECIPE}); choose another --out"
+            ) from None
         if old != recipe:
             differ = sorted(k for k in set(old) | set(recipe) if old.get(k) != recipe.get(k))
-            raise SynthError(f"--out {out}: holds another data set ({', '.join(differ)} differ: see "
-                             f"{out / RECIPE}); choose another --out, or run its own command again to resume it")
+            raise SynthError(
+                f"--out {out}: holds another data set ({', '.join(differ)} differ: see "
+                f"{out / RECIPE}); choose another --out, or run its own command again to resume it"
+            )
         return False
     write_atomically(out / RECIPE, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return True
@@ -401,13 +485,27 @@ def _remove(out: Path, folder_too: bool) -> None:
 def _write_layouts(out: Path, images, names: list[str], recipe: dict, count: int, quiet: bool) -> dict:
     """Write every image's seeded layout file; returns the COCO data set of their labels."""
     from tqdm import tqdm
+
     R = recipe["resolution"]
-    coco = {"info": {"description": "scenecomp-synth: composed scenes with exact labels",
-                     "paint_order": "annotation_order", **recipe},
-            "images": [], "annotations": [],
-            "categories": [{"id": j + 1, "name": c} for j, c in enumerate(names)]}
-    bar = tqdm(images, total=count, desc="layouts", unit="img", file=sys.stderr, dynamic_ncols=True,
-               disable=quiet or not sys.stderr.isatty())
+    coco = {
+        "info": {
+            "description": "scenecomp-synth: composed scenes with exact labels",
+            "paint_order": "annotation_order",
+            **recipe,
+        },
+        "images": [],
+        "annotations": [],
+        "categories": [{"id": j + 1, "name": c} for j, c in enumerate(names)],
+    }
+    bar = tqdm(
+        images,
+        total=count,
+        desc="layouts",
+        unit="img",
+        file=sys.stderr,
+        dynamic_ncols=True,
+        disable=quiet or not sys.stderr.isatty(),
+    )
     for i, (background, objects) in enumerate(bar):
         stem = image_name(i, count)
         layout_objects, labels = image_labels(objects, background)
@@ -415,12 +513,24 @@ def _write_layouts(out: Path, images, names: list[str], recipe: dict, count: int
         text = json.dumps(layout.to_dict())
         path = out / "layouts" / f"{stem}.json"
         if not (path.is_file() and path.read_text(encoding="utf-8") == text):  # resuming: leave it be
-            write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-        coco["images"].append({"id": i + 1, "file_name": f"{stem}_s0000.png", "height": R, "width": R,
-                               "background_seed": background, "layout": f"layouts/{stem}.json"})
+            write_atomically(path, lambda tmp, text=text: tmp.write_text(text, encoding="utf-8"))
+        coco["images"].append(
+            {
+                "id": i + 1,
+                "file_name": f"{stem}_s0000.png",
+                "height": R,
+                "width": R,
+                "background_seed": background,
+                "layout": f"layouts/{stem}.json",
+            }
+        )
         for label in labels:
-            label = {"id": len(coco["annotations"]) + 1, "image_id": i + 1,
-                     "category_id": names.index(label.pop("category")) + 1, **label}
+            label = {
+                "id": len(coco["annotations"]) + 1,
+                "image_id": i + 1,
+                "category_id": names.index(label.pop("category")) + 1,
+                **label,
+            }
             coco["annotations"].append(label)
     return coco
 
@@ -428,12 +538,14 @@ def _write_layouts(out: Path, images, names: list[str], recipe: dict, count: int
 def _first_process() -> bool:
     """False in the other processes of a multi-device launch (torchrun, srun, Lightning's own)."""
     from scenecomp.render.options import launch
+
     names = ["RANK", "LOCAL_RANK", "NODE_RANK"] + (["SLURM_PROCID"] if (launch() or ("",))[0] == "srun" else [])
     return all(os.environ.get(n, "0") in ("", "0") for n in names)
 
 
 def _version() -> str:
     from scenecomp import __version__
+
     return __version__
 
 
@@ -456,50 +568,85 @@ def fit_table(prior: LayoutPrior, annotations, samples: int = 2000, size: int = 
         im = images[image_id]
         for k, a in enumerate(anns):
             x, y, w, h = a["bbox"]
-            real[names[a["category_id"]]].append((a["area"] / (im["width"] * im["height"]),
-                                                  (y + h / 2) / im["height"], k / (len(anns) - 1) if len(anns) > 1 else 0.5))
+            real[names[a["category_id"]]].append(
+                (
+                    a["area"] / (im["width"] * im["height"]),
+                    (y + h / 2) / im["height"],
+                    k / (len(anns) - 1) if len(anns) > 1 else 0.5,
+                )
+            )
     sampled = {c: [] for c in prior.categories}
     quota = Quota(prior.shares())
     for i in range(samples):
         objects = prior.sample(np.random.default_rng([seed, i]), (size, size), quota)
         for k, (c, m) in enumerate(objects):
             ys = np.nonzero(m.any(1))[0]
-            sampled[c].append((m.sum() / m.size, (ys.min() + ys.max() + 1) / 2 / size,
-                               k / (len(objects) - 1) if len(objects) > 1 else 0.5))
-    rows = ["| category | instances per image (real / sampled) | area, % of image | box centre height, % | "
-            "paint rank (0 back, 1 front) |", "|---|---|---|---|---|"]
+            sampled[c].append(
+                (
+                    m.sum() / m.size,
+                    (ys.min() + ys.max() + 1) / 2 / size,
+                    k / (len(objects) - 1) if len(objects) > 1 else 0.5,
+                )
+            )
+    rows = [
+        "| category | instances per image (real / sampled) | area, % of image | box centre height, % | "
+        "paint rank (0 back, 1 front) |",
+        "|---|---|---|---|---|",
+    ]
     for c in prior.categories:
         r, s = np.array(real[c]).reshape(-1, 3), np.array(sampled[c]).reshape(-1, 3)
         mean = lambda a, j, f=100: f"{a[:, j].mean() * f:.1f}" if len(a) else "-"  # noqa: E731
-        rows.append(f"| {c} | {len(r) / len(images):.2f} / {len(s) / samples:.2f} | {mean(r, 0)} / {mean(s, 0)} | "
-                    f"{mean(r, 1)} / {mean(s, 1)} | {mean(r, 2, 1)} / {mean(s, 2, 1)} |")
+        rows.append(
+            f"| {c} | {len(r) / len(images):.2f} / {len(s) / samples:.2f} | {mean(r, 0)} / {mean(s, 0)} | "
+            f"{mean(r, 1)} / {mean(s, 1)} | {mean(r, 2, 1)} / {mean(s, 2, 1)} |"
+        )
     return "\n".join(rows)
 
 
 def fit_prior_main(argv) -> int:
     parser = argparse.ArgumentParser(
-        prog=f"{PROG} fit-prior", formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog=f"{PROG} fit-prior",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Fit a layout prior on a COCO instances file (a model's training layouts) and print its fit.",
-        epilog="example:\n  scenecomp-synth fit-prior data/shapes64/train/annotations.json --out run/prior.json")
-    parser.add_argument("annotations", help="COCO instances JSON (paint order: the file's if it says so, else largest first)")
-    parser.add_argument("--out", "-o", required=True, help="prior file to write (put it beside the model's composer.safetensors)")
-    parser.add_argument("--shapes-per-category", type=int, default=256, help="real objects kept per category (default 256)")
+        epilog="example:\n  scenecomp-synth fit-prior data/shapes64/train/annotations.json --out run/prior.json",
+    )
+    parser.add_argument(
+        "annotations", help="COCO instances JSON (paint order: the file's if it says so, else largest first)"
+    )
+    parser.add_argument(
+        "--out", "-o", required=True, help="prior file to write (put it beside the model's composer.safetensors)"
+    )
+    parser.add_argument(
+        "--shapes-per-category", type=int, default=256, help="real objects kept per category (default 256)"
+    )
     parser.add_argument("--categories", help="comma-separated names to keep (default: all of the file's)")
     parser.add_argument("--seed", type=int, default=0, help="which objects are kept (default 0)")
-    parser.add_argument("--check", type=int, default=2000, metavar="N",
-                        help="layouts sampled for the printed table of real vs sampled statistics (default 2000; 0: none)")
+    parser.add_argument(
+        "--check",
+        type=int,
+        default=2000,
+        metavar="N",
+        help="layouts sampled for the printed table of real vs sampled statistics (default 2000; 0: none)",
+    )
     args = parser.parse_args(argv)
     if not 1 <= args.shapes_per_category <= 10_000:
         parser.error("--shapes-per-category must be in [1, 10000]")
     try:
-        prior = LayoutPrior.fit(args.annotations, args.shapes_per_category, args.seed,
-                                args.categories.split(",") if args.categories else None)
+        prior = LayoutPrior.fit(
+            args.annotations,
+            args.shapes_per_category,
+            args.seed,
+            args.categories.split(",") if args.categories else None,
+        )
     except PriorError as e:
         print(f"{PROG} fit-prior: error: {e}", file=sys.stderr)
         return 2
     prior.save(args.out)
-    print(f"{PROG} fit-prior: {args.out}: {prior.data['source']['images']} images, "
-          f"{prior.data['source']['objects']} objects", file=sys.stderr)
+    print(
+        f"{PROG} fit-prior: {args.out}: {prior.data['source']['images']} images, "
+        f"{prior.data['source']['objects']} objects",
+        file=sys.stderr,
+    )
     if args.check:
         print(fit_table(prior, args.annotations, args.check))
     return 0
@@ -510,28 +657,50 @@ def fit_prior_main(argv) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=PROG, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog=PROG,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Compose a labelled synthetic data set (COCO instances with exact visible and amodal masks). "
-                    f"`{PROG} fit-prior --help` fits a layout prior.")
-    parser.add_argument("--out", "-o", required=True, metavar="DIR", help="output folder (new, empty, or this command's own to resume)")
+        f"`{PROG} fit-prior --help` fits a layout prior.",
+    )
+    parser.add_argument(
+        "--out", "-o", required=True, metavar="DIR", help="output folder (new, empty, or this command's own to resume)"
+    )
     parser.add_argument("--count", "-n", required=True, type=int, metavar="N", help=f"images to make (1..{MAX_COUNT})")
-    parser.add_argument("--checkpoint", metavar="PATH", help="composer.safetensors bundle or a run folder (default: the shipped model)")
+    parser.add_argument(
+        "--checkpoint", metavar="PATH", help="composer.safetensors bundle or a run folder (default: the shipped model)"
+    )
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--prior", metavar="PATH", help="layout prior file (default: prior.json beside the bundle)")
-    source.add_argument("--layouts", nargs="+", metavar="SRC",
-                        help="layout files, folders of them, or COCO instances files, jittered, instead of the prior")
+    source.add_argument(
+        "--layouts",
+        nargs="+",
+        metavar="SRC",
+        help="layout files, folders of them, or COCO instances files, jittered, instead of the prior",
+    )
     target = parser.add_mutually_exclusive_group()
-    target.add_argument("--balance", action="store_true",
-                        help=f"equal shares: every category's instance count within {BALANCE_RATIO}x of the others'")
-    target.add_argument("--categories", metavar="SHARES", help="instance shares, e.g. tree=0.4,sun=0.6 (adding up to 1)")
+    target.add_argument(
+        "--balance",
+        action="store_true",
+        help=f"equal shares: every category's instance count within {BALANCE_RATIO}x of the others'",
+    )
+    target.add_argument(
+        "--categories", metavar="SHARES", help="instance shares, e.g. tree=0.4,sun=0.6 (adding up to 1)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the whole set (default 0)")
     parser.add_argument("--batch-size", type=int, default=16, metavar="N", help="images per network call (default 16)")
     parser.add_argument("--device", metavar="DEV", help="cpu, cuda or cuda:1 (default: cuda if available)")
-    parser.add_argument("--devices", type=int, metavar="N", help="render on N devices (Lightning DDP, as scenecomp-render)")
+    parser.add_argument(
+        "--devices", type=int, metavar="N", help="render on N devices (Lightning DDP, as scenecomp-render)"
+    )
     parser.add_argument("--num-nodes", type=int, metavar="M", help="nodes of a multi-node launch (as scenecomp-render)")
     parser.add_argument("--threads", type=int, metavar="N", help="CPU threads per process")
-    parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
-                        help="network precision (default auto, as scenecomp-render)")
+    parser.add_argument(
+        "--dtype",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        default="auto",
+        help="network precision (default auto, as scenecomp-render)",
+    )
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars and no summary")
     return parser
 
@@ -542,16 +711,28 @@ def main(argv=None) -> int:
         return fit_prior_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
-        return synthesize(args.out, args.count, args.checkpoint, prior=args.prior, layouts=args.layouts,
-                          balance=args.balance, categories=args.categories, seed=args.seed,
-                          batch_size=args.batch_size, device=args.device, devices=args.devices,
-                          num_nodes=args.num_nodes, dtype=args.dtype, threads=args.threads, quiet=args.quiet)
+        return synthesize(
+            args.out,
+            args.count,
+            args.checkpoint,
+            prior=args.prior,
+            layouts=args.layouts,
+            balance=args.balance,
+            categories=args.categories,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            device=args.device,
+            devices=args.devices,
+            num_nodes=args.num_nodes,
+            dtype=args.dtype,
+            threads=args.threads,
+            quiet=args.quiet,
+        )
     except SynthError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"\n{PROG}: interrupted; finished images are kept: run the same command again to resume",
-              file=sys.stderr)
+        print(f"\n{PROG}: interrupted; finished images are kept: run the same command again to resume", file=sys.stderr)
         return 130
 
 

@@ -15,6 +15,7 @@ Writes, in the run folder (``hydra.run.dir``): ``checkpoints/`` (Lightning),
 ``composer.safetensors`` (background + foreground stages) or
 ``baseline.safetensors``: bundles that load without running code (`scenecomp.bundle`).
 """
+
 from __future__ import annotations
 
 import sys
@@ -53,7 +54,7 @@ def prepare_shapes(data: DictConfig) -> None:
             folder = Path(path).parent if str(path).endswith(".json") else Path(path)
             seed = data.generate.seed + (0 if split == "train" else 1)  # disjoint scenes for the held-out split
 
-            def generate(tmp: Path, count=count, seed=seed):
+            def generate(tmp: Path, count=count, seed=seed, folder=folder):
                 print(f"generating {count} Shapes scenes into {folder} (seed {seed})")
                 write_dataset(tmp, count=count, size=data.generate.size, seed=seed)
 
@@ -92,8 +93,12 @@ def build(cfg: DictConfig) -> tuple[SceneDataModule, SceneGAN, L.Trainer]:
                 getattr(model, name).compile()
     out = Path(cfg.out)
     callbacks = [
-        L.pytorch.callbacks.ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, save_top_k=0,
-                                            every_n_train_steps=cfg.checkpoint_every * model.optimizer_steps_per_batch),
+        L.pytorch.callbacks.ModelCheckpoint(
+            dirpath=out / "checkpoints",
+            save_last=True,
+            save_top_k=0,
+            every_n_train_steps=cfg.checkpoint_every * model.optimizer_steps_per_batch,
+        ),
         PreviewGrid(str(out / "previews"), every=cfg.preview_every),
     ]
     if cfg.rank_checksums:
@@ -106,13 +111,21 @@ def build(cfg: DictConfig) -> tuple[SceneDataModule, SceneGAN, L.Trainer]:
     except ImportError:
         pass
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
-    trainer_cfg["precision"] = training_precision(trainer_cfg.get("precision", "32-true"),
-                                                  trainer_cfg.get("accelerator", "auto"))
+    trainer_cfg["precision"] = training_precision(
+        trainer_cfg.get("precision", "32-true"), trainer_cfg.get("accelerator", "auto")
+    )
     try:
-        trainer = L.Trainer(**trainer_cfg, default_root_dir=out,
-                            max_steps=cfg.steps * model.optimizer_steps_per_batch, callbacks=callbacks,
-                            logger=loggers, log_every_n_steps=cfg.log_every * model.optimizer_steps_per_batch,
-                            num_sanity_val_steps=0, limit_val_batches=0, enable_model_summary=False)
+        trainer = L.Trainer(
+            **trainer_cfg,
+            default_root_dir=out,
+            max_steps=cfg.steps * model.optimizer_steps_per_batch,
+            callbacks=callbacks,
+            logger=loggers,
+            log_every_n_steps=cfg.log_every * model.optimizer_steps_per_batch,
+            num_sanity_val_steps=0,
+            limit_val_batches=0,
+            enable_model_summary=False,
+        )
         cluster = getattr(trainer.strategy, "cluster_environment", None)
         if cluster is not None and cluster.creates_processes_externally:  # Lightning checks this only in fit
             cluster.validate_settings(num_devices=trainer.num_devices, num_nodes=trainer.num_nodes)
@@ -127,7 +140,9 @@ def warm_start(model: SceneGAN, path: str) -> None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
     except Exception as e:  # missing, truncated, refused by weights_only, not a Lightning checkpoint
-        raise ConfigError(f"init_from: {path}: not a readable scenecomp-train checkpoint ({type(e).__name__}: {e})") from None
+        raise ConfigError(
+            f"init_from: {path}: not a readable scenecomp-train checkpoint ({type(e).__name__}: {e})"
+        ) from None
     own = model.state_dict()
     taken = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not taken:
@@ -142,8 +157,10 @@ def write_bundles(model: SceneGAN, out: Path, half: bool = False) -> list[Path]:
     from the baseline's (`save_bundle`)."""
     written = []
     if hasattr(model, "g_bg_ema") and hasattr(model, "g_fg_ema"):
-        save_bundle(out / BUNDLE_NAME, bundle_dict(model.categories, half=half, background=model.g_bg_ema,
-                                                     foreground=model.g_fg_ema))
+        save_bundle(
+            out / BUNDLE_NAME,
+            bundle_dict(model.categories, half=half, background=model.g_bg_ema, foreground=model.g_fg_ema),
+        )
         written.append(out / BUNDLE_NAME)
     if hasattr(model, "g_base_ema"):
         save_bundle(out / "baseline.safetensors", bundle_dict(model.categories, half=half, baseline=model.g_base_ema))
@@ -153,8 +170,12 @@ def write_bundles(model: SceneGAN, out: Path, half: bool = False) -> list[Path]:
 
 # Lightning warnings that describe this design, not a problem: EMA copies stay in eval mode, GAN
 # checkpoints are taken after the optimiser steps, and validation data is only for evaluation.
-for message in (".*module\\(s\\) in eval mode.*", ".*no pre-optimization state was saved.*",
-                ".*`val_dataloader` but have no `validation_step`.*", ".*isinstance\\(treespec, LeafSpec\\).*"):
+for message in (
+    ".*module\\(s\\) in eval mode.*",
+    ".*no pre-optimization state was saved.*",
+    ".*`val_dataloader` but have no `validation_step`.*",
+    ".*isinstance\\(treespec, LeafSpec\\).*",
+):
     warnings.filterwarnings("ignore", message=message)
 
 

@@ -18,6 +18,7 @@ Stages (any subset, trained side by side on every batch; the paper trains them s
 Each stage has a generator and a discriminator optimiser, so Lightning's
 ``global_step`` advances by two per stage per batch. See docs/ARCHITECTURE.md.
 """
+
 from __future__ import annotations
 
 import copy
@@ -31,8 +32,17 @@ from PIL import Image
 
 from scenecomp.compose import paint_layers
 from scenecomp.images import to_array
-from scenecomp.nets import (AppearanceEncoder, ForegroundGenerator, GlobalDiscriminator, LayoutGenerator, ObjectDiscriminator,
-                            composite, crop_objects, layout_map, visible_masks)
+from scenecomp.nets import (
+    AppearanceEncoder,
+    ForegroundGenerator,
+    GlobalDiscriminator,
+    LayoutGenerator,
+    ObjectDiscriminator,
+    composite,
+    crop_objects,
+    layout_map,
+    visible_masks,
+)
 
 STAGES = ("background", "foreground", "baseline")
 BACKGROUND_METHODS = ("plates", "two_head", "masked")
@@ -59,11 +69,14 @@ def r1_penalty(real_score: torch.Tensor, real_input: torch.Tensor) -> torch.Tens
 
 def feature_matching(real_feats: list[torch.Tensor], fake_feats: list[torch.Tensor]) -> torch.Tensor:
     """L1 between the batch-mean discriminator features of real and fake."""
-    return sum(F.l1_loss(f.float().mean(0), r.detach().float().mean(0)) for r, f in zip(real_feats, fake_feats))
+    return sum(
+        F.l1_loss(f.float().mean(0), r.detach().float().mean(0)) for r, f in zip(real_feats, fake_feats, strict=False)
+    )
 
 
-def mode_seeking(a: torch.Tensor, b: torch.Tensor, z_a: torch.Tensor, z_b: torch.Tensor,
-                 mask: torch.Tensor) -> torch.Tensor:
+def mode_seeking(
+    a: torch.Tensor, b: torch.Tensor, z_a: torch.Tensor, z_b: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
     """MSGAN's diversity term: small when two noises give different paintings inside the mask.
 
     ``1 / (mean |a - b| in mask / mean |z_a - z_b| + eps)``; inpainting GANs
@@ -117,9 +130,9 @@ def noise_seed(seed: int, rank: int, batches: int) -> int:
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float, step: int) -> None:
     """EMA with a warm-up (decay at most ``(1 + step) / (10 + step)``), so early averages are not dominated by the initial weights."""
     decay = min(decay, (1 + step) / (10 + step))
-    for e, p in zip(ema.parameters(), model.parameters()):
+    for e, p in zip(ema.parameters(), model.parameters(), strict=False):
         e.lerp_(p, 1 - decay)
-    for e, b in zip(ema.buffers(), model.buffers()):
+    for e, b in zip(ema.buffers(), model.buffers(), strict=False):
         e.copy_(b)
 
 
@@ -134,16 +147,36 @@ class SceneGAN(L.LightningModule):
     :mod:`scenecomp.nets`.
     """
 
-    def __init__(self, categories: list[str], resolution: int = 64, z_dim: int = 64,
-                 stages: list[str] = ("background", "foreground"),
-                 background: dict | None = None, foreground: dict | None = None,
-                 global_disc: dict | None = None, object_disc: dict | None = None, encoder: dict | None = None,
-                 plate: dict | None = None,
-                 lr_g: float = 2e-4, lr_d: float = 2e-4, betas: tuple[float, float] = (0.0, 0.99),
-                 background_method: str = "plates", agreement_weight: float = 10.0, object_weight: float = 1.0,
-                 fm_weight: float = 0.0, r1_gamma: float = 0.0, ms_weight: float = 0.0, rec_weight: float = 10.0,
-                 kl_weight: float = 0.01, generated_canvas: float = 0.5, plate_dilate: int = 1, bg_rec_pool: int = 1,
-                 bg_judged_on: str = "plates", ema_decay: float = 0.999, min_visible: float = 0.003):
+    def __init__(
+        self,
+        categories: list[str],
+        resolution: int = 64,
+        z_dim: int = 64,
+        stages: list[str] = ("background", "foreground"),
+        background: dict | None = None,
+        foreground: dict | None = None,
+        global_disc: dict | None = None,
+        object_disc: dict | None = None,
+        encoder: dict | None = None,
+        plate: dict | None = None,
+        lr_g: float = 2e-4,
+        lr_d: float = 2e-4,
+        betas: tuple[float, float] = (0.0, 0.99),
+        background_method: str = "plates",
+        agreement_weight: float = 10.0,
+        object_weight: float = 1.0,
+        fm_weight: float = 0.0,
+        r1_gamma: float = 0.0,
+        ms_weight: float = 0.0,
+        rec_weight: float = 10.0,
+        kl_weight: float = 0.01,
+        generated_canvas: float = 0.5,
+        plate_dilate: int = 1,
+        bg_rec_pool: int = 1,
+        bg_judged_on: str = "plates",
+        ema_decay: float = 0.999,
+        min_visible: float = 0.003,
+    ):
         super().__init__()
         if background_method not in BACKGROUND_METHODS:
             raise ValueError(f"background_method must be one of {list(BACKGROUND_METHODS)}, got {background_method!r}")
@@ -167,8 +200,9 @@ class SceneGAN(L.LightningModule):
             self.g_bg_ema = copy.deepcopy(self.g_bg).eval().requires_grad_(False)
             if background_method == "plates":
                 # a background inpainter (one category, no noise) that removes the objects from real images
-                self.g_plate = ForegroundGenerator(z_dim=z_dim, num_categories=1, resolution=resolution,
-                                                   **(plate or foreground or {}))
+                self.g_plate = ForegroundGenerator(
+                    z_dim=z_dim, num_categories=1, resolution=resolution, **(plate or foreground or {})
+                )
                 self.g_plate_ema = copy.deepcopy(self.g_plate).eval().requires_grad_(False)
                 self.e_bg = AppearanceEncoder(3, resolution, z_dim, **(encoder or {}))
         if "foreground" in self.stages:
@@ -220,13 +254,20 @@ class SceneGAN(L.LightningModule):
             if stage == "background":
                 # with plates the inpainter and the encoder share G_bg's optimiser: their losses touch disjoint weights
                 extra = [*self.g_plate.parameters(), *self.e_bg.parameters()] if hasattr(self, "g_plate") else []
-                opts += [adam([*self.g_bg.parameters(), *extra], self.hparams.lr_g),
-                         adam(self.d_bg.parameters(), self.hparams.lr_d)]
+                opts += [
+                    adam([*self.g_bg.parameters(), *extra], self.hparams.lr_g),
+                    adam(self.d_bg.parameters(), self.hparams.lr_d),
+                ]
             elif stage == "foreground":
-                opts += [adam([*self.g_fg.parameters(), *self.e_fg.parameters()], self.hparams.lr_g),
-                         adam(self.d_obj.parameters(), self.hparams.lr_d)]
+                opts += [
+                    adam([*self.g_fg.parameters(), *self.e_fg.parameters()], self.hparams.lr_g),
+                    adam(self.d_obj.parameters(), self.hparams.lr_d),
+                ]
             else:
-                opts += [adam(self.g_base.parameters(), self.hparams.lr_g), adam(self.d_base.parameters(), self.hparams.lr_d)]
+                opts += [
+                    adam(self.g_base.parameters(), self.hparams.lr_g),
+                    adam(self.d_base.parameters(), self.hparams.lr_d),
+                ]
         return opts
 
     # ------------------------------------------------------------------ steps
@@ -254,8 +295,11 @@ class SceneGAN(L.LightningModule):
         real_s, _ = disc(real_img, *real_in[1:])
         fake_s, _ = disc(fake_in[0].detach(), *fake_in[1:])
         loss = d_hinge(real_s, fake_s)
-        logs = {f"{prefix}/d": loss.detach(), f"{prefix}/d_real": real_s.mean().detach(),
-                f"{prefix}/d_fake": fake_s.mean().detach()}
+        logs = {
+            f"{prefix}/d": loss.detach(),
+            f"{prefix}/d_real": real_s.mean().detach(),
+            f"{prefix}/d_fake": fake_s.mean().detach(),
+        }
         if r1_on:
             r1 = r1_penalty(real_s, real_img)
             loss = loss + self.hparams.r1_gamma / 2 * r1
@@ -368,8 +412,12 @@ class SceneGAN(L.LightningModule):
             rec_l1, kl = gap.abs().mean(), kl_divergence(mu, logvar)
             adv = self._g_loss(self.d_bg, real, judged(self.g_bg(z)))
             loss = plate_l1 + adv + hp.rec_weight * rec_l1 + hp.kl_weight * kl
-            return loss, {"plate/l1": plate_l1.detach(), "bg/g": adv.detach(), "bg/rec_l1": rec_l1.detach(),
-                          "bg/kl": kl.detach()}
+            return loss, {
+                "plate/l1": plate_l1.detach(),
+                "bg/g": adv.detach(),
+                "bg/rec_l1": rec_l1.detach(),
+                "bg/kl": kl.detach(),
+            }
 
         logs = self._step(g_opt, d_opt, d_loss, g_loss)
         ema_update(self.g_bg_ema, self.g_bg, hp.ema_decay, self.batches_done)
@@ -452,13 +500,24 @@ class SceneGAN(L.LightningModule):
             elif stage == "background" and self.hparams.background_method == "masked":
                 logs |= self._masked_background_stage(g_opt, d_opt, x, union)
             elif stage == "background":
-                logs |= self._layout_stage(self.g_bg, self.d_bg, self.g_bg_ema, g_opt, d_opt, x, seg, union,
-                                           "bg", self.hparams.agreement_weight)
+                logs |= self._layout_stage(
+                    self.g_bg,
+                    self.d_bg,
+                    self.g_bg_ema,
+                    g_opt,
+                    d_opt,
+                    x,
+                    seg,
+                    union,
+                    "bg",
+                    self.hparams.agreement_weight,
+                )
             elif stage == "foreground":
                 logs |= self._foreground_stage(g_opt, d_opt, x, masks, cats, valid)
             else:
-                logs |= self._layout_stage(self.g_base, self.d_base, self.g_base_ema, g_opt, d_opt, x, seg, union,
-                                           "base", 0.0)
+                logs |= self._layout_stage(
+                    self.g_base, self.d_base, self.g_base_ema, g_opt, d_opt, x, seg, union, "base", 0.0
+                )
         self.log_dict(logs, prog_bar=False, sync_dist=False)
         self.log("batches", float(self.batches_done), prog_bar=True)
 
@@ -543,11 +602,14 @@ class RankChecksums(L.Callback):
     def on_train_end(self, trainer, module):
         import json
 
-        sums = {name: _sha256(value for _, value in sorted(net.state_dict().items()))
-                for name, net in module.named_children()}
+        sums = {
+            name: _sha256(value for _, value in sorted(net.state_dict().items()))
+            for name, net in module.named_children()
+        }
         self.folder.mkdir(parents=True, exist_ok=True)
         (self.folder / f"rank{trainer.global_rank}.json").write_text(
-            json.dumps({"weights": sums, "first_z": self.first_z}, indent=1))
+            json.dumps({"weights": sums, "first_z": self.first_z}, indent=1)
+        )
 
 
 def _sha256(tensors) -> str:

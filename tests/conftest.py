@@ -1,4 +1,5 @@
 """Shared fixtures: a tiny Shapes set and the real Hydra config, shrunk (experiment=tiny)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,8 +20,9 @@ def make_tiny_nets(seed: int = 0, num_categories: int = 3, resolution: int = 16)
     """A small real G_bg and G_fg with random weights; their FiLM layers are widened so every seed visibly matters."""
     torch.manual_seed(seed)
     bg = LayoutGenerator(z_dim=8, num_categories=num_categories, resolution=resolution, channels=4, max_channels=8)
-    fg = ForegroundGenerator(z_dim=8, num_categories=num_categories, resolution=resolution, channels=4,
-                             max_channels=8, embed_dim=4)
+    fg = ForegroundGenerator(
+        z_dim=8, num_categories=num_categories, resolution=resolution, channels=4, max_channels=8, embed_dim=4
+    )
     for m in fg.modules():
         if isinstance(m, FiLM):
             torch.nn.init.normal_(m.affine.weight, std=0.5)

@@ -3,33 +3,30 @@
 The networks are tiny and untrained but real (conftest.make_tiny_nets), with
 widened FiLM layers so that the output visibly depends on every seed.
 """
+
 import json
-from pathlib import Path
 import re
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import save_file
 from pycocotools import mask as mask_utils
+from safetensors.torch import save_file
 
 import scenecomp.compose as compose
-from scenecomp import Composer, CompositionError, Layout, LayoutError, Scene
 from conftest import make_tiny_nets
-from scenecomp.compose import (BundleError, bundle_dict, load_bundle, object_seed, paint_layers, save_bundle)
+from scenecomp import Composer, CompositionError, Layout, LayoutError, Scene
+from scenecomp.compose import BundleError, bundle_dict, load_bundle, object_seed, paint_layers, save_bundle
 from scenecomp.layout import LayoutObject
 from scenecomp.precision import cpu_has_fast_bf16
 
 R = 16
 CATEGORIES = ["tree", "house", "sun"]
-
-
-
-
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +37,7 @@ def composer():
 
 def box(x, y, w, h):
     m = np.zeros((R, R), bool)
-    m[y:y + h, x:x + w] = True
+    m[y : y + h, x : x + w] = True
     return m
 
 
@@ -50,7 +47,7 @@ BOXES = [box(1, 1, 8, 8), box(5, 4, 6, 7), box(9, 2, 5, 5), box(3, 9, 9, 5)]
 @pytest.fixture(scope="module")
 def scene(composer):
     s = composer.background(3)
-    for i, (cat, m) in enumerate(zip(["tree", "house", "sun", "tree"], BOXES)):
+    for i, (cat, m) in enumerate(zip(["tree", "house", "sun", "tree"], BOXES, strict=False)):
         s = s.add(cat, m, seed=10 + i)
     return s
 
@@ -78,8 +75,15 @@ def rle(mask):
 
 
 @pytest.mark.parametrize("k", range(4))
-@pytest.mark.parametrize("edit", [dict(seed=99), dict(category="next"), dict(mask=box(0, 10, 5, 5)),
-                                  dict(category="house", mask=box(10, 10, 6, 6), seed=5)])
+@pytest.mark.parametrize(
+    "edit",
+    [
+        dict(seed=99),
+        dict(category="next"),
+        dict(mask=box(0, 10, 5, 5)),
+        dict(category="house", mask=box(10, 10, 6, 6), seed=5),
+    ],
+)
 def test_replace_changes_nothing_outside_the_masks_of_objects_k_onward(scene, k, edit):
     if edit.get("category") == "next":
         edit = dict(category=CATEGORIES[(CATEGORIES.index(scene.objects[k].category) + 1) % 3])
@@ -186,7 +190,7 @@ def test_edits_rerun_only_the_objects_from_the_first_change(composer, scene):
 
 def test_same_seeds_same_image_different_seeds_differ(composer, scene):
     again = composer.background(3)
-    for i, (cat, m) in enumerate(zip(["tree", "house", "sun", "tree"], BOXES)):
+    for i, (cat, m) in enumerate(zip(["tree", "house", "sun", "tree"], BOXES, strict=False)):
         again = again.add(cat, m, seed=10 + i)
     assert torch.equal(again.image, scene.image)
     assert not torch.equal(composer.background(4).image, composer.background(3).image)
@@ -220,9 +224,15 @@ def layouts():
     return [
         Layout((R, R), [], background_seed=None),
         Layout((R, R), [LayoutObject("tree", {"bbox": [2, 2, 6, 6]}, 3)]),
-        Layout((R, R), [LayoutObject("sun", {"polygon": [[1, 1], [14, 2], [8, 14]]}),
-                        LayoutObject("house", {"bbox": [6, 6, 9, 9]}, 4),
-                        LayoutObject("tree", {"rle": rle(box(0, 8, 7, 8))})], background_seed=2),
+        Layout(
+            (R, R),
+            [
+                LayoutObject("sun", {"polygon": [[1, 1], [14, 2], [8, 14]]}),
+                LayoutObject("house", {"bbox": [6, 6, 9, 9]}, 4),
+                LayoutObject("tree", {"rle": rle(box(0, 8, 7, 8))}),
+            ],
+            background_seed=2,
+        ),
         Layout((2 * R, 2 * R), [LayoutObject("house", {"bbox": [4, 4, 20, 12]})]),  # scaled to R
     ]
 
@@ -233,19 +243,19 @@ def test_render_of_a_batch_equals_each_layout_alone(composer):
     for batch_size in (1, 2, 3, 16):
         images = composer.render(layouts(), seeds=seeds, batch_size=batch_size)
         assert len(images) == 4 and all(len(per) == 2 for per in images)
-        for per_layout, ref in zip(images, alone):
-            for image, expected in zip(per_layout, ref):
+        for per_layout, ref in zip(images, alone, strict=False):
+            for image, expected in zip(per_layout, ref, strict=False):
                 assert image.shape == (3, R, R) and image.dtype == torch.float32
                 torch.testing.assert_close(image, expected, atol=1e-5, rtol=0)
     # one image per layout without seeds; exact at batch size 1
     flat = composer.render(layouts(), batch_size=1)
-    assert all(torch.equal(a, b[0]) for a, b in zip(flat, alone))
+    assert all(torch.equal(a, b[0]) for a, b in zip(flat, alone, strict=False))
 
 
 def test_render_iter_returns_steps_and_seeds(composer):
     results = list(composer.render_iter(iter(layouts()), seeds=[1, 2], batch_size=3, steps=True))
     assert [(r.index, r.seed) for r in results] == [(i, s) for i in range(4) for s in (1, 2)]
-    for r, layout in zip(results, [l for l in layouts() for _ in (1, 2)]):
+    for r, layout in zip(results, [layout for layout in layouts() for _ in (1, 2)], strict=False):
         assert len(r.steps) == len(layout.objects) + 1 and torch.equal(r.steps[-1], r.image)
         assert r.layout.background_seed is not None and all(o.seed is not None for o in r.layout.objects)
         # the recorded seeds give the same bits in a call of the same batch shape, whatever else
@@ -261,15 +271,25 @@ def test_an_empty_mask_changes_nothing(composer):
     cats = torch.tensor([[0, 1, 2], [2, 1, 0]])
     with torch.inference_mode():
         plain = paint_layers(composer.background_net, composer.foreground_net, z_bg, z, masks, cats)
-        padded = paint_layers(composer.background_net, composer.foreground_net, z_bg,
-                              torch.cat([z[:, :1], torch.randn(2, 1, 8), z[:, 1:]], 1),
-                              torch.cat([masks[:, :1], torch.zeros(2, 1, 1, R, R), masks[:, 1:]], 1),
-                              torch.cat([cats[:, :1], torch.tensor([[1], [2]]), cats[:, 1:]], 1))
+        padded = paint_layers(
+            composer.background_net,
+            composer.foreground_net,
+            z_bg,
+            torch.cat([z[:, :1], torch.randn(2, 1, 8), z[:, 1:]], 1),
+            torch.cat([masks[:, :1], torch.zeros(2, 1, 1, R, R), masks[:, 1:]], 1),
+            torch.cat([cats[:, :1], torch.tensor([[1], [2]]), cats[:, 1:]], 1),
+        )
     assert torch.equal(plain[-1], padded[-1]) and torch.equal(plain[1], padded[2])
     # a layout object that covers no pixel at the composer's resolution is reported, and paints nothing
-    tiny = Layout((4 * R, 4 * R), [LayoutObject("tree", {"bbox": [0, 0, 20, 20]}, 1),
-                                   LayoutObject("sun", {"bbox": [41, 41, 1, 1]}, 2),
-                                   LayoutObject("house", {"bbox": [24, 24, 36, 36]}, 3)], background_seed=0)
+    tiny = Layout(
+        (4 * R, 4 * R),
+        [
+            LayoutObject("tree", {"bbox": [0, 0, 20, 20]}, 1),
+            LayoutObject("sun", {"bbox": [41, 41, 1, 1]}, 2),
+            LayoutObject("house", {"bbox": [24, 24, 36, 36]}, 3),
+        ],
+        background_seed=0,
+    )
     without = Layout(tiny.size, [tiny.objects[0], tiny.objects[2]], background_seed=0)
     r = next(composer.render_iter([tiny]))
     assert r.empty == (1,)
@@ -295,8 +315,18 @@ def test_render_of_scene_layout_reproduces_the_image(composer, scene):
 def test_save_layers_writes_steps_masks_and_a_layout_that_renders_the_same(composer, scene, tmp_path):
     out = scene.save_layers(tmp_path / "layers")
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["layout.json", "mask_01.png", "mask_02.png", "mask_03.png", "mask_04.png",
-                     "step_00.png", "step_01.png", "step_02.png", "step_03.png", "step_04.png"]
+    assert names == [
+        "layout.json",
+        "mask_01.png",
+        "mask_02.png",
+        "mask_03.png",
+        "mask_04.png",
+        "step_00.png",
+        "step_01.png",
+        "step_02.png",
+        "step_03.png",
+        "step_04.png",
+    ]
     for t in range(5):
         assert np.array_equal(np.asarray(Image.open(out / f"step_{t:02d}.png")), np.asarray(scene.to_pil(t)))
     for t, obj in enumerate(scene.objects, 1):
@@ -305,8 +335,14 @@ def test_save_layers_writes_steps_masks_and_a_layout_that_renders_the_same(compo
     assert torch.equal(composer.render(layout), scene.image)
     assert torch.equal(composer.render(out / "layout.json"), scene.image)
     scene.remove(0).remove(0).save_layers(out)  # a shorter scene leaves no stale layers behind
-    assert sorted(p.name for p in out.iterdir()) == ["layout.json", "mask_01.png", "mask_02.png",
-                                                     "step_00.png", "step_01.png", "step_02.png"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "layout.json",
+        "mask_01.png",
+        "mask_02.png",
+        "step_00.png",
+        "step_01.png",
+        "step_02.png",
+    ]
 
 
 def test_to_pil(scene):
@@ -328,12 +364,22 @@ def test_every_mask_form_gives_the_same_object(composer, tmp_path):
     Image.fromarray(m.astype(np.uint8) * 200).save(png)
     rgb = np.zeros((R, R, 3), np.uint8)
     rgb[m] = [250, 200, 0]  # PIL images follow the mask-file rule: luminance > 127 here
-    forms = [m, m.astype(np.float32), m.astype(np.uint8)[None], torch.from_numpy(m), torch.from_numpy(m).float()[None],
-             Image.fromarray(m.astype(np.uint8) * 255), Image.fromarray(m), Image.fromarray(rgb),
-             Image.fromarray(np.dstack([np.zeros((R, R, 3), np.uint8), m.astype(np.uint8) * 255]), "RGBA"),
-             Image.fromarray(np.dstack([rgb, np.full((R, R), 255, np.uint8)]), "RGBA"),  # opaque: luminance
-             {"bbox": [3, 4, 7, 5]}, {"polygon": [[3, 4], [10, 4], [10, 9], [3, 9]]}, {"rle": rle(m)},
-             {"mask": str(png)}]
+    forms = [
+        m,
+        m.astype(np.float32),
+        m.astype(np.uint8)[None],
+        torch.from_numpy(m),
+        torch.from_numpy(m).float()[None],
+        Image.fromarray(m.astype(np.uint8) * 255),
+        Image.fromarray(m),
+        Image.fromarray(rgb),
+        Image.fromarray(np.dstack([np.zeros((R, R, 3), np.uint8), m.astype(np.uint8) * 255]), "RGBA"),
+        Image.fromarray(np.dstack([rgb, np.full((R, R), 255, np.uint8)]), "RGBA"),  # opaque: luminance
+        {"bbox": [3, 4, 7, 5]},
+        {"polygon": [[3, 4], [10, 4], [10, 9], [3, 9]]},
+        {"rle": rle(m)},
+        {"mask": str(png)},
+    ]
     base = composer.background(0)
     reference = base.add("tree", m, seed=1)
     for form in forms:
@@ -353,16 +399,22 @@ def test_every_mask_form_gives_the_same_object(composer, tmp_path):
 def test_error_messages(composer, scene, tmp_path):
     base = composer.background(0)
     cases = [
-        (lambda: base.add("tre", BOXES[0]),
-         "unknown category 'tre' (did you mean 'tree'?); known categories: tree, house, sun"),
+        (
+            lambda: base.add("tre", BOXES[0]),
+            "unknown category 'tre' (did you mean 'tree'?); known categories: tree, house, sun",
+        ),
         (lambda: scene.replace(0, category="car"), "unknown category 'car'; known categories: tree, house, sun"),
-        (lambda: base.add(3, BOXES[0]),
-         "category index 3 out of range: this composer has 3 categories (tree, house, sun)"),
+        (
+            lambda: base.add(3, BOXES[0]),
+            "category index 3 out of range: this composer has 3 categories (tree, house, sun)",
+        ),
         (lambda: base.add("tree", np.zeros((R, R), bool)), "mask is empty: it covers no pixel of the 16x16 canvas"),
         (lambda: base.add("tree", {"bbox": [20, 20, 4, 4]}), "mask is empty"),
         (lambda: scene.replace(1, mask=torch.zeros(R, R)), "mask is empty"),
-        (lambda: base.add("tree", np.ones((8, 8), bool)),
-         "mask is 8x8 (height x width) but this composer paints 16x16; resize it to 16x16 first"),
+        (
+            lambda: base.add("tree", np.ones((8, 8), bool)),
+            "mask is 8x8 (height x width) but this composer paints 16x16; resize it to 16x16 first",
+        ),
         (lambda: base.add("tree", Image.new("L", (R, 2 * R), 255)), "mask is 32x16 (height x width)"),
         (lambda: base.add("tree", Image.new("RGBA", (R, R), (255, 255, 255, 255))), "mask is empty"),  # flat
         (lambda: base.add("t" * 10**7, BOXES[0]), "unknown category 'tttttttt"),
@@ -370,8 +422,10 @@ def test_error_messages(composer, scene, tmp_path):
         (lambda: base.add("tree", np.ones((2, R, R))), "mask must be [H, W] or [1, H, W], got shape [2, 16, 16]"),
         (lambda: base.add("tree", BOXES[0] * 255), "mask values must be 0 and 1 (or bool), got values from 0 to 255"),
         (lambda: base.add("tree", np.full((R, R), np.nan)), "mask values must be 0 and 1"),
-        (lambda: base.add("tree", "tree.png"),
-         "mask must be a numpy array, a torch tensor, a PIL image or a shape dict (polygon, bbox, rle, mask), got str"),
+        (
+            lambda: base.add("tree", "tree.png"),
+            "mask must be a numpy array, a torch tensor, a PIL image or a shape dict (polygon, bbox, rle, mask), got str",
+        ),
         (lambda: base.add("tree", {"bbox": [1, 2, 3]}), "mask: bbox must be [x, y, width, height]"),
         (lambda: base.add("tree", {"mask": str(tmp_path / "nope.png")}), "nope.png' not found"),
         (lambda: scene.replace(4, seed=1), "object index 4 out of range: the scene has 4 objects (0..3, or -4..-1)"),
@@ -390,18 +444,24 @@ def test_error_messages(composer, scene, tmp_path):
         (lambda: composer.render(layouts(), batch_size=0), "batch_size must be a positive integer"),
         (lambda: composer.render_iter(layouts(), seeds=[-2]), "seed must be an integer in [0, 2**32), got -2"),
         (lambda: composer.render([42]), "expected a Layout or a layout file's path, got int"),
-        (lambda: composer.to(dtype=torch.int32), "dtype must be \"auto\" or a floating torch dtype"),
-        (lambda: composer.to(dtype="fast"), "dtype must be \"auto\" or a floating torch dtype"),
+        (lambda: composer.to(dtype=torch.int32), 'dtype must be "auto" or a floating torch dtype'),
+        (lambda: composer.to(dtype="fast"), 'dtype must be "auto" or a floating torch dtype'),
     ]
     for call, message in cases:
         with pytest.raises(CompositionError) as info:
             call()
         assert message in str(info.value), (message, str(info.value)[:500])
         assert len(str(info.value)) < 400  # a huge input is cut short, not echoed
-    bad = Layout((R, R), [LayoutObject("tree", {"bbox": [0, 0, 4, 4]}), LayoutObject("hous", {"bbox": [0, 0, 4, 4]})],
-                 path=tmp_path / "bad.json")
-    with pytest.raises(LayoutError, match=r"bad.json: object 1: unknown category 'hous' \(did you mean 'house'\?\); "
-                                          "known categories: tree, house, sun"):
+    bad = Layout(
+        (R, R),
+        [LayoutObject("tree", {"bbox": [0, 0, 4, 4]}), LayoutObject("hous", {"bbox": [0, 0, 4, 4]})],
+        path=tmp_path / "bad.json",
+    )
+    with pytest.raises(
+        LayoutError,
+        match=r"bad.json: object 1: unknown category 'hous' \(did you mean 'house'\?\); "
+        "known categories: tree, house, sun",
+    ):
         composer.render([bad])
     bg, fg = make_tiny_nets()
     with pytest.raises(CompositionError, match="the foreground generator knows 3 categories but 2 names were given"):
@@ -417,7 +477,7 @@ def test_reduced_precision_keeps_locality(scene):
     half = Composer(*make_tiny_nets(), CATEGORIES, dtype=torch.bfloat16)
     assert half.dtype == torch.bfloat16
     s = half.background(3)
-    for i, (cat, m) in enumerate(zip(["tree", "house", "sun", "tree"], BOXES)):
+    for i, (cat, m) in enumerate(zip(["tree", "house", "sun", "tree"], BOXES, strict=False)):
         s = s.add(cat, m, seed=10 + i)
     assert s.image.dtype == torch.bfloat16
     assert (s.image.float() - scene.image).abs().max() < 0.1
@@ -447,7 +507,7 @@ def test_default_dtype_is_bf16_exactly_where_the_cpu_multiplies_bf16_natively(tm
 def test_bf16_edits_are_bit_exact_outside_the_edited_masks():
     half = Composer(*make_tiny_nets(), CATEGORIES, dtype=torch.bfloat16)
     s = half.background(3)
-    for i, (cat, m) in enumerate(zip(["tree", "house", "sun", "tree"], BOXES)):
+    for i, (cat, m) in enumerate(zip(["tree", "house", "sun", "tree"], BOXES, strict=False)):
         s = s.add(cat, m, seed=10 + i)
     for k in range(4):
         assert_same_outside(s.replace(k, seed=99).image, s.image, union(*BOXES[k:]))
@@ -524,14 +584,16 @@ def test_bundle_errors_name_the_file(composer, tmp_path, monkeypatch):
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_a_diverged_bundle_is_refused_naming_the_tensor(composer, tmp_path, bad):
     """Issue 13, defect 6: NaN weights rendered all-black images with exit 0."""
-    data = bundle_dict(CATEGORIES, half=True, background=composer.background_net,
-                       foreground=composer.foreground_net)
+    data = bundle_dict(CATEGORIES, half=True, background=composer.background_net, foreground=composer.foreground_net)
     key = next(k for k, v in data["networks"]["foreground"]["state_dict"].items() if v.is_floating_point())
     data["networks"]["foreground"]["state_dict"][key].view(-1)[0] = bad
     path = tmp_path / "diverged.pt"
     save_bundle(path, data)
-    with pytest.raises(BundleError, match=rf"{path}: network 'foreground', tensor '{re.escape(key)}': 1 of \d+ "
-                                          r"values are NaN or infinite \(the training diverged\)"):
+    with pytest.raises(
+        BundleError,
+        match=rf"{path}: network 'foreground', tensor '{re.escape(key)}': 1 of \d+ "
+        r"values are NaN or infinite \(the training diverged\)",
+    ):
         Composer.from_checkpoint(path)
 
 
@@ -539,8 +601,16 @@ def test_a_lightning_checkpoint_points_to_the_run_bundle_and_a_run_folder_loads(
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
     ckpt = run / "checkpoints" / "last.ckpt"
-    torch.save({"epoch": 0, "global_step": 8, "pytorch-lightning_version": "2.5.0",
-                "state_dict": {"g_bg.weight": torch.zeros(2)}, "optimizer_states": []}, ckpt)
+    torch.save(
+        {
+            "epoch": 0,
+            "global_step": 8,
+            "pytorch-lightning_version": "2.5.0",
+            "state_dict": {"g_bg.weight": torch.zeros(2)},
+            "optimizer_states": [],
+        },
+        ckpt,
+    )
     with pytest.raises(BundleError) as info:
         Composer.from_checkpoint(ckpt)
     assert str(info.value).startswith(f"{ckpt}: this is a Lightning training checkpoint")
@@ -548,12 +618,16 @@ def test_a_lightning_checkpoint_points_to_the_run_bundle_and_a_run_folder_loads(
     ckpt.write_bytes(b"not even a zip")  # unreadable, but its suffix still gets the hint
     with pytest.raises(BundleError, match="not a readable scenecomp bundle") as info:
         Composer.from_checkpoint(ckpt)
-    assert str(info.value).endswith(f"load the bundle the run writes when it ends: {run / 'composer.safetensors'} "
-                                    f"(or the run folder {run}; --checkpoint takes either)")
+    assert str(info.value).endswith(
+        f"load the bundle the run writes when it ends: {run / 'composer.safetensors'} "
+        f"(or the run folder {run}; --checkpoint takes either)"
+    )
     with pytest.raises(BundleError, match=rf"{re.escape(str(run / 'composer.safetensors'))}: no such file"):
         Composer.from_checkpoint(run)
-    save_bundle(run / "composer.safetensors", bundle_dict(CATEGORIES, background=composer.background_net,
-                                                 foreground=composer.foreground_net))
+    save_bundle(
+        run / "composer.safetensors",
+        bundle_dict(CATEGORIES, background=composer.background_net, foreground=composer.foreground_net),
+    )
     assert Composer.from_checkpoint(run).categories == tuple(CATEGORIES)
 
 
@@ -566,10 +640,19 @@ def test_an_old_pickled_bundle_is_refused_and_export_bundle_converts_it(composer
         Composer.from_checkpoint(old)
     new = tmp_path / "composer.safetensors"
     root = Path(__file__).resolve().parent.parent
-    subprocess.run([sys.executable, "tools/export_bundle.py", str(old), "--out", str(new)], cwd=root, check=True,
-                   capture_output=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "tools/export_bundle.py", str(old), "--out", str(new)],
+        cwd=root,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     converted = Composer.from_checkpoint(new, dtype=torch.float32)
-    for mine, theirs in ((composer.background_net, converted.background_net),
-                         (composer.foreground_net, converted.foreground_net)):
-        assert all(torch.equal(a.float(), b) for a, b in zip(mine.state_dict().values(), theirs.state_dict().values(),
-                                                                strict=True))
+    for mine, theirs in (
+        (composer.background_net, converted.background_net),
+        (composer.foreground_net, converted.foreground_net),
+    ):
+        assert all(
+            torch.equal(a.float(), b)
+            for a, b in zip(mine.state_dict().values(), theirs.state_dict().values(), strict=True)
+        )

@@ -2,6 +2,7 @@
 
 Every test writes its own small COCO fixture under tmp_path.
 """
+
 from __future__ import annotations
 
 import json
@@ -40,8 +41,10 @@ def write_coco(root: Path, images, annotations, categories, info=None, write_ima
     """
     root.mkdir(parents=True, exist_ok=True)
     (root / "images").mkdir(exist_ok=True)
-    cats = [{"id": c[0], "name": c[1]} if isinstance(c, tuple) else {"id": i + 1, "name": c}
-            for i, c in enumerate(categories)]
+    cats = [
+        {"id": c[0], "name": c[1]} if isinstance(c, tuple) else {"id": i + 1, "name": c}
+        for i, c in enumerate(categories)
+    ]
     sizes = {iid: (h, w) for iid, _, h, w in images}
     anns = []
     for n, a in enumerate(annotations, 1):
@@ -53,8 +56,10 @@ def write_coco(root: Path, images, annotations, categories, info=None, write_ima
         elif isinstance(seg["counts"], list):
             rle = mask_utils.frPyObjects(seg, h, w)
         else:
-            rle = {"size": seg["size"], "counts": seg["counts"].encode() if isinstance(seg["counts"], str)
-                   else seg["counts"]}
+            rle = {
+                "size": seg["size"],
+                "counts": seg["counts"].encode() if isinstance(seg["counts"], str) else seg["counts"],
+            }
         a.setdefault("area", float(mask_utils.area(rle)))
         a.setdefault("bbox", [float(v) for v in mask_utils.toBbox(rle)])
         anns.append(a)
@@ -65,11 +70,14 @@ def write_coco(root: Path, images, annotations, categories, info=None, write_ima
             for a in anns:
                 if a["image_id"] == iid:
                     x, y, bw, bh = (int(round(v)) for v in a["bbox"])
-                    pixels[y:y + bh, x:x + bw] = (255, 0, 0)
+                    pixels[y : y + bh, x : x + bw] = (255, 0, 0)
             (root / "images" / file_name).parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(pixels).save(root / "images" / file_name)
-    data = {"images": [{"id": iid, "file_name": f, "height": h, "width": w} for iid, f, h, w in images],
-            "annotations": anns, "categories": cats}
+    data = {
+        "images": [{"id": iid, "file_name": f, "height": h, "width": w} for iid, f, h, w in images],
+        "annotations": anns,
+        "categories": cats,
+    }
     if info is not None:
         data["info"] = info
     (root / name).write_text(json.dumps(data))
@@ -83,9 +91,9 @@ def mixed(tmp_path):
     crowd = box_mask(64, 64, 0, 0, 64, 16)
     images = [(1, "wide.png", 40, 60), (2, "sub/tall.jpg", 80, 50), (3, "square.png", 64, 64)]
     anns = [
-        {"image_id": 1, "category_id": 1, "segmentation": [rect(12, 4, 40, 36)]},             # polygon
+        {"image_id": 1, "category_id": 1, "segmentation": [rect(12, 4, 40, 36)]},  # polygon
         {"image_id": 1, "category_id": 2, "segmentation": [rect(30, 10, 45, 20), rect(20, 25, 26, 30)]},
-        {"image_id": 2, "category_id": 3, "segmentation": compressed_rle(tall)},              # RLE
+        {"image_id": 2, "category_id": 3, "segmentation": compressed_rle(tall)},  # RLE
         {"image_id": 3, "category_id": 1, "segmentation": uncompressed_rle(crowd), "iscrowd": 1},
         {"image_id": 3, "category_id": 2, "segmentation": compressed_rle(box_mask(64, 64, 20, 30, 40, 50))},
     ]
@@ -123,10 +131,15 @@ def test_sample_shapes_dtypes_and_ranges(mixed):
 
 def test_mask_and_image_land_where_the_polygon_was(tmp_path):
     # 100 wide x 50 tall: the centre crop is x in [25, 75); the box covers its top-left quadrant.
-    path = write_coco(tmp_path / "d", [(1, "a.png", 50, 100)],
-                      [{"image_id": 1, "category_id": 1, "segmentation": [rect(25, 0, 50, 25)]},
-                       {"image_id": 1, "category_id": 2, "segmentation": [rect(0, 0, 20, 50)]}],  # outside crop
-                      ["tree", "rock"])
+    path = write_coco(
+        tmp_path / "d",
+        [(1, "a.png", 50, 100)],
+        [
+            {"image_id": 1, "category_id": 1, "segmentation": [rect(25, 0, 50, 25)]},
+            {"image_id": 1, "category_id": 2, "segmentation": [rect(0, 0, 20, 50)]},
+        ],  # outside crop
+        ["tree", "rock"],
+    )
     ds, s = _get_dataset_mask(path, resolution=20)
     assert s["valid"].tolist() == [True] + [False] * 7  # the object outside the crop is dropped
     expected = torch.zeros(20, 20)
@@ -139,8 +152,12 @@ def test_mask_and_image_land_where_the_polygon_was(tmp_path):
 
 def test_tall_image_crops_vertically_and_upscales(tmp_path):
     # 10 wide x 30 tall: the crop is y in [10, 20); the box is its bottom half; upscaled to 20.
-    path = write_coco(tmp_path / "d", [(1, "a.png", 30, 10)],
-                      [{"image_id": 1, "category_id": 1, "segmentation": [rect(0, 15, 10, 30)]}], ["tree"])
+    path = write_coco(
+        tmp_path / "d",
+        [(1, "a.png", 30, 10)],
+        [{"image_id": 1, "category_id": 1, "segmentation": [rect(0, 15, 10, 30)]}],
+        ["tree"],
+    )
     _, s = _get_dataset_mask(path, resolution=20)
     expected = torch.zeros(20, 20)
     expected[10:, :] = 1
@@ -151,8 +168,9 @@ def test_polygon_rle_and_uncompressed_rle_give_the_same_mask(tmp_path):
     m = box_mask(48, 64, 10, 6, 37, 30)
     segs = [[rect(10, 6, 37, 30)], compressed_rle(m), uncompressed_rle(m)]
     images = [(i + 1, f"{i}.png", 48, 64) for i in range(len(segs))]
-    anns = [{"image_id": i + 1, "category_id": 1, "segmentation": s, "iscrowd": int(i == 2)}
-            for i, s in enumerate(segs)]
+    anns = [
+        {"image_id": i + 1, "category_id": 1, "segmentation": s, "iscrowd": int(i == 2)} for i, s in enumerate(segs)
+    ]
     ds = SceneDataset(write_coco(tmp_path / "d", images, anns, ["tree"]), resolution=24)
     masks = [ds[i]["masks"][0] for i in range(len(ds))]
     assert len(masks) == 3 and masks[0].sum() > 0
@@ -164,10 +182,12 @@ def test_category_subset_and_index_mapping(tmp_path):
     # ids out of order in the file: the default order is by id
     cats = [(7, "cloud"), (2, "house"), (5, "sun")]
     images = [(1, "a.png", 32, 32), (2, "b.png", 32, 32)]
-    anns = [{"image_id": 1, "category_id": 7, "segmentation": [rect(0, 0, 20, 20)]},
-            {"image_id": 1, "category_id": 5, "segmentation": [rect(10, 10, 20, 20)]},
-            {"image_id": 1, "category_id": 2, "segmentation": [rect(20, 20, 25, 25)]},
-            {"image_id": 2, "category_id": 2, "segmentation": [rect(0, 0, 8, 8)]}]
+    anns = [
+        {"image_id": 1, "category_id": 7, "segmentation": [rect(0, 0, 20, 20)]},
+        {"image_id": 1, "category_id": 5, "segmentation": [rect(10, 10, 20, 20)]},
+        {"image_id": 1, "category_id": 2, "segmentation": [rect(20, 20, 25, 25)]},
+        {"image_id": 2, "category_id": 2, "segmentation": [rect(0, 0, 8, 8)]},
+    ]
     path = write_coco(tmp_path / "d", images, anns, cats, info={"paint_order": "annotation_order"})
     ds = SceneDataset(path, resolution=32)
     assert ds.categories == ["house", "sun", "cloud"]
@@ -182,13 +202,14 @@ def test_category_subset_and_index_mapping(tmp_path):
 def test_min_area_is_a_fraction_of_the_cropped_image(tmp_path):
     # 40 tall x 80 wide: crop x in [20, 60), 40x40 = 1600 px
     images = [(1, "a.png", 40, 80), (2, "b.png", 40, 80)]
-    anns = [{"image_id": 1, "category_id": 1, "segmentation": [rect(20, 0, 40, 20)]},   # 400 px = 0.25
-            {"image_id": 1, "category_id": 2, "segmentation": [rect(40, 20, 50, 30)]},  # 100 px = 0.0625
-            # 600 px in the file but only 200 inside the crop (0.125)
-            {"image_id": 1, "category_id": 3, "segmentation": [rect(0, 0, 30, 20)]},
-            {"image_id": 2, "category_id": 2, "segmentation": [rect(30, 0, 40, 10)]}]   # 100 px
-    path = write_coco(tmp_path / "d", images, anns, ["tree", "house", "rock"],
-                      info={"paint_order": "annotation_order"})
+    anns = [
+        {"image_id": 1, "category_id": 1, "segmentation": [rect(20, 0, 40, 20)]},  # 400 px = 0.25
+        {"image_id": 1, "category_id": 2, "segmentation": [rect(40, 20, 50, 30)]},  # 100 px = 0.0625
+        # 600 px in the file but only 200 inside the crop (0.125)
+        {"image_id": 1, "category_id": 3, "segmentation": [rect(0, 0, 30, 20)]},
+        {"image_id": 2, "category_id": 2, "segmentation": [rect(30, 0, 40, 10)]},
+    ]  # 100 px
+    path = write_coco(tmp_path / "d", images, anns, ["tree", "house", "rock"], info={"paint_order": "annotation_order"})
     assert len(SceneDataset(path, resolution=40)) == 2
     ds = SceneDataset(path, resolution=40, min_area=0.1)
     assert len(ds) == 1  # image 2 is left with no object and is dropped
@@ -200,10 +221,13 @@ def test_min_area_is_a_fraction_of_the_cropped_image(tmp_path):
 
 def test_max_objects_keeps_the_largest_in_paint_order(tmp_path):
     sizes = [4, 12, 8, 2]  # squares, in paint order
-    anns = [{"image_id": 1, "category_id": k + 1, "segmentation": [rect(2 + 6 * k, 2, 2 + 6 * k + s, 2 + s)]}
-            for k, s in enumerate(sizes)]
-    path = write_coco(tmp_path / "d", [(1, "a.png", 32, 32)], anns, ["a", "b", "c", "d"],
-                      info={"paint_order": "annotation_order"})
+    anns = [
+        {"image_id": 1, "category_id": k + 1, "segmentation": [rect(2 + 6 * k, 2, 2 + 6 * k + s, 2 + s)]}
+        for k, s in enumerate(sizes)
+    ]
+    path = write_coco(
+        tmp_path / "d", [(1, "a.png", 32, 32)], anns, ["a", "b", "c", "d"], info={"paint_order": "annotation_order"}
+    )
     s = SceneDataset(path, resolution=32, max_objects=2)[0]
     assert s["masks"].shape[0] == 2
     assert s["categories"].tolist() == [1, 2]  # b (12) and c (8), b first as in the file
@@ -212,22 +236,32 @@ def test_max_objects_keeps_the_largest_in_paint_order(tmp_path):
 
 
 def test_order_annotation_order_vs_largest_first(tmp_path):
-    anns = [{"image_id": 1, "category_id": 1, "segmentation": [rect(0, 0, 4, 4)]},
-            {"image_id": 1, "category_id": 2, "segmentation": [rect(8, 8, 30, 30)]},
-            {"image_id": 1, "category_id": 3, "segmentation": [rect(0, 20, 10, 30)]}]
-    kept = write_coco(tmp_path / "kept", [(1, "a.png", 32, 32)], anns, ["a", "b", "c"],
-                      info={"paint_order": "annotation_order"})
-    coco_like = write_coco(tmp_path / "coco", [(1, "a.png", 32, 32)], anns, ["a", "b", "c"],
-                           info={"description": "no paint order"})
+    anns = [
+        {"image_id": 1, "category_id": 1, "segmentation": [rect(0, 0, 4, 4)]},
+        {"image_id": 1, "category_id": 2, "segmentation": [rect(8, 8, 30, 30)]},
+        {"image_id": 1, "category_id": 3, "segmentation": [rect(0, 20, 10, 30)]},
+    ]
+    kept = write_coco(
+        tmp_path / "kept", [(1, "a.png", 32, 32)], anns, ["a", "b", "c"], info={"paint_order": "annotation_order"}
+    )
+    coco_like = write_coco(
+        tmp_path / "coco", [(1, "a.png", 32, 32)], anns, ["a", "b", "c"], info={"description": "no paint order"}
+    )
     assert SceneDataset(kept, resolution=32)[0]["categories"][:3].tolist() == [0, 1, 2]
     assert SceneDataset(coco_like, resolution=32)[0]["categories"][:3].tolist() == [1, 2, 0]
 
 
 def test_images_are_read_lazily(tmp_path, monkeypatch):
-    path = write_coco(tmp_path / "d", [(1, "a.png", 32, 32), (2, "b.png", 32, 32)],
-                      [{"image_id": 1, "category_id": 1, "segmentation": [rect(0, 0, 9, 9)]},
-                       {"image_id": 2, "category_id": 1, "segmentation": [rect(0, 0, 9, 9)]}],
-                      ["tree"], write_images=False)
+    path = write_coco(
+        tmp_path / "d",
+        [(1, "a.png", 32, 32), (2, "b.png", 32, 32)],
+        [
+            {"image_id": 1, "category_id": 1, "segmentation": [rect(0, 0, 9, 9)]},
+            {"image_id": 2, "category_id": 1, "segmentation": [rect(0, 0, 9, 9)]},
+        ],
+        ["tree"],
+        write_images=False,
+    )
     opened = []
     monkeypatch.setattr(Image, "open", lambda *a, **k: opened.append(a) or pytest.fail("image read at init"))
     ds = SceneDataset(path, resolution=16)  # no image exists yet: construction still works
@@ -239,8 +273,13 @@ def test_images_are_read_lazily(tmp_path, monkeypatch):
 
 # --------------------------------------------------------------------------- bad input
 def _one(tmp_path, **kw):
-    return write_coco(tmp_path / "d", [(1, "a.png", 32, 32)],
-                      [{"image_id": 1, "category_id": 1, "segmentation": [rect(0, 0, 9, 9)]}], ["tree", "rock"], **kw)
+    return write_coco(
+        tmp_path / "d",
+        [(1, "a.png", 32, 32)],
+        [{"image_id": 1, "category_id": 1, "segmentation": [rect(0, 0, 9, 9)]}],
+        ["tree", "rock"],
+        **kw,
+    )
 
 
 def test_missing_annotations_file(tmp_path):
@@ -261,10 +300,13 @@ def test_malformed_json_names_line_and_column(tmp_path):
         SceneDataset(path)
 
 
-@pytest.mark.parametrize("content, problem", [
-    ("[1, 2]", "top level is not an object"),
-    ('{"images": [], "categories": []}', "no 'annotations' list"),
-])
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        ("[1, 2]", "top level is not an object"),
+        ('{"images": [], "categories": []}', "no 'annotations' list"),
+    ],
+)
 def test_not_a_coco_file(tmp_path, content, problem):
     path = tmp_path / "x.json"
     path.write_text(content)
@@ -287,9 +329,21 @@ def test_no_usable_object(tmp_path):
 
 
 def test_bad_segmentation_names_the_annotation(tmp_path):
-    path = write_coco(tmp_path / "d", [(1, "a.png", 32, 32)],
-                      [{"image_id": 1, "category_id": 1, "segmentation": {"size": [16, 16], "counts": "0"},
-                        "area": 1.0, "bbox": [20, 0, 20, 10]}], ["tree"], write_images=False)
+    path = write_coco(
+        tmp_path / "d",
+        [(1, "a.png", 32, 32)],
+        [
+            {
+                "image_id": 1,
+                "category_id": 1,
+                "segmentation": {"size": [16, 16], "counts": "0"},
+                "area": 1.0,
+                "bbox": [20, 0, 20, 10],
+            }
+        ],
+        ["tree"],
+        write_images=False,
+    )
     with pytest.raises(DataError, match=r"annotation 1 \(image 1\): bad segmentation: RLE size \[16, 16\]"):
         SceneDataset(path)
 
@@ -314,12 +368,15 @@ def test_unreadable_or_mismatched_image_names_the_file(tmp_path):
         ds[0]
 
 
-@pytest.mark.parametrize("kw, problem", [
-    ({"resolution": 0}, "resolution must be a positive integer"),
-    ({"max_objects": 0}, "max_objects must be a positive integer"),
-    ({"min_area": 1.5}, r"min_area is a fraction of the image, in \[0, 1\)"),
-    ({"limit": 0}, "limit must be a positive integer"),
-])
+@pytest.mark.parametrize(
+    "kw, problem",
+    [
+        ({"resolution": 0}, "resolution must be a positive integer"),
+        ({"max_objects": 0}, "max_objects must be a positive integer"),
+        ({"min_area": 1.5}, r"min_area is a fraction of the image, in \[0, 1\)"),
+        ({"limit": 0}, "limit must be a positive integer"),
+    ],
+)
 def test_bad_arguments(tmp_path, kw, problem):
     with pytest.raises(DataError, match=problem):
         SceneDataset(_one(tmp_path), **kw)
@@ -333,8 +390,7 @@ def test_folder_and_limit(tmp_path, mixed):
 # --------------------------------------------------------------------------- datamodule
 def _many(tmp_path, n=10, name="train"):
     images = [(i + 1, f"{i}.png", 24 + i, 32) for i in range(n)]
-    anns = [{"image_id": i + 1, "category_id": 1 + i % 2, "segmentation": [rect(2, 2, 12 + i, 14)]}
-            for i in range(n)]
+    anns = [{"image_id": i + 1, "category_id": 1 + i % 2, "segmentation": [rect(2, 2, 12 + i, 14)]} for i in range(n)]
     return write_coco(tmp_path / name, images, anns, ["tree", "house"])
 
 
@@ -387,8 +443,24 @@ def test_importing_data_leaves_lightning_out():
 # --------------------------------------------------------------------------- command line
 def test_coco_subcommand_end_to_end(tmp_path, mixed, capsys):
     out = tmp_path / "out"
-    assert main(["coco", "--annotations", str(mixed), "--images", str(mixed.parent / "images"),
-                 "--out", str(out), "--categories", "house,tree", "--size", "24"]) == 0
+    assert (
+        main(
+            [
+                "coco",
+                "--annotations",
+                str(mixed),
+                "--images",
+                str(mixed.parent / "images"),
+                "--out",
+                str(out),
+                "--categories",
+                "house,tree",
+                "--size",
+                "24",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "wrote 2 images (24x24)" in printed and "house, tree" in printed
 
@@ -419,23 +491,33 @@ def test_coco_subcommand_end_to_end(tmp_path, mixed, capsys):
 
 def test_coco_subcommand_max_objects_and_limit(tmp_path, mixed):
     out = tmp_path / "out"
-    main(["coco", "--annotations", str(mixed), "--out", str(out), "--size", "16", "--max-objects", "1",
-          "--limit", "2"])
+    main(["coco", "--annotations", str(mixed), "--out", str(out), "--size", "16", "--max-objects", "1", "--limit", "2"])
     data = json.loads((out / "annotations.json").read_text())
     assert len(data["images"]) == 2 and len(data["annotations"]) == 2
     assert [c["name"] for c in data["categories"]] == ["tree", "house", "sun"]
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["coco", "--annotations", "{tmp}/missing.json", "--out", "{tmp}/o"], "missing.json: annotations file not found"),
-    (["coco", "--annotations", "{mixed}", "--out", "{tmp}/o", "--categories", "zebra"],
-     "unknown category 'zebra'; known: tree, house, sun"),
-    (["coco", "--annotations", "{mixed}", "--out", "{tmp}/o", "--size", "0"], "--size must be a positive integer"),
-    (["shapes", "--out", "{tmp}/s", "--count", "0"], "--count must be a positive integer"),
-    (["coco", "--annotations", "{mixed}", "--out", "{tmp}/mixed"], "holds the source images or annotations"),
-    (["coco", "--annotations", "{mixed}", "--out", "{tmp}", "--overwrite"], "holds the source images"),
-    (["shapes", "--out", "{tmp}/s", "--count", "2", "--seed", "-1"], "--seed must be a non-negative integer, got -1"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["coco", "--annotations", "{tmp}/missing.json", "--out", "{tmp}/o"],
+            "missing.json: annotations file not found",
+        ),
+        (
+            ["coco", "--annotations", "{mixed}", "--out", "{tmp}/o", "--categories", "zebra"],
+            "unknown category 'zebra'; known: tree, house, sun",
+        ),
+        (["coco", "--annotations", "{mixed}", "--out", "{tmp}/o", "--size", "0"], "--size must be a positive integer"),
+        (["shapes", "--out", "{tmp}/s", "--count", "0"], "--count must be a positive integer"),
+        (["coco", "--annotations", "{mixed}", "--out", "{tmp}/mixed"], "holds the source images or annotations"),
+        (["coco", "--annotations", "{mixed}", "--out", "{tmp}", "--overwrite"], "holds the source images"),
+        (
+            ["shapes", "--out", "{tmp}/s", "--count", "2", "--seed", "-1"],
+            "--seed must be a non-negative integer, got -1",
+        ),
+    ],
+)
 def test_cli_errors_exit_2_without_traceback(tmp_path, mixed, capsys, argv, message):
     argv = [a.format(tmp=tmp_path, mixed=mixed) for a in argv]
     with pytest.raises(SystemExit) as e:
@@ -481,8 +563,21 @@ def test_a_non_empty_out_is_refused_and_overwrite_replaces_it_whole(tmp_path, mi
     if command == "shapes":
         run = lambda *extra: shapes_cli(out, *extra)  # noqa: E731
     else:
-        run = lambda *extra: main(["coco", "--annotations", str(mixed), "--out", str(out),  # noqa: E731
-                                   "--size", "16", *extra])
+
+        def run(*extra):
+            return main(
+                [
+                    "coco",
+                    "--annotations",
+                    str(mixed),
+                    "--out",
+                    str(out),  # noqa: E731
+                    "--size",
+                    "16",
+                    *extra,
+                ]
+            )
+
     with pytest.raises(SystemExit) as e:
         run()
     err = capsys.readouterr().err
@@ -509,6 +604,7 @@ def test_a_crash_while_writing_leaves_the_old_data_set_whole(tmp_path, monkeypat
 
     def crash(job):
         raise OSError(28, "No space left on device")
+
     monkeypatch.setattr(shapes, "_render_range", crash)
     with pytest.raises(SystemExit) as e:
         main(["shapes", "--out", str(out), "--count", "5", "--size", "32", "--overwrite"])

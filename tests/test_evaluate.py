@@ -1,5 +1,6 @@
 """Evaluation: each metric on inputs whose answer is known, the feature network's file,
 ``scenecomp-eval`` end to end on tiny bundles with a tiny feature network, and its errors."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -14,15 +15,32 @@ import pytest
 import torch
 
 from conftest import compose_config
-from scenecomp.compose import Composer, noise
 from scenecomp.bundle import load_tensors
+from scenecomp.compose import Composer, noise
 from scenecomp.eval.cli import main
 from scenecomp.eval.feature_training import train_features
-from scenecomp.eval.features import (DEFAULT_FEATURES, FEATURES_FORMAT, FeatureNet, fill_outside, load_features,
-                                     object_crops, save_features, swap_silhouettes)
-from scenecomp.eval.metrics import (accuracy, background_purity, category_diversity, diversity, edit_locality,
-                                    frechet_distance, illumination_consistency, illumination_pairs, inception_score,
-                                    kernel_distance)
+from scenecomp.eval.features import (
+    DEFAULT_FEATURES,
+    FEATURES_FORMAT,
+    FeatureNet,
+    fill_outside,
+    load_features,
+    object_crops,
+    save_features,
+    swap_silhouettes,
+)
+from scenecomp.eval.metrics import (
+    accuracy,
+    background_purity,
+    category_diversity,
+    diversity,
+    edit_locality,
+    frechet_distance,
+    illumination_consistency,
+    illumination_pairs,
+    inception_score,
+    kernel_distance,
+)
 from scenecomp.eval.protocol import EDIT_OFFSET, SEED_STRIDE, Model, SingleShot, evaluate, read_batches, sample_layouts
 from scenecomp.eval.report import format_table
 from scenecomp.eval.two_sample import two_sample_accuracy
@@ -43,8 +61,7 @@ def smooth_images(n: int, seed: int, size: int = 16, offset: float = 0.0) -> tor
 @pytest.fixture(scope="module")
 def random_net() -> FeatureNet:
     torch.manual_seed(0)
-    return FeatureNet(num_categories=3, resolution=16, crop_size=8, channels=8, max_channels=16,
-                      feature_dim=16).eval()
+    return FeatureNet(num_categories=3, resolution=16, crop_size=8, channels=8, max_channels=16, feature_dim=16).eval()
 
 
 # ----------------------------------------------------------------------------- metrics on known inputs
@@ -108,8 +125,10 @@ def test_category_diversity_of_object_crops(random_net):
     repainted = images + 0.3 * torch.arange(3.0)[None, :, None, None, None]  # each seed another shade
     assert all(v > 0 for v in category_diversity(features(repainted), cats, 3))
     assert category_diversity(features(images), cats, 4)[3] != 0  # nan: a category without objects
-    torch.testing.assert_close(random_net.object_head(random_net.object_features(object_crops(images[:, 0], masks, 8))),
-                               random_net.object_logits(object_crops(images[:, 0], masks, 8)))
+    torch.testing.assert_close(
+        random_net.object_head(random_net.object_features(object_crops(images[:, 0], masks, 8))),
+        random_net.object_logits(object_crops(images[:, 0], masks, 8)),
+    )
 
 
 class _Painter:
@@ -129,12 +148,13 @@ class _Painter:
 
     def render_iter(self, layouts, batch_size=16):
         from types import SimpleNamespace
+
         for layout in map(self.seeded, layouts):
             if self.copy is not None:  # background seed = SEED_STRIDE * j + layout index (+ EDIT_OFFSET: new look)
                 yield SimpleNamespace(image=self.copy[layout.background_seed % EDIT_OFFSET % SEED_STRIDE]["image"])
                 continue
             image = torch.zeros(3, 32, 32)
-            for obj, mask in zip(layout.objects, torch.from_numpy(layout.masks((32, 32)))):
+            for obj, mask in zip(layout.objects, torch.from_numpy(layout.masks((32, 32))), strict=False):
                 shade = torch.full((3,), torch.linspace(-0.8, 0.8, 5)[CATEGORIES.index(obj.category)].item())
                 shade = shade + 0.3 * noise(obj.seed, 3).tanh() if self.vary else shade
                 image = torch.where(mask > 0.5, shade[:, None, None], image)
@@ -155,8 +175,11 @@ def test_per_category_diversity_of_models_with_and_without_noise(tiny_shapes):
     per = result["diversity_per_category"]
     assert set(per["flat"]) == set(CATEGORIES) and all(v is not None for v in per["flat"].values())
     assert all(v == 0 for v in per["flat"].values()) and all(v > 0 for v in per["varied"].values())
-    assert result["metrics"]["diversity_min_category"] == {"flat": 0.0, "varied": min(per["varied"].values()),
-                                                           "real": None}
+    assert result["metrics"]["diversity_min_category"] == {
+        "flat": 0.0,
+        "varied": min(per["varied"].values()),
+        "real": None,
+    }
     assert result["diversity_every_category_above_zero"] == {"flat": False, "varied": True}
     table = format_table(result)
     assert "diversity, sun objects" in table and "flat NO (min 0, " in table and "varied yes" in table
@@ -177,10 +200,13 @@ def test_floors_and_calibrations_against_a_copy_of_the_real_images(tiny_shapes):
     m, p = result["metrics"], result["protocol"]
     assert (p["layouts"], p["reference_images"], p["distance_sample_size"]) == (32, 32, 32)
     assert m["fid"]["real"] > 0 and m["fid"]["copy"] == pytest.approx(m["fid"]["real"], rel=1e-6)
-    assert m["fid_over_floor"]["copy"] == pytest.approx(1) and m["kid"]["copy"] == pytest.approx(m["kid"]["real"], rel=1e-6)
+    assert m["fid_over_floor"]["copy"] == pytest.approx(1) and m["kid"]["copy"] == pytest.approx(
+        m["kid"]["real"], rel=1e-6
+    )
     assert m["object_accuracy"]["copy"] == m["object_accuracy"]["real"]
-    result = evaluate(tiny_shapes, {"flat": Model("fake", _Painter(False), ())}, net, samples=32, seeds=1,
-                      batch_size=16)
+    result = evaluate(
+        tiny_shapes, {"flat": Model("fake", _Painter(False), ())}, net, samples=32, seeds=1, batch_size=16
+    )
     m = result["metrics"]
     assert m["fid"]["flat"] > 3 * m["fid"]["real"] and m["fid_over_floor"]["flat"] > 3
     for key, least in (("two_sample_scenes", 0.9), ("two_sample_objects", 0.75), ("two_sample_backgrounds", 0.9)):
@@ -201,7 +227,8 @@ def test_two_sample_test_of_equal_and_of_different_distributions():
     x = smooth_images(40, 0)
     assert two_sample_accuracy(x, x.clone()) == 0.5  # paired identical inputs: exactly one of each pair is right
     assert two_sample_accuracy(smooth_images(3, 0), smooth_images(3, 1)) != two_sample_accuracy(
-        smooth_images(3, 0), smooth_images(3, 1))  # nan: too few to split
+        smooth_images(3, 0), smooth_images(3, 1)
+    )  # nan: too few to split
 
 
 def test_edit_locality_known_values():
@@ -277,9 +304,8 @@ def test_a_silhouette_swap_keeps_the_look_and_takes_the_other_outline():
 def test_samples_are_composer_renderings_with_the_documented_seeds(tiny_shapes):
     """Sample j of layout i is ``Composer.render(layout, seeds=SEED_STRIDE * j + i)``; a new look changes one
     object's seed only; the baseline's one noise vector is the Composer's background noise."""
-    from scenecomp.data import SceneDataset
-
     from conftest import make_tiny_nets
+    from scenecomp.data import SceneDataset
 
     bg, fg = make_tiny_nets(num_categories=5, resolution=32)
     composer = Composer(bg, fg, CATEGORIES, dtype=torch.float32)  # bg is also called directly in fp32 below
@@ -288,7 +314,7 @@ def test_samples_are_composer_renderings_with_the_documented_seeds(tiny_shapes):
     model = Model("scenecomp", composer, (bg, fg))
     images = model.render(layouts, batch_size=2)
     unseeded = [dataclasses.replace(lay, background_seed=None) for lay in layouts]
-    expected = [composer.render(lay, seeds=SEED_STRIDE + i) for lay, i in zip(unseeded, [3, 4, 5])]
+    expected = [composer.render(lay, seeds=SEED_STRIDE + i) for lay, i in zip(unseeded, [3, 4, 5], strict=False)]
     assert torch.equal(images, to_uint8(torch.stack(expected)))
     assert [lay.background_seed for lay in layouts] == [SEED_STRIDE + 3, SEED_STRIDE + 4, SEED_STRIDE + 5]
     edited = model.new_look(layouts[0], 0)
@@ -340,24 +366,69 @@ def tiny_run(tiny_shapes, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("eval")
     (composer,) = run(compose_config(["experiment=tiny", f"out={out / 'layered'}", f"data.train={tiny_shapes}"]))
-    (baseline,) = run(compose_config(["experiment=tiny", "model=spade_baseline", f"out={out / 'single'}",
-                                      f"data.train={tiny_shapes}"]))
+    (baseline,) = run(
+        compose_config(
+            ["experiment=tiny", "model=spade_baseline", f"out={out / 'single'}", f"data.train={tiny_shapes}"]
+        )
+    )
     tool = runpy.run_path(str(ROOT / "tools" / "train_features.py"), run_name="train_features")
-    assert tool["main"](["--data", str(tiny_shapes), "--out", str(out / "features.safetensors"), "--images", "48",
-                         "--holdout", "16", "--steps", "300", "--batch-size", "16"]) == 0
-    return {"composer": composer, "baseline": baseline, "features": out / "features.safetensors", "data": tiny_shapes,
-            "out": out}
+    assert (
+        tool["main"](
+            [
+                "--data",
+                str(tiny_shapes),
+                "--out",
+                str(out / "features.safetensors"),
+                "--images",
+                "48",
+                "--holdout",
+                "16",
+                "--steps",
+                "300",
+                "--batch-size",
+                "16",
+            ]
+        )
+        == 0
+    )
+    return {
+        "composer": composer,
+        "baseline": baseline,
+        "features": out / "features.safetensors",
+        "data": tiny_shapes,
+        "out": out,
+    }
 
 
 def eval_args(r, *extra) -> list[str]:
-    return ["--data", str(r["data"]), "--features", str(r["features"]), "--samples", "12", "--seeds", "2",
-            "--batch-size", "8", *extra]
+    return [
+        "--data",
+        str(r["data"]),
+        "--features",
+        str(r["features"]),
+        "--samples",
+        "12",
+        "--seeds",
+        "2",
+        "--batch-size",
+        "8",
+        *extra,
+    ]
 
 
 def test_eval_both_models_prints_the_table_and_writes_json_without_hydra_or_lightning(tiny_run):
     out = tiny_run["out"] / "results.json"
-    args = eval_args(tiny_run, "--checkpoint", str(tiny_run["composer"]), "--baseline", str(tiny_run["baseline"]),
-                     "--baseline-matched", str(tiny_run["baseline"]), "--json", str(out))
+    args = eval_args(
+        tiny_run,
+        "--checkpoint",
+        str(tiny_run["composer"]),
+        "--baseline",
+        str(tiny_run["baseline"]),
+        "--baseline-matched",
+        str(tiny_run["baseline"]),
+        "--json",
+        str(out),
+    )
     code = f"""
 import sys
 from scenecomp.eval.cli import main
@@ -367,8 +438,13 @@ finally:
     loaded = [m for m in sys.modules if m.split('.')[0] in ('hydra', 'lightning', 'torchvision')]
     assert not loaded, loaded
 """
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert res.returncode == 0, res.stderr
     table = res.stdout
     assert "layouts = its first 12 images, reference = the next 12 (64 in the split)" in table
@@ -381,8 +457,18 @@ finally:
     assert (p["layouts"], p["samples_per_layout"], p["resolution"]) == (12, 2, 32)
     assert p["feature_network"]["heldout_object_accuracy"] is not None
     m = result["metrics"]
-    for key in ("fid", "kid", "inception_score", "object_accuracy", "appearance_accuracy", "diversity",
-                "locality_look", "locality_category", "background_purity", "illumination"):
+    for key in (
+        "fid",
+        "kid",
+        "inception_score",
+        "object_accuracy",
+        "appearance_accuracy",
+        "diversity",
+        "locality_look",
+        "locality_category",
+        "background_purity",
+        "illumination",
+    ):
         assert set(m[key]) >= {"scenecomp", "baseline"}, key
     # Relations, not ranges: the bundles are barely trained (6 steps) and the feature network is trained
     # (300 steps, held-out accuracy ~0.9), so every metric must tell the real images from the models'
@@ -406,7 +492,10 @@ finally:
     assert set(result["diversity_per_category"]) == {"scenecomp", "baseline", "baseline-matched"}
     assert all(set(v) == set(CATEGORIES) for v in result["diversity_per_category"].values())
     assert m["diversity_min_category"]["real"] is None and set(result["diversity_every_category_above_zero"]) == {
-        "scenecomp", "baseline", "baseline-matched"}
+        "scenecomp",
+        "baseline",
+        "baseline-matched",
+    }
     for cat in CATEGORIES:  # one row per category, "-" for real (no seeds)
         row = next(line for line in table.splitlines() if line.startswith(f"diversity, {cat} objects"))
         assert row.split()[-1] == "-"
@@ -436,12 +525,14 @@ def test_eval_errors(tiny_run, capsys, tmp_path):
     assert "no such file" in _error(capsys, eval_args(r, "--checkpoint", str(tmp_path / "missing.pt")))
     assert "not a readable scenecomp bundle" in _error(capsys, eval_args(r, "--checkpoint", str(r["data"])))
     assert "nothing to evaluate" in _error(capsys, eval_args(r))
-    assert "--samples 40 needs 80 images" in _error(capsys, eval_args(r, "--checkpoint", str(r["composer"]),
-                                                                     "--samples", "40"))
+    assert "--samples 40 needs 80 images" in _error(
+        capsys, eval_args(r, "--checkpoint", str(r["composer"]), "--samples", "40")
+    )
     assert "no baseline network" in _error(capsys, eval_args(r, "--baseline-matched", str(r["composer"])))
     assert "no baseline network" in _error(capsys, eval_args(r, "--baseline", str(r["composer"])))
-    assert "--samples must be a positive" in _error(capsys, eval_args(r, "--checkpoint", str(r["composer"]),
-                                                                      "--samples", "0"))
+    assert "--samples must be a positive" in _error(
+        capsys, eval_args(r, "--checkpoint", str(r["composer"]), "--samples", "0")
+    )
     missing = eval_args(r, "--checkpoint", str(r["composer"]))
     missing[missing.index("--features") + 1] = str(tmp_path / "nope.pt")
     assert "no such feature network file" in _error(capsys, missing)
@@ -462,8 +553,9 @@ def test_eval_errors(tiny_run, capsys, tmp_path):
     args = eval_args(r, "--checkpoint", str(r["composer"]))
     args[args.index("--data") + 1] = str(bad)
     assert "unknown categor" in _error(capsys, args)
-    assert "--inception WEIGHTS" in _error(capsys, eval_args(r, "--checkpoint", str(r["composer"]), "--features",
-                                                             "inception:/x.pth"))
+    assert "--inception WEIGHTS" in _error(
+        capsys, eval_args(r, "--checkpoint", str(r["composer"]), "--features", "inception:/x.pth")
+    )
 
 
 def test_feature_file_errors(tiny_run, capsys):
@@ -477,6 +569,7 @@ def test_inception_without_torch_fidelity_errors_clearly(tiny_run, capsys, tmp_p
     pytest.importorskip("torchmetrics")
     try:
         import torch_fidelity  # noqa: F401
+
         pytest.skip("torch-fidelity is installed")
     except ImportError:
         pass
@@ -486,12 +579,26 @@ def test_inception_without_torch_fidelity_errors_clearly(tiny_run, capsys, tmp_p
     assert "torch-fidelity" in err
 
 
-@pytest.mark.skipif(not os.environ.get("SCENECOMP_INCEPTION_WEIGHTS"),
-                    reason="set SCENECOMP_INCEPTION_WEIGHTS to a local pt_inception-2015-12-05 weights file")
+@pytest.mark.skipif(
+    not os.environ.get("SCENECOMP_INCEPTION_WEIGHTS"),
+    reason="set SCENECOMP_INCEPTION_WEIGHTS to a local pt_inception-2015-12-05 weights file",
+)
 def test_inception_fid_from_local_weights(tiny_run, capsys):
     pytest.importorskip("torch_fidelity")
-    assert main(eval_args(tiny_run, "--checkpoint", str(tiny_run["composer"]), "--samples", "4",
-                          "--inception", os.environ["SCENECOMP_INCEPTION_WEIGHTS"])) == 0
+    assert (
+        main(
+            eval_args(
+                tiny_run,
+                "--checkpoint",
+                str(tiny_run["composer"]),
+                "--samples",
+                "4",
+                "--inception",
+                os.environ["SCENECOMP_INCEPTION_WEIGHTS"],
+            )
+        )
+        == 0
+    )
     assert "FID, Inception-v3 features" in capsys.readouterr().out
 
 
@@ -501,8 +608,14 @@ def test_train_features_learns_on_tiny_data(tiny_shapes):
 
     untrained, net = trained(1), trained(300)  # 300 steps: ~3 s
     assert net.categories == CATEGORIES and net.resolution == 32 and net.crop_size == 16
-    assert {"heldout_object_accuracy", "heldout_swapped_accuracy", "heldout_presence_accuracy",
-            "heldout_background_purity", "steps", "data"} <= set(net.meta)
+    assert {
+        "heldout_object_accuracy",
+        "heldout_swapped_accuracy",
+        "heldout_presence_accuracy",
+        "heldout_background_purity",
+        "steps",
+        "data",
+    } <= set(net.meta)
     # learning: held-out objects (5 categories, chance ~0.2) recognised far better than after one step
     # (measured: 0.27 after 1 step, 0.91 after 300)
     before, after = untrained.meta["heldout_object_accuracy"], net.meta["heldout_object_accuracy"]

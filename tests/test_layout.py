@@ -1,4 +1,5 @@
 """Layout files: loading, saving, rasterising, COCO layouts, and every bad-input message."""
+
 import json
 import os
 import re
@@ -11,8 +12,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from conftest import compressed_rle, uncompressed_rle
-from scenecomp.layout import (Layout, LayoutError, LayoutObject, load_coco_layouts, load_layouts,
-                              rasterize)
+from scenecomp.layout import Layout, LayoutError, LayoutObject, load_coco_layouts, load_layouts, rasterize
 
 CATEGORIES = ["tree", "house", "sun", "cloud", "rock"]
 
@@ -52,6 +52,7 @@ def scene(tmp_path):
 
 # --- round trip ----------------------------------------------------------------
 
+
 def test_load_gives_objects_in_file_order_with_seeds(scene):
     path, data = scene
     layout = Layout.load(path, categories=CATEGORIES)
@@ -90,8 +91,11 @@ def test_save_to_another_folder_keeps_masks_resolvable(scene, tmp_path):
     out = tmp_path / "elsewhere" / "deeper" / "moved.json"
     layout.save(out)
     # a mask file outside the new folder would be read only from a trusted layout: it is embedded
-    assert json.loads(out.read_text())["objects"][2] == {"category": "sun", "seed": 0,
-                                                         "rle": compressed_rle(layout.masks()[2] > 0)}
+    assert json.loads(out.read_text())["objects"][2] == {
+        "category": "sun",
+        "seed": 0,
+        "rle": compressed_rle(layout.masks()[2] > 0),
+    }
     moved = Layout.load(out)
     np.testing.assert_array_equal(moved.masks(), layout.masks())
     np.testing.assert_array_equal(moved.masks((7, 40)), layout.masks((7, 40)))
@@ -112,6 +116,7 @@ def test_save_replaces_atomically_and_keeps_old_file_on_failure(scene, tmp_path)
 
 # --- rasterising ---------------------------------------------------------------
 
+
 def test_bbox_covers_pixels_whose_centre_is_inside():
     m = rasterize({"bbox": [2, 3, 4, 5]}, (10, 10))
     assert m.dtype == bool and m.shape == (10, 10) and m.sum() == 20
@@ -125,8 +130,9 @@ def test_bbox_and_polygon_agree_at_any_scale():
     x, y, w, h = 1.3, 2, 5.5, 4.25
     corners = [[x, y], [x + w, y], [x + w, y + h], [x, y + h]]
     for out in [(10, 12), (20, 24), (7, 13), (33, 5)]:
-        np.testing.assert_array_equal(rasterize({"bbox": [x, y, w, h]}, (10, 12), out),
-                                      rasterize({"polygon": corners}, (10, 12), out))
+        np.testing.assert_array_equal(
+            rasterize({"bbox": [x, y, w, h]}, (10, 12), out), rasterize({"polygon": corners}, (10, 12), out)
+        )
 
 
 def test_polygon_triangle_pixels_and_scaling():
@@ -196,8 +202,7 @@ def mask_image(mode):
     raise AssertionError(mode)
 
 
-@pytest.mark.parametrize("mode", ["rgba-opaque", "rgba-cutout", "grey", "1bit", "palette",
-                                  "palette-transparent"])
+@pytest.mark.parametrize("mode", ["rgba-opaque", "rgba-cutout", "grey", "1bit", "palette", "palette-transparent"])
 def test_mask_image_rule_gets_common_exports_right(tmp_path, mode):
     image = mask_image(mode)
     image.save(tmp_path / "m.png", transparency=image.info.get("transparency"))
@@ -279,39 +284,55 @@ BAD_LAYOUTS = [
     (layout_with({"category": "tree", "circle": [1, 1, 2]}), 1, ["unknown key", "'circle'", "'polygon'"]),
     (layout_with({"category": "tree", "bbox": [1, 1, 2, 2], "colour": "red"}), 1, ["unknown key", "'colour'"]),
     (layout_with({"category": "tree"}), 1, ["no shape", "'bbox'"]),
-    (layout_with({"category": "tree", "bbox": [1, 1, 2, 2], "polygon": [[0, 0], [1, 0], [0, 1]]}), 1,
-     ["more than one shape", "'bbox'", "'polygon'"]),
+    (
+        layout_with({"category": "tree", "bbox": [1, 1, 2, 2], "polygon": [[0, 0], [1, 0], [0, 1]]}),
+        1,
+        ["more than one shape", "'bbox'", "'polygon'"],
+    ),
     (layout_with({"category": "tree", "polygon": [[1, 1], [5, 5]]}), 1, ["polygon needs at least 3 points, got 2"]),
-    (layout_with({"category": "tree", "polygon": [[1, 1], [5, "a"], [1, 5]]}), 1,
-     ["polygon point 1 must be [x, y]", '"a"']),
+    (
+        layout_with({"category": "tree", "polygon": [[1, 1], [5, "a"], [1, 5]]}),
+        1,
+        ["polygon point 1 must be [x, y]", '"a"'],
+    ),
     (layout_with({"category": "tree", "polygon": [1, 1, 5, 5, 1, 5]}), 1, ["polygon point 0 must be [x, y]"]),
     (layout_with({"category": "tree", "polygon": "triangle"}), 1, ["polygon must be a list"]),
-    (layout_with({"category": "tree", "bbox": [1, 1, 0, 4]}), 1, ["bbox width and height must be positive",
-                                                                  "width 0"]),
+    (layout_with({"category": "tree", "bbox": [1, 1, 0, 4]}), 1, ["bbox width and height must be positive", "width 0"]),
     (layout_with({"category": "tree", "bbox": [1, 1, 4, -2]}), 1, ["must be positive", "height -2"]),
     (layout_with({"category": "tree", "bbox": [1, 1, 4]}), 1, ["bbox must be [x, y, width, height]"]),
     (layout_with({"category": "tree", "bbox": [1, 1, "4", 4]}), 1, ["bbox values must be finite numbers"]),
     (layout_with({"category": "tree", "mask": "nowhere.png"}), 1, ["mask file 'nowhere.png' not found"]),
     (layout_with({"category": "tree", "mask": "notes.png"}), 1, ["mask file 'notes.png' is not a readable image"]),
     (layout_with({"category": "tree", "mask": 7}), 1, ["mask must be a PNG file name"]),
-    (layout_with({"category": "tree", "rle": {"size": [4, 5], "counts": "zzz!"}}), 1,
-     ["rle counts string has an invalid character"]),
-    (layout_with({"category": "tree", "rle": {"size": [4, 5], "counts": [3, 10]}}), 1,
-     ["rle counts cover 13 pixels", "[4, 5] has 20"]),
+    (
+        layout_with({"category": "tree", "rle": {"size": [4, 5], "counts": "zzz!"}}),
+        1,
+        ["rle counts string has an invalid character"],
+    ),
+    (
+        layout_with({"category": "tree", "rle": {"size": [4, 5], "counts": [3, 10]}}),
+        1,
+        ["rle counts cover 13 pixels", "[4, 5] has 20"],
+    ),
     (layout_with({"category": "tree", "rle": {"size": [4, 5], "counts": "0>"}}), 1, ["rle counts cover 14 pixels"]),
-    (layout_with({"category": "tree", "rle": {"size": [4, 5], "counts": [3, -1, 18]}}), 1,
-     ["rle counts must be"]),
+    (layout_with({"category": "tree", "rle": {"size": [4, 5], "counts": [3, -1, 18]}}), 1, ["rle counts must be"]),
     (layout_with({"category": "tree", "rle": {"counts": [20]}}), 1, ["rle must be"]),
     (layout_with({"category": "tree", "rle": {"size": [0, 5], "counts": []}}), 1, ["rle size must be"]),
     (layout_with({"category": "tree", "rle": "abc"}), 1, ["rle must be"]),
-    (layout_with({"category": "tree", "bbox": [20, 20, 5, 5]}), 1, ["bbox is empty after rasterisation",
-                                                                    "off the canvas"]),
+    (
+        layout_with({"category": "tree", "bbox": [20, 20, 5, 5]}),
+        1,
+        ["bbox is empty after rasterisation", "off the canvas"],
+    ),
     (layout_with({"category": "tree", "polygon": [[1, 1], [5, 5], [9, 9]]}), 1, ["polygon is empty"]),
     (layout_with({"category": "tree", "mask": "blank.png"}), 1, ["mask file 'blank.png' is empty"]),
     (layout_with({"category": "tree", "rle": {"size": [16, 16], "counts": [256]}}), 1, ["rle is empty"]),
     (layout_with({"category": "tree", "rle": OTHER_SIZE_RLE}), None, []),  # valid: resized, not empty
-    (layout_with({"category": "tree", "bbox": [1, 1, 2, 2], "seed": -1}), 1,
-     ["seed must be an integer in [0, 2**32), got -1"]),
+    (
+        layout_with({"category": "tree", "bbox": [1, 1, 2, 2], "seed": -1}),
+        1,
+        ["seed must be an integer in [0, 2**32), got -1"],
+    ),
     (layout_with({"category": "tree", "bbox": [1, 1, 2, 2], "seed": 2**32}), 1, ["seed must be", "4294967296"]),
     (layout_with({"category": "tree", "bbox": [1, 1, 2, 2], "seed": 1.5}), 1, ["seed must be", "1.5"]),
     (layout_with({"category": "tree", "bbox": [1, 1, 2, 2], "seed": "3"}), 1, ["seed must be", '"3"']),
@@ -363,8 +384,10 @@ def test_unknown_category_lists_the_known_ones(tmp_path):
     path = write_json(tmp_path / "scene.json", layout_with({"category": "tre", "bbox": [1, 1, 2, 2]}))
     with pytest.raises(LayoutError) as info:
         Layout.load(path, categories=CATEGORIES)
-    assert str(info.value) == (f"{path}: object 1: unknown category 'tre' (did you mean 'tree'?); "
-                               "known categories: tree, house, sun, cloud, rock")
+    assert str(info.value) == (
+        f"{path}: object 1: unknown category 'tre' (did you mean 'tree'?); "
+        "known categories: tree, house, sun, cloud, rock"
+    )
     Layout.load(path)  # no vocabulary, no check
 
 
@@ -393,6 +416,7 @@ def test_load_refers_coco_files_to_load_layouts(tmp_path):
 
 # --- COCO ----------------------------------------------------------------------
 
+
 def coco_document(info=None):
     """Two images of different sizes, listed out of id order; polygons, RLE and a crowd RLE."""
     crowd = np.zeros((10, 20), bool)
@@ -400,19 +424,38 @@ def coco_document(info=None):
     rock = np.zeros((10, 20), bool)
     rock[0:2, 0:3] = True
     doc = {
-        "images": [{"id": 7, "file_name": "dir/b.png", "height": 10, "width": 20},
-                   {"id": 3, "file_name": "a.png", "height": 8, "width": 6}],
+        "images": [
+            {"id": 7, "file_name": "dir/b.png", "height": 10, "width": 20},
+            {"id": 3, "file_name": "a.png", "height": 8, "width": 6},
+        ],
         "categories": [{"id": 1, "name": "tree"}, {"id": 2, "name": "house"}, {"id": 5, "name": "rock"}],
         "annotations": [
-            {"id": 1, "image_id": 3, "category_id": 1, "segmentation": [[0, 0, 2, 0, 2, 2, 0, 2]],
-             "area": 4.0, "iscrowd": 0},
-            {"id": 2, "image_id": 3, "category_id": 2, "iscrowd": 0, "area": 20.0,
-             # two parts, one of them degenerate (two points)
-             "segmentation": [[1, 3, 5, 3, 5, 8, 1, 8], [0, 0, 1, 1]]},
-            {"id": 3, "image_id": 7, "category_id": 5, "segmentation": compressed_rle(rock),
-             "area": 6.0, "iscrowd": 0},
-            {"id": 4, "image_id": 7, "category_id": 2, "segmentation": uncompressed_rle(crowd),
-             "area": 24.0, "iscrowd": 1},
+            {
+                "id": 1,
+                "image_id": 3,
+                "category_id": 1,
+                "segmentation": [[0, 0, 2, 0, 2, 2, 0, 2]],
+                "area": 4.0,
+                "iscrowd": 0,
+            },
+            {
+                "id": 2,
+                "image_id": 3,
+                "category_id": 2,
+                "iscrowd": 0,
+                "area": 20.0,
+                # two parts, one of them degenerate (two points)
+                "segmentation": [[1, 3, 5, 3, 5, 8, 1, 8], [0, 0, 1, 1]],
+            },
+            {"id": 3, "image_id": 7, "category_id": 5, "segmentation": compressed_rle(rock), "area": 6.0, "iscrowd": 0},
+            {
+                "id": 4,
+                "image_id": 7,
+                "category_id": 2,
+                "segmentation": uncompressed_rle(crowd),
+                "area": 24.0,
+                "iscrowd": 1,
+            },
         ],
     }
     if info is not None:
@@ -477,16 +520,28 @@ BAD_COCO = [
     (lambda d: d["images"][1].update(height=0), None, ["images[1] (id 3)", "height and width must be"]),
     (lambda d: d["images"][1].pop("file_name"), None, ["images[1] needs a unique 'id' and a 'file_name'"]),
     (lambda d: d["categories"].append({"id": "x"}), None, ["categories[3] needs an integer 'id'"]),
-    (lambda d: d["annotations"][0].update(segmentation=[[0, 0, 1, 1]]), 1,
-     ["image 3 ('a.png')", "annotation 1", "no polygon with at least 3 points"]),
-    (lambda d: d["annotations"][0].update(segmentation=[[0, 0, 2, "a", 2, 2]]), 1,
-     ["annotation 1", "segmentation polygon must be a flat list"]),
+    (
+        lambda d: d["annotations"][0].update(segmentation=[[0, 0, 1, 1]]),
+        1,
+        ["image 3 ('a.png')", "annotation 1", "no polygon with at least 3 points"],
+    ),
+    (
+        lambda d: d["annotations"][0].update(segmentation=[[0, 0, 2, "a", 2, 2]]),
+        1,
+        ["annotation 1", "segmentation polygon must be a flat list"],
+    ),
     (lambda d: d["annotations"][0].update(segmentation=[[0, 0, 6, 0, 6]]), 1, ["segmentation polygon must be"]),
     (lambda d: d["annotations"][0].pop("segmentation"), 1, ["segmentation must be a list of polygons or an RLE"]),
-    (lambda d: d["annotations"][0].update(segmentation=[[20, 20, 30, 20, 30, 30]]), 1,
-     ["annotation 1", "segmentation is empty"]),
-    (lambda d: d["annotations"][3].update(segmentation={"size": [10, 20], "counts": [5, 6]}), 0,
-     ["image 7 ('dir/b.png')", "annotation 4", "rle counts cover 11 pixels"]),
+    (
+        lambda d: d["annotations"][0].update(segmentation=[[20, 20, 30, 20, 30, 30]]),
+        1,
+        ["annotation 1", "segmentation is empty"],
+    ),
+    (
+        lambda d: d["annotations"][3].update(segmentation={"size": [10, 20], "counts": [5, 6]}),
+        0,
+        ["image 7 ('dir/b.png')", "annotation 4", "rle counts cover 11 pixels"],
+    ),
 ]
 
 
@@ -508,8 +563,9 @@ def test_coco_unknown_category_names_the_image(tmp_path):
     path = write_json(tmp_path / "ann.json", doc)
     with pytest.raises(LayoutError) as info:
         load_coco_layouts(path, categories=["tree", "rock"])
-    assert str(info.value) == (f"{path}: image 3 ('a.png'): object 0: unknown category 'house'; "
-                               "known categories: tree, rock")
+    assert str(info.value) == (
+        f"{path}: image 3 ('a.png'): object 0: unknown category 'house'; known categories: tree, rock"
+    )
 
 
 def test_not_a_coco_file(tmp_path):
@@ -520,6 +576,7 @@ def test_not_a_coco_file(tmp_path):
 
 
 # --- hostile input: bounded cost, a LayoutError naming the file ----------------
+
 
 def test_deeply_nested_json_is_a_layout_error(tmp_path):
     path = write_json(tmp_path / "deep.json", "[" * 100_000 + "]" * 100_000)
@@ -536,8 +593,11 @@ def test_deeply_nested_json_is_a_layout_error(tmp_path):
 @pytest.mark.parametrize("size", [[100_000, 100_000], [30_000, 30_000], [8193, 16], [4097, 4096]])
 def test_huge_canvas_is_refused_before_allocating(tmp_path, size):
     path = write_json(tmp_path / "big.json", {"size": size, "objects": [{"category": "sun", "bbox": [0, 0, 4, 4]}]})
-    with pytest.raises(LayoutError, match=rf"big\.json: size {size[0]}x{size[1]} .* too large: at most 8192 pixels "
-                                          r"a side and 16777216 pixels in all"):
+    with pytest.raises(
+        LayoutError,
+        match=rf"big\.json: size {size[0]}x{size[1]} .* too large: at most 8192 pixels "
+        r"a side and 16777216 pixels in all",
+    ):
         Layout.load(path)
 
 
@@ -576,10 +636,15 @@ def test_huge_polygons_and_coordinates_are_refused():
 def test_a_polygon_with_many_points_is_filled_a_few_rows_at_a_time():
     """10,000 points make the [points, rows] work arrays span several row blocks; the result is exact."""
     side = np.linspace(10, 990, 2500)
-    square = ([[x, 10] for x in side] + [[990, y] for y in side] + [[x, 990] for x in side[::-1]]
-              + [[10, y] for y in side[::-1]])
-    np.testing.assert_array_equal(rasterize({"polygon": square}, (1000, 1000)),
-                                  rasterize({"bbox": [10, 10, 980, 980]}, (1000, 1000)))
+    square = (
+        [[x, 10] for x in side]
+        + [[990, y] for y in side]
+        + [[x, 990] for x in side[::-1]]
+        + [[10, y] for y in side[::-1]]
+    )
+    np.testing.assert_array_equal(
+        rasterize({"polygon": square}, (1000, 1000)), rasterize({"bbox": [10, 10, 980, 980]}, (1000, 1000))
+    )
 
 
 def test_huge_rles_are_refused_unread():
@@ -609,15 +674,24 @@ def png_header_only(path, width, height):
 
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
-                     + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b""))
+        + chunk(b"IEND", b"")
+    )
     return path
 
 
-@pytest.mark.parametrize("width, height, fragment", [
-    (9000, 9000, r"mask file 'bomb\.png': 9000x9000 \(height x width\) is too large"),
-    (100_000, 100_000, r"mask file 'bomb\.png' is too large an image"),  # PIL's own decompression-bomb limit
-    (5000, 4000, r"mask file 'bomb\.png': 4000x5000 \(height x width\) is too large")])
+@pytest.mark.parametrize(
+    "width, height, fragment",
+    [
+        (9000, 9000, r"mask file 'bomb\.png': 9000x9000 \(height x width\) is too large"),
+        (100_000, 100_000, r"mask file 'bomb\.png' is too large an image"),  # PIL's own decompression-bomb limit
+        (5000, 4000, r"mask file 'bomb\.png': 4000x5000 \(height x width\) is too large"),
+    ],
+)
 def test_mask_image_size_is_checked_from_its_header(tmp_path, width, height, fragment):
     png_header_only(tmp_path / "bomb.png", width, height)
     path = write_json(tmp_path / "scene.json", layout_with({"category": "sun", "mask": "bomb.png"}))
@@ -628,6 +702,7 @@ def test_mask_image_size_is_checked_from_its_header(tmp_path, width, height, fra
 def test_huge_strings_are_cut_short_in_messages(tmp_path):
     """Issue 13, defect 3: a 200 MB category took 8.7 GB and 34 s ("did you mean") and was echoed whole."""
     import time
+
     huge = "tre" + "e" * 20_000_000
     path = write_json(tmp_path / "scene.json", {"size": [8, 8], "objects": [{"category": huge, "bbox": [0, 0, 2, 2]}]})
     started = time.perf_counter()
@@ -636,9 +711,11 @@ def test_huge_strings_are_cut_short_in_messages(tmp_path):
     assert time.perf_counter() - started < 10
     message = str(info.value)
     assert len(message) < 300 and "unknown category 'treeeee" in message and "eee…' (20000003 characters)" in message
-    for doc, fragment in [({"size": [8, 8], "objects": [{"category": "a", "mask": huge}]}, "mask file 'treee"),
-                          ({"size": [8, 8], "objects": [], huge: 1}, "unknown top-level key(s) 'treee"),
-                          ({"size": huge, "objects": []}, 'size must be [height, width]')]:
+    for doc, fragment in [
+        ({"size": [8, 8], "objects": [{"category": "a", "mask": huge}]}, "mask file 'treee"),
+        ({"size": [8, 8], "objects": [], huge: 1}, "unknown top-level key(s) 'treee"),
+        ({"size": huge, "objects": []}, "size must be [height, width]"),
+    ]:
         with pytest.raises(LayoutError) as info:
             Layout.from_dict(doc)
         assert fragment in str(info.value) and len(str(info.value)) < 400
@@ -648,6 +725,7 @@ def test_huge_strings_are_cut_short_in_messages(tmp_path):
 
 
 # --- mask paths: inside the layout's folder, regular files only ----------------
+
 
 @pytest.fixture
 def outside(tmp_path):
@@ -663,8 +741,9 @@ def load_mask_layout(folder, mask, **kwargs):
     return Layout.load(path, **kwargs)
 
 
-@pytest.mark.parametrize("mask", ["../secret.png", "../../../../etc/passwd", "/etc/passwd", "sub/../../secret.png",
-                                  "link.png"])
+@pytest.mark.parametrize(
+    "mask", ["../secret.png", "../../../../etc/passwd", "/etc/passwd", "sub/../../secret.png", "link.png"]
+)
 def test_mask_outside_the_layout_folder_is_refused_unless_trusted(outside, mask):
     (outside / "link.png").symlink_to(outside.parent / "secret.png")  # a symlink inside that points outside
     with pytest.raises(LayoutError, match=r"scene\.json: object 0: mask file .* is outside the layout's folder"):
@@ -697,9 +776,11 @@ def test_fifo_or_device_as_mask_is_refused_without_opening(outside):
 # --- property: any JSON gives a Layout or a LayoutError ------------------------
 
 SCALARS = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12)
-JSON = st.recursive(SCALARS | st.sampled_from(["tree", "", "x" * 300]),
-                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
-                    max_leaves=20)
+JSON = st.recursive(
+    SCALARS | st.sampled_from(["tree", "", "x" * 300]),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=20,
+)
 
 
 def sometimes(good, *bad):
@@ -710,43 +791,86 @@ def sometimes(good, *bad):
 
 
 NUMBER = sometimes(st.integers(-4, 40) | st.floats(-4, 40), st.sampled_from([1e300, -1e10, 10**30, float("nan")]))
-SIZE = sometimes(st.lists(st.integers(1, 24), min_size=2, max_size=2),
-                 st.sampled_from([[0, 8], [100_000, 100_000], [8, 8, 8]]))
+SIZE = sometimes(
+    st.lists(st.integers(1, 24), min_size=2, max_size=2), st.sampled_from([[0, 8], [100_000, 100_000], [8, 8, 8]])
+)
 RLE = sometimes(
-    st.builds(lambda h, w, bits, compress: (compressed_rle if compress else uncompressed_rle)(
-        np.resize(np.array(bits, bool), (h, w))), st.integers(1, 12), st.integers(1, 12),
-        st.lists(st.booleans(), min_size=1, max_size=40), st.booleans()),
-    st.fixed_dictionaries({"size": SIZE, "counts": st.lists(st.integers(-1, 300), max_size=6)
-                           | st.text("0123456789:;<=>?@ABCDEFGHIJKLMNOPQRSTUVWXYZ[\\]^_`abcdefghijklmno", max_size=10)}))
+    st.builds(
+        lambda h, w, bits, compress: (compressed_rle if compress else uncompressed_rle)(
+            np.resize(np.array(bits, bool), (h, w))
+        ),
+        st.integers(1, 12),
+        st.integers(1, 12),
+        st.lists(st.booleans(), min_size=1, max_size=40),
+        st.booleans(),
+    ),
+    st.fixed_dictionaries(
+        {
+            "size": SIZE,
+            "counts": st.lists(st.integers(-1, 300), max_size=6)
+            | st.text("0123456789:;<=>?@ABCDEFGHIJKLMNOPQRSTUVWXYZ[\\]^_`abcdefghijklmno", max_size=10),
+        }
+    ),
+)
 SHAPE = st.one_of(
-    st.fixed_dictionaries({"polygon": sometimes(st.lists(st.lists(NUMBER, min_size=2, max_size=2), min_size=3,
-                                                         max_size=6))}),
+    st.fixed_dictionaries(
+        {"polygon": sometimes(st.lists(st.lists(NUMBER, min_size=2, max_size=2), min_size=3, max_size=6))}
+    ),
     st.fixed_dictionaries({"bbox": sometimes(st.lists(NUMBER, min_size=4, max_size=4))}),
     st.fixed_dictionaries({"rle": RLE}),
-    st.fixed_dictionaries({"mask": sometimes(st.sampled_from(["m.png", "flat.png", "../m.png", "/dev/null", ".",
-                                                              "a\x00b", "missing.png"]))}))
-OBJECT = sometimes(st.builds(lambda category, shape, seed: {"category": category, **shape, **seed},
-                             sometimes(st.sampled_from(CATEGORIES)), SHAPE,
-                             st.just({}) | st.fixed_dictionaries({"seed": sometimes(st.integers(0, 2**32 - 1))})))
-LAYOUT = st.fixed_dictionaries({"size": SIZE, "objects": sometimes(st.lists(OBJECT, min_size=1, max_size=4))},
-                               optional={"version": sometimes(st.just(1)),
-                                         "background": sometimes(st.fixed_dictionaries({"seed": sometimes(
-                                             st.integers(0, 2**32 - 1))}))})
-IMAGES = st.lists(st.tuples(sometimes(st.text(max_size=6)), sometimes(st.integers(1, 24)),
-                            sometimes(st.integers(1, 24))), min_size=1, max_size=3).map(
-    lambda rows: [{"id": i, "file_name": f, "height": h, "width": w} for i, (f, h, w) in enumerate(rows)])
-ANNOTATION = sometimes(st.fixed_dictionaries(
-    {"image_id": sometimes(st.integers(0, 1)), "category_id": sometimes(st.integers(1, 5)),
-     "segmentation": sometimes(RLE | st.lists(st.lists(NUMBER, min_size=6, max_size=12), min_size=1, max_size=2))},
-    optional={"area": NUMBER, "id": JSON}))
+    st.fixed_dictionaries(
+        {
+            "mask": sometimes(
+                st.sampled_from(["m.png", "flat.png", "../m.png", "/dev/null", ".", "a\x00b", "missing.png"])
+            )
+        }
+    ),
+)
+OBJECT = sometimes(
+    st.builds(
+        lambda category, shape, seed: {"category": category, **shape, **seed},
+        sometimes(st.sampled_from(CATEGORIES)),
+        SHAPE,
+        st.just({}) | st.fixed_dictionaries({"seed": sometimes(st.integers(0, 2**32 - 1))}),
+    )
+)
+LAYOUT = st.fixed_dictionaries(
+    {"size": SIZE, "objects": sometimes(st.lists(OBJECT, min_size=1, max_size=4))},
+    optional={
+        "version": sometimes(st.just(1)),
+        "background": sometimes(st.fixed_dictionaries({"seed": sometimes(st.integers(0, 2**32 - 1))})),
+    },
+)
+IMAGES = st.lists(
+    st.tuples(sometimes(st.text(max_size=6)), sometimes(st.integers(1, 24)), sometimes(st.integers(1, 24))),
+    min_size=1,
+    max_size=3,
+).map(lambda rows: [{"id": i, "file_name": f, "height": h, "width": w} for i, (f, h, w) in enumerate(rows)])
+ANNOTATION = sometimes(
+    st.fixed_dictionaries(
+        {
+            "image_id": sometimes(st.integers(0, 1)),
+            "category_id": sometimes(st.integers(1, 5)),
+            "segmentation": sometimes(
+                RLE | st.lists(st.lists(NUMBER, min_size=6, max_size=12), min_size=1, max_size=2)
+            ),
+        },
+        optional={"area": NUMBER, "id": JSON},
+    )
+)
 COCO = st.fixed_dictionaries(
-    {"images": IMAGES, "annotations": st.lists(ANNOTATION, min_size=1, max_size=4),
-     "categories": sometimes(st.just([{"id": i + 1, "name": n} for i, n in enumerate(CATEGORIES)]))},
-    optional={"info": sometimes(st.just({"paint_order": "annotation_order"}))})
+    {
+        "images": IMAGES,
+        "annotations": st.lists(ANNOTATION, min_size=1, max_size=4),
+        "categories": sometimes(st.just([{"id": i + 1, "name": n} for i, n in enumerate(CATEGORIES)])),
+    },
+    optional={"info": sometimes(st.just({"paint_order": "annotation_order"}))},
+)
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                   HealthCheck.too_slow])
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 @given(document=st.one_of(JSON, LAYOUT, COCO))
 def test_any_json_gives_a_layout_or_a_layout_error(tmp_path, document):
     """Whatever a file holds (any JSON, near-valid layouts, near-valid COCO files), the parser

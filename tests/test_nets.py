@@ -1,11 +1,19 @@
 """Networks: shapes at 64 and 128, exact compositing, crops, layout maps."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 
-from scenecomp.nets import (ForegroundGenerator, GlobalDiscriminator, LayoutGenerator, ObjectDiscriminator,
-                            composite, crop_objects, layout_map)
+from scenecomp.nets import (
+    ForegroundGenerator,
+    GlobalDiscriminator,
+    LayoutGenerator,
+    ObjectDiscriminator,
+    composite,
+    crop_objects,
+    layout_map,
+)
 
 
 @pytest.mark.parametrize("res", [64, 128])
@@ -18,7 +26,7 @@ def test_shapes_at_resolution(res):
     d_obj = ObjectDiscriminator(num_categories=C, crop_size=res // 2, channels=4, max_channels=16)
     z = torch.randn(B, 16)
     mask = torch.zeros(B, 1, res, res)
-    mask[:, :, res // 4: res // 2, res // 4: res // 2] = 1
+    mask[:, :, res // 4 : res // 2, res // 4 : res // 2] = 1
     cat = torch.tensor([0, 4])
     canvas = g_bg(z)
     assert canvas.shape == (B, 3, res, res) and canvas.abs().max() <= 1
@@ -90,8 +98,9 @@ def test_layout_map_paints_later_objects_on_top():
 
 def test_pixel_noise_is_the_tail_of_the_noise_vector_and_only_adds_grain():
     torch.manual_seed(0)
-    g = LayoutGenerator(z_dim=8, num_categories=2, resolution=16, channels=4, max_channels=8,
-                        padding_mode="reflect", pixel_noise=True).eval()
+    g = LayoutGenerator(
+        z_dim=8, num_categories=2, resolution=16, channels=4, max_channels=8, padding_mode="reflect", pixel_noise=True
+    ).eval()
     assert g.noise_dim == 8 + 16 * 16
     z = torch.randn(2, g.noise_dim)
     regrained = torch.cat([z[:, :8], torch.randn(2, 16 * 16)], 1)
@@ -110,8 +119,7 @@ def test_reflect_padding_draws_no_frame_and_old_kwargs_still_build():
     # a bundle written before these options carries neither key: zero padding, no pixel noise
     old = LayoutGenerator(z_dim=8, num_categories=2, resolution=16, channels=4, max_channels=8)
     assert old.noise_dim == 8 and old.init_kwargs["padding_mode"] == "zeros"
-    g = LayoutGenerator(z_dim=8, num_categories=2, resolution=16, channels=4, max_channels=8,
-                        padding_mode="reflect")
+    g = LayoutGenerator(z_dim=8, num_categories=2, resolution=16, channels=4, max_channels=8, padding_mode="reflect")
     g.load_state_dict(old.state_dict())  # the same weights: only the padding differs
     # a constant feature map stays constant up to the border only with reflect padding
     conv = g.blocks[-1].conv2.conv

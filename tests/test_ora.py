@@ -1,4 +1,5 @@
 """OpenRaster export: a valid .ora per the spec whose layers restack to the rendered PNG."""
+
 from __future__ import annotations
 
 import io
@@ -18,20 +19,24 @@ from scenecomp import Composer
 from scenecomp.ora import write_ora
 
 # 12 overlapping objects on the shipped model's 64x64 canvas: later ones hide parts of earlier ones
-LAYOUT = {"size": [64, 64], "background": {"seed": 5}, "objects": [
-    {"category": "cloud", "bbox": [2, 3, 24, 10]},
-    {"category": "sun", "polygon": [[44, 4], [56, 8], [58, 20], [46, 22], [40, 12]]},
-    {"category": "cloud", "bbox": [18, 8, 26, 10]},
-    {"category": "tree", "polygon": [[6, 58], [14, 20], [22, 58]]},
-    {"category": "house", "bbox": [16, 34, 20, 22]},
-    {"category": "rock", "bbox": [28, 50, 14, 10]},
-    {"category": "tree", "polygon": [[36, 60], [44, 24], [52, 60]]},
-    {"category": "house", "bbox": [46, 38, 16, 20]},
-    {"category": "rock", "bbox": [0, 52, 12, 12]},
-    {"category": "sun", "bbox": [26, 2, 10, 10]},
-    {"category": "tree", "polygon": [[24, 62], [30, 30], [36, 62]]},
-    {"category": "rock", "bbox": [50, 54, 14, 10]},
-]}
+LAYOUT = {
+    "size": [64, 64],
+    "background": {"seed": 5},
+    "objects": [
+        {"category": "cloud", "bbox": [2, 3, 24, 10]},
+        {"category": "sun", "polygon": [[44, 4], [56, 8], [58, 20], [46, 22], [40, 12]]},
+        {"category": "cloud", "bbox": [18, 8, 26, 10]},
+        {"category": "tree", "polygon": [[6, 58], [14, 20], [22, 58]]},
+        {"category": "house", "bbox": [16, 34, 20, 22]},
+        {"category": "rock", "bbox": [28, 50, 14, 10]},
+        {"category": "tree", "polygon": [[36, 60], [44, 24], [52, 60]]},
+        {"category": "house", "bbox": [46, 38, 16, 20]},
+        {"category": "rock", "bbox": [0, 52, 12, 12]},
+        {"category": "sun", "bbox": [26, 2, 10, 10]},
+        {"category": "tree", "polygon": [[24, 62], [30, 30], [36, 62]]},
+        {"category": "rock", "bbox": [50, 54, 14, 10]},
+    ],
+}
 
 
 @pytest.fixture(scope="module")
@@ -69,9 +74,11 @@ def test_a_12_object_ora_restacks_to_the_rendered_png(scene, tmp_path):
     # the object layers are what each object painted over its whole mask, occluded parts included
     layers = root.find("stack").findall("layer")
     assert len(layers) == 13
-    assert [l.get("name") for l in layers][::-1] == [
-        "0 background (seed 5)", *(f"{t} {o.category} (seed {o.seed})" for t, o in enumerate(scene.objects, 1))]
-    for t, (layer, obj) in enumerate(zip(layers[::-1][1:], scene.objects), 1):
+    assert [layer.get("name") for layer in layers][::-1] == [
+        "0 background (seed 5)",
+        *(f"{t} {o.category} (seed {o.seed})" for t, o in enumerate(scene.objects, 1)),
+    ]
+    for t, (layer, obj) in enumerate(zip(layers[::-1][1:], scene.objects, strict=False), 1):
         rgba = np.asarray(Image.open(io.BytesIO(z.read(layer.get("src")))))
         assert np.array_equal(rgba[..., 3] == 255, obj.mask) and set(np.unique(rgba[..., 3])) <= {0, 255}
         assert np.array_equal(rgba[obj.mask, :3], np.asarray(scene.to_pil(t))[obj.mask])
@@ -108,7 +115,7 @@ def test_layer_names_are_escaped_in_stack_xml_and_counts_must_match(tmp_path):
     mask[1:3, 1:3] = True
     path = write_ora(tmp_path / "x.ora", [step, step], [mask], ['bg <&"', "1 a&b"])
     root = ElementTree.fromstring(zipfile.ZipFile(path).read("stack.xml"))
-    assert [l.get("name") for l in root.iter("layer")] == ["1 a&b", 'bg <&"']
+    assert [layer.get("name") for layer in root.iter("layer")] == ["1 a&b", 'bg <&"']
     with pytest.raises(ValueError, match="one step more than masks"):
         write_ora(tmp_path / "y.ora", [step], [mask], ["bg"])
     assert not (tmp_path / "y.ora").exists()
@@ -117,7 +124,9 @@ def test_layer_names_are_escaped_in_stack_xml_and_counts_must_match(tmp_path):
 def test_render_ora_writes_layers_that_restack_to_its_png(layout_file, tmp_path):
     out = tmp_path / "out"
     cli = Path(sys.executable).parent / "scenecomp-render"
-    subprocess.run([str(cli), str(layout_file), "--out", str(out), "--ora", "--layers", "--quiet"], check=True, timeout=600)
+    subprocess.run(
+        [str(cli), str(layout_file), "--out", str(out), "--ora", "--layers", "--quiet"], check=True, timeout=600
+    )
     stacked, root, _ = restack(out / "twelve_s0000.ora")
     png = np.asarray(Image.open(out / "twelve_s0000.png"), dtype=np.int16)
     assert np.abs(stacked[..., :3].astype(np.int16) - png).max() <= 1
@@ -126,6 +135,7 @@ def test_render_ora_writes_layers_that_restack_to_its_png(layout_file, tmp_path)
     assert line["ora"] == "twelve_s0000.ora" and line["layers"] == "twelve_s0000_layers"
     # a resumed run with --ora skips the done image; one that lost its .ora renders it again
     (out / "twelve_s0000.ora").unlink()
-    again = subprocess.run([str(cli), str(layout_file), "--out", str(out), "--ora", "--quiet"], capture_output=True,
-                           text=True, timeout=600)
+    again = subprocess.run(
+        [str(cli), str(layout_file), "--out", str(out), "--ora", "--quiet"], capture_output=True, text=True, timeout=600
+    )
     assert again.returncode == 0 and (out / "twelve_s0000.ora").is_file(), again.stderr

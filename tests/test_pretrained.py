@@ -4,6 +4,7 @@ A broken or badly trained bundle must not land: the object accuracy of the
 shipped composer on a few dozen fresh Shapes layouts (a seed the training set
 never used) is checked against a floor set from its measured value (docs/RESULTS.md).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -38,8 +39,15 @@ def test_pretrained_objects_are_recognisable(tmp_path):
     write_dataset(tmp_path, count=96, size=64, seed=777)  # 48 layouts and a reference of 48
     composer = Composer.pretrained()
     model = Model("scenecomp", composer, (composer.background_net, composer.foreground_net))
-    result = evaluate(tmp_path / "annotations.json", {"scenecomp": model}, load_features(DEFAULT_FEATURES),
-                      samples=48, seeds=1, batch_size=16, two_sample=False)
+    result = evaluate(
+        tmp_path / "annotations.json",
+        {"scenecomp": model},
+        load_features(DEFAULT_FEATURES),
+        samples=48,
+        seeds=1,
+        batch_size=16,
+        two_sample=False,
+    )
     accuracy = result["metrics"]["object_accuracy"]
     assert accuracy["real"] > 0.9  # the classifier itself works on this split
     assert accuracy["scenecomp"] >= ACCURACY_FLOOR, accuracy

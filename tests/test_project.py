@@ -1,4 +1,5 @@
 """What a new user meets: the README quickstart is two commands and CI runs the second one as written."""
+
 from __future__ import annotations
 
 import re
@@ -36,9 +37,22 @@ def test_readme_python_example_runs(tmp_path, monkeypatch):
     code = re.findall(r"```python\n(.*?)```", section, flags=re.S)[0]
     monkeypatch.chdir(tmp_path)
     for name in ("a", "b"):
-        json.dump({"size": [64, 64], "objects": [{"category": "tree", "bbox": [10, 20, 12, 30]}]},
-                  open(f"{name}.json", "w"))
+        json.dump(
+            {"size": [64, 64], "objects": [{"category": "tree", "bbox": [10, 20, 12, 30]}]}, open(f"{name}.json", "w")
+        )
     namespace: dict = {}
     exec(compile(code, "README.md", "exec"), namespace)
     assert (tmp_path / "scene.png").exists() and (tmp_path / "layers" / "layout.json").exists()
     assert len(namespace["images"]) == 2 and len(namespace["images"][0]) == 2  # 2 layouts x 2 seeds
+
+
+def test_ruff_finds_nothing_to_lint_or_reformat():
+    """The lint and format rules of pyproject.toml hold for the whole tree (CI runs them here)."""
+    import shutil
+    import subprocess
+
+    ruff = shutil.which("ruff")
+    assert ruff, "ruff is not installed: pip install -e '.[test]'"
+    for args in (["check", "."], ["format", "--check", "."]):
+        res = subprocess.run([ruff, *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0, f"ruff {' '.join(args)}:\n{res.stdout}{res.stderr}"

@@ -4,6 +4,7 @@ Tiny untrained networks (FiLM layers randomised so every seed matters) saved
 as a real bundle; the CLI runs in-process through `main(argv)`, except where a
 real process is the point (2 DDP processes, what gets imported, tracebacks).
 """
+
 import json
 import os
 import subprocess
@@ -33,10 +34,6 @@ CATEGORIES = ["tree", "house", "sun"]
 AUTO = str(auto_dtype("cpu")).removeprefix("torch.")  # what --dtype auto (the default) resolves to here
 
 
-
-
-
-
 @pytest.fixture(scope="module")
 def composer(bundle):
     return Composer.from_checkpoint(bundle)
@@ -60,26 +57,50 @@ def valid_layouts(folder):
     Image.fromarray(sun).save(folder / "sun.png")
     rock = np.zeros((32, 32), bool)
     rock[22:30, 4:14] = True
-    write_json(folder / "poly.json", {"size": [32, 32], "objects": [
-        {"category": "tree", "polygon": [[4, 30], [8, 6], [14, 30]]},
-        {"category": "house", "bbox": [16, 14, 12, 14], "seed": 7}]})
-    write_json(folder / "box.json", {"size": [32, 32], "background": {"seed": 5}, "objects": [
-        {"category": "house", "bbox": [2, 2, 20, 20]}]})
-    write_json(folder / "maskpng.json", {"size": [32, 32], "objects": [
-        {"category": "sun", "mask": "sun.png"}, {"category": "tree", "bbox": [0, 16, 10, 16]},
-        {"category": "house", "bbox": [12, 12, 8, 8]}]})
+    write_json(
+        folder / "poly.json",
+        {
+            "size": [32, 32],
+            "objects": [
+                {"category": "tree", "polygon": [[4, 30], [8, 6], [14, 30]]},
+                {"category": "house", "bbox": [16, 14, 12, 14], "seed": 7},
+            ],
+        },
+    )
+    write_json(
+        folder / "box.json",
+        {"size": [32, 32], "background": {"seed": 5}, "objects": [{"category": "house", "bbox": [2, 2, 20, 20]}]},
+    )
+    write_json(
+        folder / "maskpng.json",
+        {
+            "size": [32, 32],
+            "objects": [
+                {"category": "sun", "mask": "sun.png"},
+                {"category": "tree", "bbox": [0, 16, 10, 16]},
+                {"category": "house", "bbox": [12, 12, 8, 8]},
+            ],
+        },
+    )
     write_json(folder / "rle.json", {"size": [32, 32], "objects": [{"category": "sun", "rle": rle(rock)}]})
     return ["box", "maskpng", "poly", "rle"]
 
 
 def invalid_layouts(folder):
     write_json(folder / "broken.json", '{"size": [32, 32], "objects": [\n  {"category": "tree",, }]}')
-    write_json(folder / "unicorn.json", {"size": [32, 32], "objects": [
-        {"category": "tree", "bbox": [0, 0, 8, 8]}, {"category": "unicorn", "bbox": [8, 8, 8, 8]}]})
+    write_json(
+        folder / "unicorn.json",
+        {
+            "size": [32, 32],
+            "objects": [{"category": "tree", "bbox": [0, 0, 8, 8]}, {"category": "unicorn", "bbox": [8, 8, 8, 8]}],
+        },
+    )
     write_json(folder / "nomask.json", {"size": [32, 32], "objects": [{"category": "sun", "mask": "gone.png"}]})
-    return {"broken.json": "malformed JSON at line 2, column",
-            "unicorn.json": "unicorn.json: object 1: unknown category 'unicorn'; known categories: tree, house, sun",
-            "nomask.json": "nomask.json: object 0: "}
+    return {
+        "broken.json": "malformed JSON at line 2, column",
+        "unicorn.json": "unicorn.json: object 1: unknown category 'unicorn'; known categories: tree, house, sun",
+        "nomask.json": "nomask.json: object 0: ",
+    }
 
 
 def cli(argv, capsys):
@@ -101,8 +122,11 @@ def quantise(image):
 
 def snapshot(folder):
     """name -> (inode, mtime_ns, bytes) of every file: os.replace gives a re-written file a new inode."""
-    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns, p.read_bytes()) for p in folder.iterdir()
-            if p.is_file() and p.name != LOCK}
+    return {
+        p.name: (p.stat().st_ino, p.stat().st_mtime_ns, p.read_bytes())
+        for p in folder.iterdir()
+        if p.is_file() and p.name != LOCK
+    }
 
 
 def manifest(out):
@@ -134,7 +158,7 @@ def test_folder_of_valid_and_invalid_layouts_then_resume_then_overwrite(bundle, 
 
     for stem in stems:  # the composition API's images, up to float rounding (another batch shape)
         images = composer.render(folder / f"{stem}.json", seeds=[0, 1])
-        for seed, image in zip((0, 1), images):
+        for seed, image in zip((0, 1), images, strict=False):
             diff = pixels(out / f"{stem}_s{seed:04d}.png").astype(int) - quantise(image)
             assert np.abs(diff).max() <= 1 and (diff != 0).mean() < 0.01
     lines = manifest(out)
@@ -170,18 +194,28 @@ def test_hostile_layouts_are_reported_and_the_good_ones_still_render(bundle, tmp
     one = [{"category": "tree", "bbox": [2, 2, 8, 8]}]
     write_json(folder / "huge.json", {"size": [100_000, 100_000], "objects": one})
     write_json(folder / "large.json", {"size": [30_000, 30_000], "objects": one})
-    write_json(folder / "longname.json", {"size": [16, 16], "objects": [{"category": "x" * 5_000_000,
-                                                                          "bbox": [2, 2, 8, 8]}]})
-    write_json(folder / "escape.json", {"size": [16, 16], "objects": [{"category": "sun",
-                                                                       "mask": "../../../../etc/passwd"}]})
+    write_json(
+        folder / "longname.json", {"size": [16, 16], "objects": [{"category": "x" * 5_000_000, "bbox": [2, 2, 8, 8]}]}
+    )
+    write_json(
+        folder / "escape.json", {"size": [16, 16], "objects": [{"category": "sun", "mask": "../../../../etc/passwd"}]}
+    )
     points = [[8 + 6 * np.cos(t), 8 + 6 * np.sin(t)] for t in np.linspace(0, 6.28, 20_000)]
     write_json(folder / "points.json", {"size": [16, 16], "objects": [{"category": "sun", "polygon": points}]})
     status, err = cli([folder, "--checkpoint", bundle, "--out", tmp_path / "out"], capsys)
     assert status == 1 and "Traceback" not in err
     assert "1 image rendered, 6 layouts failed" in err and (tmp_path / "out" / "good_s0000.png").is_file()
-    failed = {line.split(": failed: ", 1)[1].split(":", 1)[0]: line for line in err.splitlines() if ": failed: " in line}
-    assert sorted(os.path.basename(f) for f in failed) == ["deep.json", "escape.json", "huge.json", "large.json",
-                                                          "longname.json", "points.json"]
+    failed = {
+        line.split(": failed: ", 1)[1].split(":", 1)[0]: line for line in err.splitlines() if ": failed: " in line
+    }
+    assert sorted(os.path.basename(f) for f in failed) == [
+        "deep.json",
+        "escape.json",
+        "huge.json",
+        "large.json",
+        "longname.json",
+        "points.json",
+    ]
     reasons = {os.path.basename(f): line for f, line in failed.items()}
     assert "nested too deeply" in reasons["deep.json"]
     assert "100000x100000 (height x width) is too large" in reasons["huge.json"]
@@ -220,7 +254,7 @@ def test_resume_repairs_a_half_written_manifest_line(bundle, tmp_path, capsys):
     (out / "manifest.jsonl").write_text("".join(lines[:-1]) + lines[-1][:20])  # killed mid-line
     status, err = cli(args, capsys)
     assert status == 0 and "1 image rendered, 3 skipped" in err  # its image has no valid line: rendered again
-    assert sorted(line["image"] for line in manifest(out)) == sorted(json.loads(l)["image"] for l in lines)
+    assert sorted(line["image"] for line in manifest(out)) == sorted(json.loads(text)["image"] for text in lines)
 
 
 def test_steps_and_layers(bundle, composer, tmp_path, capsys):
@@ -228,24 +262,45 @@ def test_steps_and_layers(bundle, composer, tmp_path, capsys):
     folder.mkdir()
     valid_layouts(folder)
     out = tmp_path / "out"
-    status, _ = cli([folder / "maskpng.json", "--checkpoint", bundle, "--out", out, "--seeds", "3", "--steps",
-                     "--layers", "--batch-size", "1"], capsys)  # batch 1, like Composer.scene: exact
+    status, _ = cli(
+        [
+            folder / "maskpng.json",
+            "--checkpoint",
+            bundle,
+            "--out",
+            out,
+            "--seeds",
+            "3",
+            "--steps",
+            "--layers",
+            "--batch-size",
+            "1",
+        ],
+        capsys,
+    )  # batch 1, like Composer.scene: exact
     assert status == 0
     scene = composer.scene(folder / "maskpng.json", seed=3)
     strip = pixels(out / "maskpng_s0003_steps.png")
     assert strip.shape == (R, 4 * R, 3)
     for t in range(4):
-        assert np.array_equal(strip[:, t * R:(t + 1) * R], np.asarray(scene.to_pil(t)))
-    assert np.array_equal(strip[:, 3 * R:], pixels(out / "maskpng_s0003.png"))
+        assert np.array_equal(strip[:, t * R : (t + 1) * R], np.asarray(scene.to_pil(t)))
+    assert np.array_equal(strip[:, 3 * R :], pixels(out / "maskpng_s0003.png"))
     layers = out / "maskpng_s0003_layers"
     assert sorted(p.name for p in layers.iterdir()) == [
-        "layout.json", "mask_01.png", "mask_02.png", "mask_03.png", "step_00.png", "step_01.png", "step_02.png",
-        "step_03.png"]
+        "layout.json",
+        "mask_01.png",
+        "mask_02.png",
+        "mask_03.png",
+        "step_00.png",
+        "step_01.png",
+        "step_02.png",
+        "step_03.png",
+    ]
     for t, obj in enumerate(scene.objects, 1):
         assert np.array_equal(np.asarray(Image.open(layers / f"mask_{t:02d}.png")) > 0, obj.mask)
     again = composer.render(layers / "layout.json", seeds=12345)  # fully seeded: any sample seed
     assert np.array_equal(quantise(again), pixels(out / "maskpng_s0003.png"))
-    line, = manifest(out)
+    (line,) = manifest(out)
     assert line["steps"] == "maskpng_s0003_steps.png" and line["layers"] == "maskpng_s0003_layers"
 
 
@@ -258,15 +313,19 @@ def coco_file(folder):
     a[4:20, 2:12] = True
     b = np.zeros((24, 32), bool)
     b[10:22, 14:30] = True
-    data = {"info": {"paint_order": "annotation_order"},
-            "images": [{"id": 7, "file_name": "img/a.jpg", "height": 24, "width": 32},
-                       {"id": 9, "file_name": "img/b.jpg", "height": 24, "width": 32}],
-            "categories": [{"id": 1, "name": "tree"}, {"id": 2, "name": "house"}, {"id": 3, "name": "dragon"}],
-            "annotations": [
-                {"id": 1, "image_id": 7, "category_id": 1, "segmentation": rle(a), "area": 160},
-                {"id": 2, "image_id": 7, "category_id": 2, "segmentation": [[14, 10, 30, 10, 30, 22, 14, 22]],
-                 "area": 192},
-                {"id": 3, "image_id": 9, "category_id": 3, "segmentation": rle(b), "area": 192}]}
+    data = {
+        "info": {"paint_order": "annotation_order"},
+        "images": [
+            {"id": 7, "file_name": "img/a.jpg", "height": 24, "width": 32},
+            {"id": 9, "file_name": "img/b.jpg", "height": 24, "width": 32},
+        ],
+        "categories": [{"id": 1, "name": "tree"}, {"id": 2, "name": "house"}, {"id": 3, "name": "dragon"}],
+        "annotations": [
+            {"id": 1, "image_id": 7, "category_id": 1, "segmentation": rle(a), "area": 160},
+            {"id": 2, "image_id": 7, "category_id": 2, "segmentation": [[14, 10, 30, 10, 30, 22, 14, 22]], "area": 192},
+            {"id": 3, "image_id": 9, "category_id": 3, "segmentation": rle(b), "area": 192},
+        ],
+    }
     return write_json(folder / "instances.json", data)
 
 
@@ -276,8 +335,9 @@ def test_manifest_lines_reproduce_each_image(bundle, tmp_path, capsys):
     valid_layouts(folder)
     coco = coco_file(tmp_path / "coco")
     out = tmp_path / "out"
-    status, err = cli([folder, coco, "--checkpoint", bundle, "--out", out, "--seeds", "2,9", "--batch-size", "4"],
-                      capsys)
+    status, err = cli(
+        [folder, coco, "--checkpoint", bundle, "--out", out, "--seeds", "2,9", "--batch-size", "4"], capsys
+    )
     assert status == 1  # image 9 of the COCO file has an unknown category
     assert "instances.json: image 9 ('img/b.jpg'): object 0: unknown category 'dragon'" in err
     lines = manifest(out)
@@ -310,14 +370,45 @@ def test_same_image_alone_in_a_batch_and_on_two_processes(bundle, tmp_path, caps
     names = [f"{s}_s{seed:04d}.png" for s in [*stems, "instances_a"] for seed in (0, 3, 4)]
 
     batched = tmp_path / "batched"
-    assert cli([folder, "--checkpoint", bundle, "--out", batched, "--seeds", "0,3-4", "--batch-size", "4"],
-               capsys)[0] == 1
+    assert (
+        cli([folder, "--checkpoint", bundle, "--out", batched, "--seeds", "0,3-4", "--batch-size", "4"], capsys)[0] == 1
+    )
     for stem in stems:  # each file alone, and each (file, seed) alone
         alone = tmp_path / f"alone_{stem}"
-        assert cli([folder / f"{stem}.json", "--checkpoint", bundle, "--out", alone, "--seeds", "0,3-4",
-                    "--batch-size", "4"], capsys)[0] == 0
-        assert cli([folder / f"{stem}.json", "--checkpoint", bundle, "--out", alone / "one", "--seeds", "3",
-                    "--batch-size", "4"], capsys)[0] == 0
+        assert (
+            cli(
+                [
+                    folder / f"{stem}.json",
+                    "--checkpoint",
+                    bundle,
+                    "--out",
+                    alone,
+                    "--seeds",
+                    "0,3-4",
+                    "--batch-size",
+                    "4",
+                ],
+                capsys,
+            )[0]
+            == 0
+        )
+        assert (
+            cli(
+                [
+                    folder / f"{stem}.json",
+                    "--checkpoint",
+                    bundle,
+                    "--out",
+                    alone / "one",
+                    "--seeds",
+                    "3",
+                    "--batch-size",
+                    "4",
+                ],
+                capsys,
+            )[0]
+            == 0
+        )
         assert (alone / "one" / f"{stem}_s0003.png").read_bytes() == (batched / f"{stem}_s0003.png").read_bytes()
         for seed in (0, 3, 4):
             name = f"{stem}_s{seed:04d}.png"
@@ -325,9 +416,31 @@ def test_same_image_alone_in_a_batch_and_on_two_processes(bundle, tmp_path, caps
 
     ddp = tmp_path / "ddp"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    res = subprocess.run([sys.executable, "-m", "scenecomp.render", str(folder), "--checkpoint", str(bundle),
-                          "--out", str(ddp), "--seeds", "0,3-4", "--batch-size", "4", "--devices", "2",
-                          "--device", "cpu"], capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "scenecomp.render",
+            str(folder),
+            "--checkpoint",
+            str(bundle),
+            "--out",
+            str(ddp),
+            "--seeds",
+            "0,3-4",
+            "--batch-size",
+            "4",
+            "--devices",
+            "2",
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env=env,
+    )
     assert res.returncode == 1, res.stderr[-3000:]
     assert "15 images rendered, 1 layout failed" in res.stderr and "dragon" in res.stderr
     assert "Traceback" not in res.stderr
@@ -344,17 +457,20 @@ def twenty_layouts(folder):
     rng = np.random.default_rng(0)
     stems = []
     for i in range(20):
-        objects = [{"category": CATEGORIES[int(rng.integers(3))],
-                    "bbox": [int(v) for v in (*rng.integers(0, 8, 2), *rng.integers(3, 9, 2))]}
-                   for _ in range(1 + i % 3)]
+        objects = [
+            {
+                "category": CATEGORIES[int(rng.integers(3))],
+                "bbox": [int(v) for v in (*rng.integers(0, 8, 2), *rng.integers(3, 9, 2))],
+            }
+            for _ in range(1 + i % 3)
+        ]
         write_json(folder / f"l{i:02d}.json", {"size": [R, R], "objects": objects})
         stems.append(f"l{i:02d}")
     return stems
 
 
 @pytest.mark.parametrize("dtype", ["auto", "float32"])
-def test_batch_size_8_and_64_give_the_same_pngs_and_a_lone_image_costs_8(bundle, tmp_path, capsys, monkeypatch,
-                                                                         dtype):
+def test_batch_size_8_and_64_give_the_same_pngs_and_a_lone_image_costs_8(bundle, tmp_path, capsys, monkeypatch, dtype):
     folder = tmp_path / "layouts"
     folder.mkdir()
     stems = twenty_layouts(folder)
@@ -362,12 +478,46 @@ def test_batch_size_8_and_64_give_the_same_pngs_and_a_lone_image_costs_8(bundle,
     paint = Composer._paint_batch
     monkeypatch.setattr(Composer, "_paint_batch", lambda self, zb, *a: calls.append(len(zb)) or paint(self, zb, *a))
     for batch_size in (8, 64):
-        assert cli([folder, "--checkpoint", bundle, "--out", tmp_path / f"b{batch_size}", "--seeds", "0-1",
-                    "--batch-size", batch_size, "--dtype", dtype], capsys)[0] == 0
+        assert (
+            cli(
+                [
+                    folder,
+                    "--checkpoint",
+                    bundle,
+                    "--out",
+                    tmp_path / f"b{batch_size}",
+                    "--seeds",
+                    "0-1",
+                    "--batch-size",
+                    batch_size,
+                    "--dtype",
+                    dtype,
+                ],
+                capsys,
+            )[0]
+            == 0
+        )
     assert calls == [8] * 5 + [40]  # 40 images: 5 calls of 8, then one of 40 (not padded to 64)
     calls.clear()
-    assert cli([folder / "l07.json", "--checkpoint", bundle, "--out", tmp_path / "alone", "--seeds", "1",
-                "--batch-size", "64", "--dtype", dtype], capsys)[0] == 0
+    assert (
+        cli(
+            [
+                folder / "l07.json",
+                "--checkpoint",
+                bundle,
+                "--out",
+                tmp_path / "alone",
+                "--seeds",
+                "1",
+                "--batch-size",
+                "64",
+                "--dtype",
+                dtype,
+            ],
+            capsys,
+        )[0]
+        == 0
+    )
     assert calls == [8]
     for name in [f"{stem}_s{seed:04d}.png" for stem in stems for seed in (0, 1)]:
         assert (tmp_path / "b8" / name).read_bytes() == (tmp_path / "b64" / name).read_bytes(), name
@@ -436,15 +586,20 @@ def test_a_batch_that_raises_is_rendered_one_by_one(composer, tmp_path, monkeypa
 
 
 def test_empty_objects_are_warned_and_recorded_and_name_clashes_fail(bundle, tmp_path, capsys):
-    write_json(tmp_path / "a" / "scene.json", {"size": [256, 256], "objects": [
-        {"category": "tree", "bbox": [0, 0, 128, 128]}, {"category": "sun", "bbox": [201, 201, 3, 3]}]})
+    write_json(
+        tmp_path / "a" / "scene.json",
+        {
+            "size": [256, 256],
+            "objects": [{"category": "tree", "bbox": [0, 0, 128, 128]}, {"category": "sun", "bbox": [201, 201, 3, 3]}],
+        },
+    )
     write_json(tmp_path / "b" / "scene.json", {"size": [32, 32], "objects": []})
     out = tmp_path / "out"
     status, err = cli([tmp_path / "a", tmp_path / "b", "--checkpoint", bundle, "--out", out], capsys)
     assert status == 1
     assert "warning: " in err and "object 1 covers no pixel at the model's resolution 16x16" in err
     assert "output name 'scene' is already taken by" in err and "b/scene.json" in err
-    line, = manifest(out)
+    (line,) = manifest(out)
     assert line["empty_objects"] == [1] and line["image"] == "scene_s0000.png"
 
 
@@ -453,8 +608,12 @@ def test_a_folder_is_not_searched_recursively(bundle, tmp_path, capsys):
     write_json(tmp_path / "sub" / "deeper.json", {"size": [16, 16], "objects": []})
     out = tmp_path / "out"
     assert cli([tmp_path, tmp_path / "box.json", "--checkpoint", bundle, "--out", out, "-q"], capsys)[0] == 0
-    assert sorted(p.name for p in out.glob("*.png")) == ["box_s0000.png", "maskpng_s0000.png", "poly_s0000.png",
-                                                         "rle_s0000.png"]
+    assert sorted(p.name for p in out.glob("*.png")) == [
+        "box_s0000.png",
+        "maskpng_s0000.png",
+        "poly_s0000.png",
+        "rle_s0000.png",
+    ]
 
 
 def test_another_checkpoint_does_not_silently_skip(bundle, tmp_path, capsys):
@@ -477,8 +636,9 @@ def test_a_run_folder_renders_with_its_bundle_and_last_ckpt_or_nan_is_refused(bu
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
     save_bundle(run / "composer.safetensors", load_bundle(bundle))
-    torch.save({"global_step": 4, "pytorch-lightning_version": "2.5.0", "state_dict": {}},
-               run / "checkpoints" / "last.ckpt")
+    torch.save(
+        {"global_step": 4, "pytorch-lightning_version": "2.5.0", "state_dict": {}}, run / "checkpoints" / "last.ckpt"
+    )
     out = tmp_path / "out"
     status, err = cli([tmp_path / "box.json", "--checkpoint", run / "checkpoints" / "last.ckpt", "--out", out], capsys)
     assert status == 2 and "a Lightning training checkpoint" in err and str(run / "composer.safetensors") in err
@@ -492,16 +652,33 @@ def test_a_run_folder_renders_with_its_bundle_and_last_ckpt_or_nan_is_refused(bu
     assert status == 0 and manifest(out)[0]["checkpoint"] == str(run / "composer.safetensors")
 
 
-@pytest.mark.parametrize("text, seeds", [("0-3", [0, 1, 2, 3]), ("1,5,9", [1, 5, 9]), ("0-2,7", [0, 1, 2, 7]),
-                                         (" 4 ", [4]), ("2,0-3", [2, 0, 1, 3]), ("4294967295",
-                                                                                  [2**32 - 1])])
+@pytest.mark.parametrize(
+    "text, seeds",
+    [
+        ("0-3", [0, 1, 2, 3]),
+        ("1,5,9", [1, 5, 9]),
+        ("0-2,7", [0, 1, 2, 7]),
+        (" 4 ", [4]),
+        ("2,0-3", [2, 0, 1, 3]),
+        ("4294967295", [2**32 - 1]),
+    ],
+)
 def test_parse_seeds(text, seeds):
     assert parse_seeds(text) == seeds
 
 
-@pytest.mark.parametrize("text, message", [("3-1", "runs backwards"), ("a", "neither a seed nor a range"),
-                                           ("", "neither"), ("1,,2", "neither"), ("-1", "neither"),
-                                           ("18446744073709551616", "too large"), ("0-9999999", "more than")])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("3-1", "runs backwards"),
+        ("a", "neither a seed nor a range"),
+        ("", "neither"),
+        ("1,,2", "neither"),
+        ("-1", "neither"),
+        ("18446744073709551616", "too large"),
+        ("0-9999999", "more than"),
+    ],
+)
 def test_parse_seeds_errors(text, message):
     with pytest.raises(ValueError, match=message):
         parse_seeds(text)
@@ -553,16 +730,28 @@ def test_real_process_imports_neither_lightning_nor_hydra_and_shows_no_traceback
         import sys, torch
         torch.set_num_threads(1)
         from scenecomp.render import main
-        status = main([{str(tmp_path / 'box.json')!r}, "--checkpoint", {str(bundle)!r},
-                       "--out", {str(tmp_path / 'out')!r}])
+        status = main([{str(tmp_path / "box.json")!r}, "--checkpoint", {str(bundle)!r},
+                       "--out", {str(tmp_path / "out")!r}])
         loaded = [m for m in sys.modules if m.split(".")[0] in ("hydra", "lightning", "pytorch_lightning", "omegaconf")]
         assert not loaded, loaded
         sys.exit(status)
     """)
     res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
-    res = subprocess.run([sys.executable, "-m", "scenecomp.render", str(tmp_path / "box.json"), "--checkpoint",
-                          str(tmp_path / "box.json"), "--out", str(tmp_path / "o")], capture_output=True, text=True,
-                         timeout=120)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "scenecomp.render",
+            str(tmp_path / "box.json"),
+            "--checkpoint",
+            str(tmp_path / "box.json"),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 2 and res.stderr.startswith("scenecomp-render: error: ")
     assert "Traceback" not in res.stderr

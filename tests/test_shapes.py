@@ -1,4 +1,5 @@
 """Shapes generator: determinism, COCO output, content rules."""
+
 from __future__ import annotations
 
 import json
@@ -69,8 +70,14 @@ def test_scene_independent_of_count(dataset, tmp_path):
 def test_coco_file(dataset):
     out, stats = dataset
     data = json.loads((out / "annotations.json").read_text())
-    assert data["info"] == {**data["info"], "paint_order": "annotation_order", "generator": "scenecomp.shapes",
-                            "seed": 0, "size": 64, "count": N}
+    assert data["info"] == {
+        **data["info"],
+        "paint_order": "annotation_order",
+        "generator": "scenecomp.shapes",
+        "seed": 0,
+        "size": 64,
+        "count": N,
+    }
     assert [c["name"] for c in data["categories"]] == list(CATEGORIES)
     assert [c["id"] for c in data["categories"]] == [1, 2, 3, 4, 5]
     assert all(c["supercategory"] == ("sky" if c["name"] in SKY else "ground") for c in data["categories"])
@@ -91,8 +98,12 @@ def test_coco_file(dataset):
             assert m.shape == (64, 64) and m.any()
             assert a["area"] == m.sum()
             ys, xs = np.nonzero(m)
-            assert a["bbox"] == [float(xs.min()), float(ys.min()),
-                                 float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)]
+            assert a["bbox"] == [
+                float(xs.min()),
+                float(ys.min()),
+                float(xs.max() - xs.min() + 1),
+                float(ys.max() - ys.min() + 1),
+            ]
 
 
 def test_annotations_are_the_scenes(dataset, scenes):
@@ -107,7 +118,7 @@ def test_annotations_are_the_scenes(dataset, scenes):
         assert np.array_equal(_read_rgb(out / "backgrounds" / f"{i:06d}.png"), scene.background)
         anns = by_image[i + 1]
         assert [CATEGORIES[a["category_id"] - 1] for a in anns] == [c for c, _ in scene.objects]
-        for a, (_, m) in zip(anns, scene.objects):
+        for a, (_, m) in zip(anns, scene.objects, strict=False):
             assert np.array_equal(mask_utils.decode(a["segmentation"]).astype(bool), m)
         assert data["images"][i]["light"] == scene.light
         assert data["images"][i]["horizon"] == scene.horizon
@@ -185,7 +196,7 @@ def test_size_128_and_preview(dataset, tmp_path):
     for i in range(20):
         s = make_scene(np.random.default_rng([3, i]), 128)
         assert s.image.shape == (128, 128, 3)
-        for cat, m in s.objects:
+        for _cat, m in s.objects:
             assert np.count_nonzero(m) >= min_object_pixels(128)
     stats = write_dataset(tmp_path, 3, size=128, seed=0)
     assert cv2.imread(str(tmp_path / "preview.png")).shape == (128 * 2 + 4, 3 * 256 + 8, 3)

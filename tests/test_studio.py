@@ -1,5 +1,6 @@
 """The studio's server over HTTP (Starlette's TestClient, in-process): edits, undo, downloads,
 bad input, and sessions that stay separate, bounded and expire. The page itself: test_studio_browser.py."""
+
 from __future__ import annotations
 
 import base64
@@ -12,7 +13,6 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from starlette.testclient import TestClient
 
@@ -43,7 +43,7 @@ def pixels(data_url: str) -> np.ndarray:
 
 def box(x, y, w, h) -> np.ndarray:
     m = np.zeros((R, R), bool)
-    m[y:y + h, x:x + w] = True
+    m[y : y + h, x : x + w] = True
     return m
 
 
@@ -70,8 +70,11 @@ class Tab:
         return self.state
 
     def error(self, body=None, path="edit", status=400, **kw):
-        response = self.client.post(f"/api/session/{self.sid}/{path}", json=body, **kw) if body is not None \
+        response = (
+            self.client.post(f"/api/session/{self.sid}/{path}", json=body, **kw)
+            if body is not None
             else self.client.post(f"/api/session/{self.sid}/{path}", **kw)
+        )
         assert response.status_code == status, response.text
         return response.json()["error"]
 
@@ -147,20 +150,29 @@ def test_downloads_reproduce_the_page(client, composer, tmp_path):
 
     # the layout opens again, as it was, in another tab (undo goes back to that tab's old scene)
     other = Tab(client, seed=0)
-    other.state = Tab.ok(client.post(f"/api/session/{other.sid}/layout?name=layout.json",
-                                     content=layout_file.read_bytes()))
+    other.state = Tab.ok(
+        client.post(f"/api/session/{other.sid}/layout?name=layout.json", content=layout_file.read_bytes())
+    )
     assert np.array_equal(other.image, image) and other.state["undo"]
     assert client.get(f"/api/session/{tab.sid}/nothing.txt").status_code == 404
 
 
 HOSTILE = [
-    ({"op": "add", "category": "dragon", "mask": {"bbox": [1, 1, 3, 3]}},
-     r"unknown category 'dragon'.*known categories: tree, house, sun"),
+    (
+        {"op": "add", "category": "dragon", "mask": {"bbox": [1, 1, 3, 3]}},
+        r"unknown category 'dragon'.*known categories: tree, house, sun",
+    ),
     ({"op": "add", "category": "tree", "mask": {"rle": {"size": [R, R], "counts": [R * R]}}}, r"mask is empty"),
     ({"op": "add", "category": "tree", "mask": {"bbox": [40, 40, 3, 3]}}, r"mask is empty"),
     ({"op": "add", "category": "tree", "mask": {"mask": "/etc/passwd"}}, r"mask must be one shape"),
-    ({"op": "add", "category": "tree", "mask": {"rle": {"size": [R, R], "counts": [5, 3]}}}, r"rle counts cover 8 pixels, but its size \[16, 16\] has 256"),
-    ({"op": "add", "category": "tree", "mask": {"polygon": [[0, 0]] * 20_000}}, r"polygon has 20000 points; at most 10000 are accepted"),
+    (
+        {"op": "add", "category": "tree", "mask": {"rle": {"size": [R, R], "counts": [5, 3]}}},
+        r"rle counts cover 8 pixels, but its size \[16, 16\] has 256",
+    ),
+    (
+        {"op": "add", "category": "tree", "mask": {"polygon": [[0, 0]] * 20_000}},
+        r"polygon has 20000 points; at most 10000 are accepted",
+    ),
     ({"op": "add", "category": "tree"}, r"edit 'add' needs 'mask'"),
     ({"op": "reroll", "index": 7}, r"object index 7 out of range: the scene has no objects"),
     ({"op": "reroll", "index": "0"}, r"object index must be an integer"),
@@ -186,21 +198,33 @@ def test_bad_uploads_and_requests_get_a_clear_message_and_the_server_keeps_runni
     def upload(content, name="scene.json", status=400):
         return tab.error(path=f"layout?name={name}", content=content, status=status)
 
-    assert upload(b'{"size": [16, 16], "objects": [}') == "scene.json: malformed JSON at line 1, column 32: " \
-                                                            "Expecting value"
+    assert (
+        upload(b'{"size": [16, 16], "objects": [}') == "scene.json: malformed JSON at line 1, column 32: "
+        "Expecting value"
+    )
     assert upload(b"[" * 100_000 + b"]" * 100_000).startswith("scene.json: JSON nested too deeply")
     assert upload(b"\xff\xfe\x00garbage").startswith("scene.json: ")
-    assert re.match(r"s\.json: object 1: unknown category 'cat'.*known categories: tree, house, sun",
-                    upload(json.dumps({"size": [16, 16], "objects": [{"category": "tree", "bbox": [1, 1, 4, 4]},
-                                                                     {"category": "cat", "bbox": [1, 1, 4, 4]}]}),
-                           name="../../s.json"))
-    assert re.match(r"a\.json: object 0: mask files cannot be opened from the page",
-                    upload(json.dumps({"size": [16, 16], "objects": [{"category": "tree", "mask": "/etc/passwd"}]}),
-                           name="a.json"))
+    assert re.match(
+        r"s\.json: object 1: unknown category 'cat'.*known categories: tree, house, sun",
+        upload(
+            json.dumps(
+                {
+                    "size": [16, 16],
+                    "objects": [{"category": "tree", "bbox": [1, 1, 4, 4]}, {"category": "cat", "bbox": [1, 1, 4, 4]}],
+                }
+            ),
+            name="../../s.json",
+        ),
+    )
+    assert re.match(
+        r"a\.json: object 0: mask files cannot be opened from the page",
+        upload(json.dumps({"size": [16, 16], "objects": [{"category": "tree", "mask": "/etc/passwd"}]}), name="a.json"),
+    )
     assert "larger than the studio opens" in upload(json.dumps({"size": [8192, 8192], "objects": []}))
-    assert re.match(r"layout\.json: object 0: bbox is empty after rasterisation",
-                    upload(json.dumps({"size": [16, 16], "objects": [{"category": "tree", "bbox": [40, 1, 4, 4]}]}),
-                           name=""))
+    assert re.match(
+        r"layout\.json: object 0: bbox is empty after rasterisation",
+        upload(json.dumps({"size": [16, 16], "objects": [{"category": "tree", "bbox": [40, 1, 4, 4]}]}), name=""),
+    )
 
     huge = b" " * (studio.MAX_BODY + 1)
     assert "at most" in upload(huge, status=413)
@@ -218,7 +242,9 @@ def test_bad_uploads_and_requests_get_a_clear_message_and_the_server_keeps_runni
     assert page.status_code == 200 and "/static/studio.js" in page.text
     # nothing on the page is fetched from elsewhere: it works offline
     for asset in ("/", "/static/studio.js", "/static/studio.css"):
-        assert not re.search(r"(src|href)=[\"']?(https?:)?//|url\(\s*[\"']?(https?:)?//|import\s", client.get(asset).text)
+        assert not re.search(
+            r"(src|href)=[\"']?(https?:)?//|url\(\s*[\"']?(https?:)?//|import\s", client.get(asset).text
+        )
     tab.edit(op="undo")  # still serving
     assert tab.state["objects"] == []
 
@@ -231,7 +257,7 @@ def test_tabs_keep_their_own_scenes_within_bounds_and_old_ones_expire(composer):
         a.edit(op="add", category="tree", mask={"bbox": [1, 1, 5, 5]})
         assert b.state["objects"] == [] and Tab.ok(client.get(f"/api/session/{b.sid}"))["objects"] == []
         now[0] = 30
-        c, d = Tab(client), Tab(client)  # past 3 sessions: the least recently used (a) goes
+        c, _d = Tab(client), Tab(client)  # past 3 sessions: the least recently used (a) goes
         assert len(sessions) == 3
         assert "scene is gone" in a.error({"op": "undo"}, status=404)
         now[0] = 80  # b was last used at 0: expired; c and d (at 30) still live
@@ -261,10 +287,19 @@ def test_studio_command_line_errors_are_clear(tmp_path):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
-        runs = [subprocess.Popen([sys.executable, "-m", "scenecomp.studio.app", *args], stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True)
-                for args in (["--help"], ["--checkpoint", str(tmp_path / "none.pt")],
-                             ["--port", str(busy.getsockname()[1])])]
+        runs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "scenecomp.studio.app", *args],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for args in (
+                ["--help"],
+                ["--checkpoint", str(tmp_path / "none.pt")],
+                ["--port", str(busy.getsockname()[1])],
+            )
+        ]
         (shown, _), (_, missing), (_, taken) = [p.communicate(timeout=600) for p in runs]  # started together
     assert [p.returncode for p in runs] == [0, 2, 2]
     assert "scenecomp-studio --checkpoint" in shown and "127.0.0.1" in shown

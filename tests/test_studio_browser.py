@@ -4,6 +4,7 @@ One `scenecomp-studio` (the console script, on a tiny real model) serves the who
 Needs ``apt-get install -y chromium chromium-driver``; without them these tests fail saying
 so, unless SCENECOMP_SKIP_BROWSER=1, which skips them.
 """
+
 from __future__ import annotations
 
 import base64
@@ -26,7 +27,7 @@ from scenecomp.compose import bundle_dict, save_bundle
 pytestmark = pytest.mark.browser
 
 CATEGORIES = ["tree", "house", "sun"]
-R = 16              # the tiny model's canvas; the page shows it 512 px wide: 32 px per model pixel
+R = 16  # the tiny model's canvas; the page shows it 512 px wide: 32 px per model pixel
 SCALE = 512 / R
 BIN = Path(sys.executable).parent
 INSTALL = "apt-get install -y chromium chromium-driver"
@@ -47,18 +48,29 @@ def server(tmp_path_factory):
     """``scenecomp-studio --checkpoint tiny.pt --port 0`` as a user starts it; yields (url, bundle)."""
     browser_paths()
     from scenecomp import Composer
+
     bundle = tmp_path_factory.mktemp("studio") / "tiny.pt"
     composer = Composer(*make_tiny_nets(), CATEGORIES)
     save_bundle(bundle, bundle_dict(CATEGORIES, background=composer.background_net, foreground=composer.foreground_net))
-    process = subprocess.Popen([str(BIN / "scenecomp-studio"), "--checkpoint", str(bundle), "--port", "0"],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        [str(BIN / "scenecomp-studio"), "--checkpoint", str(bundle), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         line, deadline = "", time.monotonic() + 300  # a busy machine may take minutes to import torch
         with selectors.DefaultSelector() as sel:
             sel.register(process.stdout, selectors.EVENT_READ)
             while "open http" not in line:
-                if process.poll() is not None or time.monotonic() > deadline or not sel.select(deadline - time.monotonic()):
-                    pytest.fail(f"scenecomp-studio did not start: {line}{process.stdout.read() if process.poll() is not None else ''}")
+                if (
+                    process.poll() is not None
+                    or time.monotonic() > deadline
+                    or not sel.select(deadline - time.monotonic())
+                ):
+                    pytest.fail(
+                        f"scenecomp-studio did not start: {line}{process.stdout.read() if process.poll() is not None else ''}"
+                    )
                 line = process.stdout.readline()
         url = line.split("open ", 1)[1].split()[0]
         yield url, bundle
@@ -78,8 +90,9 @@ def browser(server, tmp_path_factory):
     options.binary_location = chromium
     for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1000"):
         options.add_argument(argument)
-    options.add_experimental_option("prefs", {"download.default_directory": str(downloads),
-                                              "download.prompt_for_download": False})
+    options.add_experimental_option(
+        "prefs", {"download.default_directory": str(downloads), "download.prompt_for_download": False}
+    )
     driver = webdriver.Chrome(service=Service(driver_path), options=options)
     driver.downloads = downloads
     driver.get(server[0])
@@ -92,8 +105,9 @@ def wait_for_version(driver, version: int, timeout: float = 120) -> dict:
     """Wait until the page has shown state number ``version``; returns that state."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if driver.execute_script("return window.studio && window.studio.version") >= version and \
-                "busy" not in driver.find_element("tag name", "body").get_attribute("class"):
+        if driver.execute_script(
+            "return window.studio && window.studio.version"
+        ) >= version and "busy" not in driver.find_element("tag name", "body").get_attribute("class"):
             return driver.execute_script("return window.studio.state")
         time.sleep(0.05)
     raise AssertionError(f"the page never showed state {version}; message: {message(driver)!r}")
@@ -119,11 +133,14 @@ def drag(driver, start, end):
     from selenium.webdriver import ActionChains
 
     view = driver.find_element("id", "view")
-    offset = lambda p: (round(p[0] * SCALE - 256), round(p[1] * SCALE - 256))  # Selenium offsets are from the centre
+
+    def offset(p):
+        return (round(p[0] * SCALE - 256), round(p[1] * SCALE - 256))  # Selenium offsets are from the centre
+
     (x0, y0), (x1, y1) = offset(start), offset(end)
-    ActionChains(driver).move_to_element_with_offset(view, x0, y0).click_and_hold() \
-        .move_by_offset((x1 - x0) // 2, (y1 - y0) // 2).move_by_offset(x1 - x0 - (x1 - x0) // 2, y1 - y0 - (y1 - y0) // 2) \
-        .release().perform()
+    ActionChains(driver).move_to_element_with_offset(view, x0, y0).click_and_hold().move_by_offset(
+        (x1 - x0) // 2, (y1 - y0) // 2
+    ).move_by_offset(x1 - x0 - (x1 - x0) // 2, y1 - y0 - (y1 - y0) // 2).release().perform()
 
 
 def test_draw_a_box_add_a_house_reroll_undo_and_render_the_downloaded_layout(browser, server, tmp_path_factory):
@@ -161,8 +178,11 @@ def test_draw_a_box_add_a_house_reroll_undo_and_render_the_downloaded_layout(bro
         time.sleep(0.1)
     assert layout.exists(), f"no layout.json in {driver.downloads}: {os.listdir(driver.downloads)}"
     out = tmp_path_factory.mktemp("rendered")
-    subprocess.run([str(BIN / "scenecomp-render"), str(layout), "--out", str(out), "--checkpoint", str(server[1]),
-                    "--quiet"], check=True, timeout=600)
+    subprocess.run(
+        [str(BIN / "scenecomp-render"), str(layout), "--out", str(out), "--checkpoint", str(server[1]), "--quiet"],
+        check=True,
+        timeout=600,
+    )
     assert np.array_equal(np.asarray(Image.open(out / "layout_s0000.png").convert("RGB")), added)
 
     shot = tmp_path_factory.mktemp("screenshots") / "studio.png"

@@ -3,6 +3,7 @@ re-runs, resuming, bad input, and the same images on two processes.
 
 A tiny real bundle (3 categories, 16x16) with a prior fitted on a tiny Shapes set beside it.
 """
+
 import json
 import os
 import subprocess
@@ -40,8 +41,11 @@ def run(argv, capsys):
 
 
 def files(folder):
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file() and p.name != "manifest.jsonl"}  # the manifest records times
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != "manifest.jsonl"
+    }  # the manifest records times
 
 
 def decode(rle):
@@ -106,7 +110,9 @@ def write_layout(path, objects, size=(32, 32)):
 def test_given_layouts_are_jittered_not_copied(bundle, tmp_path, capsys):
     src = tmp_path / "src"
     src.mkdir()
-    write_layout(src / "a.json", [{"category": "tree", "bbox": [2, 6, 10, 20]}, {"category": "sun", "bbox": [20, 2, 8, 8]}])
+    write_layout(
+        src / "a.json", [{"category": "tree", "bbox": [2, 6, 10, 20]}, {"category": "sun", "bbox": [20, 2, 8, 8]}]
+    )
     write_layout(src / "b.json", [{"category": "house", "polygon": [[4, 30], [16, 10], [28, 30]]}])
     out = tmp_path / "j"
     status, err = run(["--out", out, "--count", 6, "--layouts", src, "--checkpoint", bundle, "-q"], capsys)
@@ -118,10 +124,13 @@ def test_given_layouts_are_jittered_not_copied(bundle, tmp_path, capsys):
     assert len({t.tobytes() for t in trees}) == 3  # every copy jittered differently
 
     balanced = tmp_path / "jb"
-    assert run(["--out", balanced, "--count", 30, "--layouts", src, "--balance", "--checkpoint", bundle, "-q"],
-               capsys)[0] == 0
-    counts = np.bincount([a["category_id"] for a in json.loads((balanced / "annotations.json").read_text())
-                          ["annotations"]], minlength=4)[1:]
+    assert (
+        run(["--out", balanced, "--count", 30, "--layouts", src, "--balance", "--checkpoint", bundle, "-q"], capsys)[0]
+        == 0
+    )
+    counts = np.bincount(
+        [a["category_id"] for a in json.loads((balanced / "annotations.json").read_text())["annotations"]], minlength=4
+    )[1:]
     assert counts.min() > 0 and counts.max() <= 1.5 * counts.min(), counts
 
 
@@ -131,12 +140,18 @@ def test_bad_input_is_refused_and_nothing_is_written(bundle, tiny_shapes, tmp_pa
     empty_coco.write_text(json.dumps({"images": [], "annotations": [], "categories": [{"id": 1, "name": "tree"}]}))
     (tmp_path / "nothing").mkdir()
     cases = {
-        "unknown": (["--categories", "tree=0.5,dragon=0.5"], "unknown category 'dragon'; known categories: tree, house, sun"),
+        "unknown": (
+            ["--categories", "tree=0.5,dragon=0.5"],
+            "unknown category 'dragon'; known categories: tree, house, sun",
+        ),
         "sum": (["--categories", "tree=0.5,sun=0.4"], "shares add up to 0.9, not 1"),
         "malformed": (["--categories", "tree"], "is not NAME=SHARE"),
         "empty coco": (["--layouts", empty_coco], "holds no layout"),
         "empty folder": (["--layouts", tmp_path / "nothing"], "no layout files found"),
-        "mismatch": (["--layouts", tiny_shapes], "known categories: tree, house, sun"),  # Shapes has 5 categories, the model 3
+        "mismatch": (
+            ["--layouts", tiny_shapes],
+            "known categories: tree, house, sun",
+        ),  # Shapes has 5 categories, the model 3
         "prior": (["--prior", tmp_path / "missing.json"], "no such layout prior file"),
         "batch": (["--batch-size", 0], "--batch-size must be a positive integer, got 0"),
     }
@@ -176,9 +191,11 @@ def test_prior_round_trip_and_hostile_files(bundle, tmp_path):
     data = json.loads((bundle.parent / "prior.json").read_text())
     broken = json.loads(json.dumps(data))
     broken["shapes"]["tree"][3]["rle"]["counts"] = "!!"
-    for bad, message in [({**data, "format": "x"}, "not a scenecomp layout prior"),
-                         (broken, "shapes of 'tree', object 3: rle counts string has an invalid character"),
-                         ({**data, "objects_per_image": [[2, -1]]}, "'objects_per_image' must be")]:
+    for bad, message in [
+        ({**data, "format": "x"}, "not a scenecomp layout prior"),
+        (broken, "shapes of 'tree', object 3: rle counts string has an invalid character"),
+        ({**data, "objects_per_image": [[2, -1]]}, "'objects_per_image' must be"),
+    ]:
         path = tmp_path / "bad.json"
         path.write_text(json.dumps(bad))
         with pytest.raises(PriorError, match=message) as e:
@@ -200,8 +217,14 @@ def test_two_processes_write_the_same_set(bundle, tmp_path, capsys):
     assert run(["--out", one, *args, "-q"], capsys)[0] == 0
     two = tmp_path / "two"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    res = subprocess.run([sys.executable, "-m", "scenecomp.synth", "--out", str(two), *map(str, args), "--devices", "2"],
-                         capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
+    res = subprocess.run(
+        [sys.executable, "-m", "scenecomp.synth", "--out", str(two), *map(str, args), "--devices", "2"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+        env=env,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     assert files(one) == files(two)
 
@@ -212,7 +235,9 @@ def test_fit_prior_command_writes_a_prior_and_prints_its_fit(tiny_shapes, tmp_pa
     out, err = capsys.readouterr()
     assert status == 0 and "64 images" in err, err
     assert LayoutPrior.load(path).categories == ["tree", "sun"]
-    assert out.splitlines()[0].startswith("| category |") and [l.split(" | ")[0] for l in out.splitlines()[2:]] == \
-        ["| tree", "| sun"]
+    assert out.splitlines()[0].startswith("| category |") and [row.split(" | ")[0] for row in out.splitlines()[2:]] == [
+        "| tree",
+        "| sun",
+    ]
     assert main(["fit-prior", str(tiny_shapes), "--out", str(tmp_path / "x.json"), "--categories", "dragon"]) == 2
     assert "no category 'dragon' in the file" in capsys.readouterr().err and not (tmp_path / "x.json").exists()

@@ -1,5 +1,6 @@
 """Every tool under tools/ answers --help with examples, and every benchmark runs with tiny settings,
 printing its rate as fractions of both matmul rates (so none can rot unnoticed)."""
+
 from __future__ import annotations
 
 import os
@@ -14,8 +15,22 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 SMOKE = {  # tiny settings: each runs in seconds on an idle 2-core machine
     "bench_train.py": ["--experiment", "tiny", "--batches", "1", "--warmup", "1", "--variants", "bf16-mixed:cl"],
-    "bench_render.py": ["--images", "8", "--single-images", "1", "--batch-size", "8", "--rounds", "1",
-                        "--objects", "1", "--cli-layouts", "1", "--dtypes", "auto"],
+    "bench_render.py": [
+        "--images",
+        "8",
+        "--single-images",
+        "1",
+        "--batch-size",
+        "8",
+        "--rounds",
+        "1",
+        "--objects",
+        "1",
+        "--cli-layouts",
+        "1",
+        "--dtypes",
+        "auto",
+    ],
     "bench_edit.py": ["--objects", "2", "--runs", "1"],
     "bench_shapes.py": ["-n", "10"],
     "bench_studio.py": ["--objects", "2", "--runs", "1"],
@@ -28,8 +43,17 @@ def test_every_benchmark_has_a_smoke_setting():
 
 def test_every_tool_answers_help_with_examples():
     tools = sorted(TOOLS.glob("*.py"))
-    runs = {p.name: subprocess.Popen([sys.executable, str(p), "--help"], stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, env=ENV, cwd=TOOLS.parent) for p in tools}
+    runs = {
+        p.name: subprocess.Popen(
+            [sys.executable, str(p), "--help"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=ENV,
+            cwd=TOOLS.parent,
+        )
+        for p in tools
+    }
     for name, proc in runs.items():  # started together: most of the time is importing torch
         out, err = proc.communicate(timeout=180)
         assert proc.returncode == 0, (name, err[-2000:])
@@ -38,7 +62,13 @@ def test_every_tool_answers_help_with_examples():
 
 @pytest.mark.parametrize("name", sorted(SMOKE))
 def test_benchmark_runs_and_reports_both_matmul_fractions(name, tmp_path):
-    res = subprocess.run([sys.executable, str(TOOLS / name), *SMOKE[name]], capture_output=True, text=True,
-                         env=ENV, cwd=tmp_path, timeout=600)
+    res = subprocess.run(
+        [sys.executable, str(TOOLS / name), *SMOKE[name]],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        cwd=tmp_path,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     assert "of bf16 matmul" in res.stdout and "of fp32 matmul" in res.stdout, res.stdout

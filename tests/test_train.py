@@ -1,5 +1,6 @@
 """Training: every config composes and builds, the tiny experiment trains and writes a loadable
 bundle, resume continues, DDP on 2 CPU processes keeps ranks identical, bad configs fail early."""
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,9 @@ def group_options(group: str) -> list[str]:
 @pytest.mark.parametrize("model", group_options("model"))
 def test_every_model_and_experiment_config_builds(experiment, model, tmp_path):
     cfg = compose_config([f"experiment={experiment}", f"model={model}", f"out={tmp_path}"])
-    module = SceneGAN(categories=CATEGORIES, resolution=cfg.data.resolution,
-                      **OmegaConf.to_container(cfg.model, resolve=True))
+    module = SceneGAN(
+        categories=CATEGORIES, resolution=cfg.data.resolution, **OmegaConf.to_container(cfg.model, resolve=True)
+    )
     assert module.optimizer_steps_per_batch == 2 * len(cfg.model.stages)
     assert set(OmegaConf.to_container(cfg.data)) >= {"train", "resolution", "batch_size"}
 
@@ -58,7 +60,7 @@ def test_tiny_experiment_writes_a_bundle_that_loads_without_hydra_or_lightning(t
     code = f"""
 import sys, torch
 from scenecomp.compose import load_bundle
-data = load_bundle({str(out / 'composer.safetensors')!r})
+data = load_bundle({str(out / "composer.safetensors")!r})
 assert data["format"] == "scenecomp-bundle" and data["categories"] == {CATEGORIES!r}, data.keys()
 from scenecomp.compose import build_network
 g_bg, g_fg = build_network(data, "background"), build_network(data, "foreground")
@@ -76,8 +78,8 @@ def test_bundle_holds_the_ema_weights(tiny_config):
     cfg = tiny_config("steps=3")
     datamodule, model, trainer = build(cfg)
     trainer.fit(model, datamodule=datamodule)
-    from scenecomp.train import write_bundles
     from scenecomp.compose import load_bundle
+    from scenecomp.train import write_bundles
 
     (path,) = write_bundles(model, Path(cfg.out))
     data = load_bundle(path)
@@ -103,7 +105,7 @@ def test_resume_continues_from_the_saved_step(tiny_config, tmp_path):
             if not starts:
                 starts.append(trainer.global_step)
                 ema = {k: v.clone() for k, v in module.g_fg_ema.state_dict().items()}
-                saved = {k[len("g_fg_ema."):]: v for k, v in state["state_dict"].items() if k.startswith("g_fg_ema.")}
+                saved = {k[len("g_fg_ema.") :]: v for k, v in state["state_dict"].items() if k.startswith("g_fg_ema.")}
                 assert all(torch.equal(ema[k], saved[k]) for k in saved)
 
     trainer.callbacks.append(FirstStep())
@@ -115,14 +117,30 @@ def test_resume_continues_from_the_saved_step(tiny_config, tmp_path):
 
 def cli(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "scenecomp.train", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "scenecomp.train", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_ddp_on_two_cpu_processes_keeps_ranks_identical(tiny_shapes, tmp_path):
     out = tmp_path / "ddp"
-    res = cli(["experiment=tiny", "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu",
-               f"data.train={tiny_shapes}", f"hydra.run.dir={out}", "rank_checksums=true"], cwd=tmp_path)
+    res = cli(
+        [
+            "experiment=tiny",
+            "trainer=ddp",
+            "trainer.devices=2",
+            "trainer.accelerator=cpu",
+            f"data.train={tiny_shapes}",
+            f"hydra.run.dir={out}",
+            "rank_checksums=true",
+        ],
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     ranks = [json.loads((out / "rank_checksums" / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["weights"] == ranks[1]["weights"] and "g_fg_ema" in ranks[0]["weights"]
@@ -130,16 +148,28 @@ def test_ddp_on_two_cpu_processes_keeps_ranks_identical(tiny_shapes, tmp_path):
     assert (out / "composer.safetensors").exists()
 
 
-@pytest.mark.parametrize("override, message", [
-    ("data.categories=[tree,unicorn]", "unicorn"),
-    ("data.resolution=48", "power of two"),
-    ("data.train=does/not/exist.json", "does/not/exist.json"),
-    ("model.bg_judged_on=ghosts", "bg_judged_on"),
-    ("init_from=does/not/exist.ckpt", "does/not/exist.ckpt"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("data.categories=[tree,unicorn]", "unicorn"),
+        ("data.resolution=48", "power of two"),
+        ("data.train=does/not/exist.json", "does/not/exist.json"),
+        ("model.bg_judged_on=ghosts", "bg_judged_on"),
+        ("init_from=does/not/exist.ckpt", "does/not/exist.ckpt"),
+    ],
+)
 def test_bad_config_fails_before_training_with_a_clear_message(override, message, tiny_shapes, tmp_path):
-    res = cli(["experiment=tiny", f"data.train={tiny_shapes}", "data.generate=null", f"hydra.run.dir={tmp_path / 'r'}",
-               override], cwd=tmp_path, timeout=120)
+    res = cli(
+        [
+            "experiment=tiny",
+            f"data.train={tiny_shapes}",
+            "data.generate=null",
+            f"hydra.run.dir={tmp_path / 'r'}",
+            override,
+        ],
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert res.returncode == 2
     assert res.stderr.startswith("scenecomp-train: error:") and message in res.stderr
     assert "Traceback" not in res.stderr
@@ -215,7 +245,7 @@ def test_plates_keep_every_pixel_outside_the_dilated_objects(tiny_config):
         plate = model.plates(x, union)
     outside = model.hparams.plate_dilate
     keep = torch.ones_like(union, dtype=torch.bool)
-    keep[:, :, 10 - outside:14 + outside, 10 - outside:14 + outside] = False
+    keep[:, :, 10 - outside : 14 + outside, 10 - outside : 14 + outside] = False
     assert torch.equal(plate.expand_as(x)[keep.expand_as(x)], x[keep.expand_as(x)])
     assert not torch.equal(plate, x)
 
@@ -270,8 +300,9 @@ def test_a_warm_start_copies_the_matching_weights_and_keeps_new_layers_initial(t
     ckpt = Path(first.out) / "checkpoints" / "last.ckpt"
     saved = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
     # the background stage alone, with per-pixel noise and D_bg judging real pixels (one more input channel)
-    cfg = tiny_config("model.stages=[background]", "model.bg_judged_on=real", f"init_from={ckpt}",
-                      f"out={tmp_path / 'warm'}")
+    cfg = tiny_config(
+        "model.stages=[background]", "model.bg_judged_on=real", f"init_from={ckpt}", f"out={tmp_path / 'warm'}"
+    )
     datamodule, model, trainer = build(cfg)
     own = model.state_dict()
     copied = [k for k in own if k in saved and own[k].shape == saved[k].shape]

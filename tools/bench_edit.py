@@ -19,6 +19,7 @@ either. ``--dtype auto`` (default) is what `Composer` picks on this machine.
 Weights do not change the cost, so random ones measure the same thing as
 trained ones.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,13 +64,19 @@ def median_ms(fn, runs: int, sync) -> float:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", help="a composer.safetensors bundle (default: default-size networks, random weights)")
+    parser.add_argument(
+        "--checkpoint", help="a composer.safetensors bundle (default: default-size networks, random weights)"
+    )
     parser.add_argument("--objects", "-T", type=int, default=6, help="objects in the scene (default 6)")
     parser.add_argument("--runs", type=int, default=15, help="timed runs per figure; the median is reported")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", choices=["auto", *DTYPES], default="auto",
-                        help="network precision (default auto: bf16 where the CPU or GPU has it, as Composer)")
+    parser.add_argument(
+        "--dtype",
+        choices=["auto", *DTYPES],
+        default="auto",
+        help="network precision (default auto: bf16 where the CPU or GPU has it, as Composer)",
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -82,9 +89,13 @@ def main(argv=None) -> None:
     else:
         torch.manual_seed(0)
         categories = [f"c{i}" for i in range(5)]
-        composer = Composer(LayoutGenerator(z_dim=64, resolution=64, channels=16, max_channels=128, style_dim=128),
-                            ForegroundGenerator(z_dim=64, resolution=64, channels=16, max_channels=128, embed_dim=16),
-                            categories, device=args.device, dtype=dtype)
+        composer = Composer(
+            LayoutGenerator(z_dim=64, resolution=64, channels=16, max_channels=128, style_dim=128),
+            ForegroundGenerator(z_dim=64, resolution=64, channels=16, max_channels=128, embed_dim=16),
+            categories,
+            device=args.device,
+            dtype=dtype,
+        )
     sync = torch.cuda.synchronize if composer.device.type == "cuda" else (lambda: None)
     rng = np.random.default_rng(0)
     T, R = args.objects, composer.resolution
@@ -104,16 +115,20 @@ def main(argv=None) -> None:
     n_fg = sum(p.numel() for p in composer.foreground_net.parameters())
     n_bg = sum(p.numel() for p in composer.background_net.parameters())
 
-    print(f"scene: {T} objects at {R}x{R}, {composer.device} {str(composer.dtype).removeprefix('torch.')}, "
-          f"{torch.get_num_threads()} threads, "
-          f"G_bg {n_bg / 1e6:.2f}M / G_fg {n_fg / 1e6:.2f}M parameters, median of {args.runs} runs")
+    print(
+        f"scene: {T} objects at {R}x{R}, {composer.device} {str(composer.dtype).removeprefix('torch.')}, "
+        f"{torch.get_num_threads()} threads, "
+        f"G_bg {n_bg / 1e6:.2f}M / G_fg {n_fg / 1e6:.2f}M parameters, median of {args.runs} runs"
+    )
     print(f"one background call {t_bg:.2f} ms, one foreground call (add) {t_fg:.2f} ms")
-    print(f"full re-render (background + {T} objects): {t_full:.2f} ms, {full_gflops:.3f} GFLOP, "
-          f"{peak.describe(full_gflops / (t_full / 1000))}\n")
+    print(
+        f"full re-render (background + {T} objects): {t_full:.2f} ms, {full_gflops:.3f} GFLOP, "
+        f"{peak.describe(full_gflops / (t_full / 1000))}\n"
+    )
     print(" k | objects re-run | replace(k) ms | / full | expected")
     print("---|----------------|---------------|--------|---------")
     for k in range(T):
-        t = median_ms(lambda r: scene.replace(k, seed=10**6 + r), args.runs, sync)
+        t = median_ms(lambda r, k=k: scene.replace(k, seed=10**6 + r), args.runs, sync)
         expected = (T - k) * t_fg / (t_bg + T * t_fg)
         print(f"{k:2d} | {T - k:14d} | {t:13.2f} | {t / t_full:6.2f} | {expected:8.2f}")
 

@@ -32,6 +32,7 @@ batched path of the first dtype. Weights do not change the cost, so random
 ones measure the same thing as trained ones. On a machine busy with other
 work, say so next to the figures: ratios measured in one run still hold.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,17 +59,20 @@ def random_layouts(count: int, objects: int, size: int, categories, seed: int = 
     """Layouts of ``objects`` boxes and ellipses (as polygons), sizes 1/8 to 1/2 of the canvas."""
     rng = np.random.default_rng(seed)
     layouts = []
-    for i in range(count):
+    for _i in range(count):
         objs = []
-        for k in range(objects):
+        for _k in range(objects):
             w, h = (int(v) for v in rng.integers(size // 8, size // 2, 2))
             x, y = int(rng.integers(0, size - w)), int(rng.integers(0, size - h))
             if rng.random() < 0.5:
                 shape = {"bbox": [x, y, w, h]}
             else:
                 t = np.linspace(0, 2 * np.pi, 24, endpoint=False)
-                shape = {"polygon": [[round(x + w / 2 * (1 + np.cos(a)), 2), round(y + h / 2 * (1 + np.sin(a)), 2)]
-                                     for a in t]}
+                shape = {
+                    "polygon": [
+                        [round(x + w / 2 * (1 + np.cos(a)), 2), round(y + h / 2 * (1 + np.sin(a)), 2)] for a in t
+                    ]
+                }
             objs.append(LayoutObject(categories[int(rng.integers(len(categories)))], shape))
         layouts.append(Layout((size, size), objs))
     return layouts
@@ -82,7 +86,7 @@ def images_per_second(composer: Composer, layouts: list[Layout], batch_size: int
     sync()
     t = time.perf_counter()
     for start in range(0, len(seeded), batch_size):
-        render_padded(composer, seeded[start:start + batch_size], batch_size)
+        render_padded(composer, seeded[start : start + batch_size], batch_size)
     sync()
     return len(seeded) / (time.perf_counter() - t)
 
@@ -97,17 +101,35 @@ def flops_per_image(composer: Composer, layouts: list[Layout], batch_size: int) 
 def cli_run(layout_dir: Path, bundle: Path, out: Path, dtype: str, args) -> dict:
     """Run scenecomp-render in a fresh process; its peak RSS comes from a wrapper
     that has no other child."""
-    command = [sys.executable, "-m", "scenecomp.render", str(layout_dir), "--checkpoint", str(bundle), "--out",
-               str(out), "--batch-size", str(args.batch_size), "--device", args.device, "--dtype", dtype, "-q"]
+    command = [
+        sys.executable,
+        "-m",
+        "scenecomp.render",
+        str(layout_dir),
+        "--checkpoint",
+        str(bundle),
+        "--out",
+        str(out),
+        "--batch-size",
+        str(args.batch_size),
+        "--device",
+        args.device,
+        "--dtype",
+        dtype,
+        "-q",
+    ]
     if args.threads:
         command += ["--threads", str(args.threads)]
-    wrapper = ("import json, resource, subprocess, sys, time\n"
-               "t = time.perf_counter()\n"
-               f"r = subprocess.run({command!r}, capture_output=True, text=True)\n"
-               "print(json.dumps({'rc': r.returncode, 'seconds': time.perf_counter() - t, 'stderr': r.stderr[-2000:],"
-               " 'max_rss_kb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))\n")
-    result = json.loads(subprocess.run([sys.executable, "-c", wrapper], capture_output=True, text=True,
-                                       check=True).stdout)
+    wrapper = (
+        "import json, resource, subprocess, sys, time\n"
+        "t = time.perf_counter()\n"
+        f"r = subprocess.run({command!r}, capture_output=True, text=True)\n"
+        "print(json.dumps({'rc': r.returncode, 'seconds': time.perf_counter() - t, 'stderr': r.stderr[-2000:],"
+        " 'max_rss_kb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))\n"
+    )
+    result = json.loads(
+        subprocess.run([sys.executable, "-c", wrapper], capture_output=True, text=True, check=True).stdout
+    )
     if result["rc"] != 0:
         raise SystemExit(f"scenecomp-render failed:\n{result['stderr']}")
     return result
@@ -119,23 +141,39 @@ def load(args, dtype: str) -> Composer:
     if args.checkpoint:
         return Composer.from_checkpoint(args.checkpoint, device=args.device, dtype=dt)
     from scenecomp.nets import ForegroundGenerator, LayoutGenerator
+
     torch.manual_seed(0)  # the shipped model's sizes (scenecomp/assets/composer.safetensors)
-    return Composer(LayoutGenerator(z_dim=64, resolution=64, channels=16, max_channels=128, style_dim=128),
-                    ForegroundGenerator(z_dim=64, resolution=64, channels=16, max_channels=128, embed_dim=16),
-                    ["tree", "house", "sun", "cloud", "rock"], device=args.device, dtype=dt)
+    return Composer(
+        LayoutGenerator(z_dim=64, resolution=64, channels=16, max_channels=128, style_dim=128),
+        ForegroundGenerator(z_dim=64, resolution=64, channels=16, max_channels=128, embed_dim=16),
+        ["tree", "house", "sun", "cloud", "rock"],
+        device=args.device,
+        dtype=dt,
+    )
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", help="a composer.safetensors bundle (default: shipped-size networks, random weights)")
+    parser.add_argument(
+        "--checkpoint", help="a composer.safetensors bundle (default: shipped-size networks, random weights)"
+    )
     parser.add_argument("--objects", type=int, default=4, help="objects per layout (default 4)")
     parser.add_argument("--batch-size", type=int, default=32, help="batched path's batch size (default 32)")
     parser.add_argument("--images", type=int, default=256, help="images timed on the batched path (default 256)")
     parser.add_argument("--single-images", type=int, default=16, help="images timed one at a time (default 16)")
-    parser.add_argument("--cli-layouts", type=int, default=300,
-                        help="layout files for the command-line runs (default 300; 0 skips them)")
-    parser.add_argument("--dtypes", nargs="+", choices=["auto", *DTYPES], default=["auto", "float32"],
-                        help="dtypes to compare, the last as the reference (default: auto float32)")
+    parser.add_argument(
+        "--cli-layouts",
+        type=int,
+        default=300,
+        help="layout files for the command-line runs (default 300; 0 skips them)",
+    )
+    parser.add_argument(
+        "--dtypes",
+        nargs="+",
+        choices=["auto", *DTYPES],
+        default=["auto", "float32"],
+        help="dtypes to compare, the last as the reference (default: auto float32)",
+    )
     parser.add_argument("--rounds", type=int, default=3, help="rounds of the in-process timings (default 3)")
     parser.add_argument("--compile", action="store_true", help="also time the first dtype with compiled generators")
     parser.add_argument("--profile", action="store_true", help="print the top ops of the first dtype's batched path")
@@ -148,14 +186,15 @@ def main(argv=None) -> None:
     composers = {dtype: load(args, dtype) for dtype in args.dtypes}
     first = composers[args.dtypes[0]]
     R = first.resolution
-    layouts = random_layouts(max(args.images, args.single_images, args.batch_size), args.objects, R,
-                             first.categories)
+    layouts = random_layouts(max(args.images, args.single_images, args.batch_size), args.objects, R, first.categories)
     n_bg = sum(p.numel() for p in first.background_net.parameters())
     n_fg = sum(p.numel() for p in first.foreground_net.parameters())
     load_avg = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"{R}x{R} layouts with {args.objects} objects; G_bg {n_bg / 1e6:.2f}M, G_fg {n_fg / 1e6:.2f}M parameters; "
-          f"{args.device}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, "
-          f"load average {load_avg:.2f} before the run")
+    print(
+        f"{R}x{R} layouts with {args.objects} objects; G_bg {n_bg / 1e6:.2f}M, G_fg {n_fg / 1e6:.2f}M parameters; "
+        f"{args.device}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, "
+        f"load average {load_avg:.2f} before the run"
+    )
     flops = flops_per_image(first, layouts, args.batch_size)
     print(f"model: {flops / 1e9:.3f} GFLOP per image (FlopCounterMode: background + {args.objects} foreground calls)")
 
@@ -166,7 +205,7 @@ def main(argv=None) -> None:
         t = time.perf_counter()
         for net in (compiled.background_net, compiled.foreground_net):
             net.compile()
-        images_per_second(compiled, layouts[:args.batch_size], args.batch_size)  # compiles (batch and padding)
+        images_per_second(compiled, layouts[: args.batch_size], args.batch_size)  # compiles (batch and padding)
         images_per_second(compiled, layouts[:1], 1)
         print(f"torch.compile: first calls (compiling) {time.perf_counter() - t:.1f} s")
         variants[f"{args.dtypes[0]} compiled"] = compiled
@@ -174,26 +213,32 @@ def main(argv=None) -> None:
     # a machine busy with other work then slows them alike
     batched, single = ({name: [] for name in variants} for _ in range(2))
     peaks = []
-    for r in range(args.rounds):
+    for _ in range(args.rounds):
         peaks.append(Peak.measure(args.device))
         for name, composer in variants.items():
-            batched[name].append(images_per_second(composer, layouts[:args.images], args.batch_size))
-            single[name].append(images_per_second(composer, layouts[:args.single_images], 1))
+            batched[name].append(images_per_second(composer, layouts[: args.images], args.batch_size))
+            single[name].append(images_per_second(composer, layouts[: args.single_images], 1))
     peak = Peak(statistics.median(p.fp32 for p in peaks), statistics.median(p.bf16 for p in peaks))
     print(f"{peak} (median of {args.rounds} rounds)")
     rates = {name: statistics.median(batched[name]) for name in variants}
     for name in variants:
         one = statistics.median(single[name])
-        print(f"{name:>18s} batched (batch {args.batch_size}): {rates[name]:7.1f} images/s, "
-              f"{peak.describe(rates[name] * flops / 1e9)}")
-        print(f"{name:>18s} one at a time:   {one:7.1f} images/s, {peak.describe(one * flops / 1e9)}; "
-              f"batched / one at a time {rates[name] / one:.2f}x")
-    print(f"batched speed vs {reference} (median of {args.rounds} rounds): " +
-          ", ".join(f"{name} {rate / rates[reference]:.2f}x" for name, rate in rates.items() if name != reference))
+        print(
+            f"{name:>18s} batched (batch {args.batch_size}): {rates[name]:7.1f} images/s, "
+            f"{peak.describe(rates[name] * flops / 1e9)}"
+        )
+        print(
+            f"{name:>18s} one at a time:   {one:7.1f} images/s, {peak.describe(one * flops / 1e9)}; "
+            f"batched / one at a time {rates[name] / one:.2f}x"
+        )
+    print(
+        f"batched speed vs {reference} (median of {args.rounds} rounds): "
+        + ", ".join(f"{name} {rate / rates[reference]:.2f}x" for name, rate in rates.items() if name != reference)
+    )
     if args.profile:
         first = next(iter(variants.values()))
         with torch.profiler.profile() as profiler:
-            images_per_second(first, layouts[:args.images], args.batch_size)
+            images_per_second(first, layouts[: args.images], args.batch_size)
         print(f"profile of {next(iter(variants))}, batched:")
         print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
 
@@ -202,8 +247,12 @@ def main(argv=None) -> None:
             tmp = Path(tmp)
             bundle = Path(args.checkpoint) if args.checkpoint else tmp / "composer.safetensors"
             if not args.checkpoint:
-                save_bundle(bundle, bundle_dict(list(first.categories), background=first.background_net,
-                                                foreground=first.foreground_net))
+                save_bundle(
+                    bundle,
+                    bundle_dict(
+                        list(first.categories), background=first.background_net, foreground=first.foreground_net
+                    ),
+                )
             counts = [args.cli_layouts // 10, args.cli_layouts] if args.cli_layouts >= 10 else [args.cli_layouts]
             seconds = {}
             for count in counts:  # dtypes take turns, small runs first
@@ -215,18 +264,26 @@ def main(argv=None) -> None:
                     r = cli_run(folder, bundle, tmp / f"out-{dtype}-{count}", dtype, args)
                     seconds[dtype, count] = r["seconds"]
                     rate = count / r["seconds"]
-                    print(f"scenecomp-render --dtype {dtype} on {count} layout files: {rate:.1f} images/s "
-                          f"({r['seconds']:.1f} s including start-up and PNG/manifest writing, "
-                          f"{peak.describe(rate * flops / 1e9)}), peak RSS {r['max_rss_kb'] / 1024:.0f} MiB")
+                    print(
+                        f"scenecomp-render --dtype {dtype} on {count} layout files: {rate:.1f} images/s "
+                        f"({r['seconds']:.1f} s including start-up and PNG/manifest writing, "
+                        f"{peak.describe(rate * flops / 1e9)}), peak RSS {r['max_rss_kb'] / 1024:.0f} MiB"
+                    )
             ref, n = args.dtypes[-1], counts[-1]
-            print(f"scenecomp-render on {n} layouts, speed vs --dtype {ref}: " + ", ".join(
-                f"{d} {seconds[ref, n] / seconds[d, n]:.2f}x" for d in args.dtypes if d != ref))
+            print(
+                f"scenecomp-render on {n} layouts, speed vs --dtype {ref}: "
+                + ", ".join(f"{d} {seconds[ref, n] / seconds[d, n]:.2f}x" for d in args.dtypes if d != ref)
+            )
             if len(counts) == 2:  # the extra images over the extra time: start-up cancels out
-                steady = {d: (counts[1] - counts[0]) / (seconds[d, counts[1]] - seconds[d, counts[0]])
-                          for d in args.dtypes}
-                print(f"without start-up ({counts[0]} to {counts[1]} layouts): " + ", ".join(
-                    f"{d} {steady[d]:.1f} images/s" for d in args.dtypes) + f"; vs --dtype {ref}: " + ", ".join(
-                    f"{d} {steady[d] / steady[ref]:.2f}x" for d in args.dtypes if d != ref))
+                steady = {
+                    d: (counts[1] - counts[0]) / (seconds[d, counts[1]] - seconds[d, counts[0]]) for d in args.dtypes
+                }
+                print(
+                    f"without start-up ({counts[0]} to {counts[1]} layouts): "
+                    + ", ".join(f"{d} {steady[d]:.1f} images/s" for d in args.dtypes)
+                    + f"; vs --dtype {ref}: "
+                    + ", ".join(f"{d} {steady[d] / steady[ref]:.2f}x" for d in args.dtypes if d != ref)
+                )
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ numpy and PIL rasterisation, not matrix work, so its "achieved GFLOP/s" is
 printed as 0 of the bf16 and fp32 matmul rates (``tools/peak.py``); those
 rates, measured first in the same process, show how busy the machine was.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,15 +44,19 @@ def main(argv=None) -> None:
     for i in range(args.count):
         objects += len(make_scene(np.random.default_rng([args.seed, i]), args.size).objects)
     gen = time.perf_counter() - t0
-    print(f"generation only (make_scene):   {args.count / gen:8.1f} scenes/s  "
-          f"({gen:.2f} s, {objects / args.count:.2f} objects/scene)")
+    print(
+        f"generation only (make_scene):   {args.count / gen:8.1f} scenes/s  "
+        f"({gen:.2f} s, {objects / args.count:.2f} objects/scene)"
+    )
 
     with tempfile.TemporaryDirectory(prefix="bench_shapes_") as tmp:
         stats = write_dataset(tmp, args.count, size=args.size, seed=args.seed, workers=args.workers)
         nbytes = sum(e.stat().st_size for d in ("images", "backgrounds") for e in os.scandir(os.path.join(tmp, d)))
         nbytes += os.path.getsize(os.path.join(tmp, "annotations.json"))
-    print(f"write_dataset (files included): {stats['scenes_per_s']:8.1f} scenes/s  "
-          f"({stats['seconds']:.2f} s, {nbytes / 2**20:.1f} MiB written)")
+    print(
+        f"write_dataset (files included): {stats['scenes_per_s']:8.1f} scenes/s  "
+        f"({stats['seconds']:.2f} s, {nbytes / 2**20:.1f} MiB written)"
+    )
     print(f"objects per category: {stats['per_category']}")
     print(f"scenes per light:     {stats['per_light']}")
     print(f"matrix work: {peak.describe(0.0)} (rasterisation only)")

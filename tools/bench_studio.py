@@ -15,6 +15,7 @@ in-process (`Composer.scene` of its layout: the background and all T objects) an
 both. Its GFLOP/s (``torch.utils.flop_counter``) is printed as fractions of the bf16 and fp32
 2048² matmul rates measured in the same run (``tools/peak.py``). Goal: an edit under 100 ms.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,7 +47,10 @@ def main(argv=None) -> None:
     peak = Peak.measure("cpu")
     print(peak)
     composer = Composer.from_checkpoint(args.checkpoint) if args.checkpoint else Composer.pretrained()
-    sync = lambda: None  # CPU: every call has finished when it returns
+
+    def sync():
+        return None  # CPU: every call has finished when it returns
+
     import uvicorn
 
     sock = bind("127.0.0.1", 0)
@@ -69,12 +73,21 @@ def main(argv=None) -> None:
     try:
         R, T = composer.resolution, args.objects
         sid = post("/api/session", {"seed": 0})["session"]
-        edit = lambda body: post(f"/api/session/{sid}/edit", body)
+
+        def edit(body):
+            return post(f"/api/session/{sid}/edit", body)
+
         for i in range(T):
             x, y, w, h = BOXES[i % len(BOXES)]
             s = R / 64
-            edit({"op": "add", "category": composer.categories[i % len(composer.categories)],
-                  "mask": {"bbox": [x * s, y * s, w * s, h * s]}, "seed": i})
+            edit(
+                {
+                    "op": "add",
+                    "category": composer.categories[i % len(composer.categories)],
+                    "mask": {"bbox": [x * s, y * s, w * s, h * s]},
+                    "seed": i,
+                }
+            )
         for r in range(3):  # warm-up
             answer = edit({"op": "reroll", "index": 0, "seed": 10**6 + r})
         scene = composer.scene(_layout(composer, sid, connection))
@@ -91,10 +104,14 @@ def main(argv=None) -> None:
             ("move the last object by 1 px", lambda r: edit({"op": "move", "index": T - 1, "dx": 1 - 2 * (r % 2)})),
             ("undo (no painting)", lambda r: edit({"op": "undo" if r % 2 == 0 else "redo"})),
         ]
-        print(f"scene: {T} objects at {R}x{R}, {composer.device} {str(composer.dtype).removeprefix('torch.')}, "
-              f"{torch.get_num_threads()} threads, median of {args.runs} runs; each answer {len(json.dumps(answer)) / 1000:.0f} kB")
-        print(f"full re-render in process (background + {T} objects): {t_full:.2f} ms, {gflop:.3f} GFLOP, "
-              f"{peak.describe(gflop / (t_full / 1000))}")
+        print(
+            f"scene: {T} objects at {R}x{R}, {composer.device} {str(composer.dtype).removeprefix('torch.')}, "
+            f"{torch.get_num_threads()} threads, median of {args.runs} runs; each answer {len(json.dumps(answer)) / 1000:.0f} kB"
+        )
+        print(
+            f"full re-render in process (background + {T} objects): {t_full:.2f} ms, {gflop:.3f} GFLOP, "
+            f"{peak.describe(gflop / (t_full / 1000))}"
+        )
         print(f"full re-render over HTTP (new background seed): {t_full_http:.2f} ms\n")
         print("edit over HTTP (round trip)       |     ms | / full in process | / full over HTTP")
         print("----------------------------------|--------|-------------------|-----------------")
@@ -111,6 +128,7 @@ def main(argv=None) -> None:
 def _layout(composer: Composer, sid: str, connection: http.client.HTTPConnection):
     """The session's scene as a `Layout`, through its layout.json download."""
     from scenecomp.layout import Layout, parse_json
+
     connection.request("GET", f"/api/session/{sid}/layout.json")
     return Layout.from_dict(parse_json(connection.getresponse().read()), categories=composer.categories)
 

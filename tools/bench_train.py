@@ -13,6 +13,7 @@ with ``torch.utils.flop_counter``. Rates are printed as fractions of the bf16
 and fp32 2048² matmul rates measured in the same process, and every variant
 as a ratio to the first ``32-true`` one.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,23 +63,44 @@ class Timer(L.Callback):
 
 def run_variant(args, tmp: str, precision: str, layout: str) -> tuple[dict, Timer]:
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = compose("train", overrides=[
-            f"experiment={args.experiment}", f"out={tmp}/run-{precision}-{layout}",
-            f"data.train={tmp}/data/annotations.json", "data.val=null", "data.generate.train_count=256",
-            "data.generate.val_count=0", f"steps={args.batches + args.warmup}", "preview_every=0",
-            "checkpoint_every=100000", "trainer.enable_progress_bar=false", "trainer.accelerator=cpu",
-            f"trainer.precision={precision}", f"channels_last={layout == 'cl'}", *args.override])
+        cfg = compose(
+            "train",
+            overrides=[
+                f"experiment={args.experiment}",
+                f"out={tmp}/run-{precision}-{layout}",
+                f"data.train={tmp}/data/annotations.json",
+                "data.val=null",
+                "data.generate.train_count=256",
+                "data.generate.val_count=0",
+                f"steps={args.batches + args.warmup}",
+                "preview_every=0",
+                "checkpoint_every=100000",
+                "trainer.enable_progress_bar=false",
+                "trainer.accelerator=cpu",
+                f"trainer.precision={precision}",
+                f"channels_last={layout == 'cl'}",
+                *args.override,
+            ],
+        )
     L.seed_everything(0, verbose=False)
     datamodule, model, trainer = build(cfg)
     timer = Timer(args.warmup, args.profile)
     trainer.callbacks.append(timer)
     trainer.fit(model, datamodule=datamodule)
     rate = timer.batches / timer.seconds
-    info = dict(stages=model.stages, batch=cfg.data.batch_size, resolution=cfg.data.resolution,
-                precision=trainer.precision, rate=rate, steps_per_batch=model.optimizer_steps_per_batch,
-                params={n: sum(p.numel() for p in getattr(model, n).parameters()) / 1e6
-                        for n in ("g_bg", "d_bg", "g_fg", "d_fg", "d_obj", "g_base", "d_base", "g_plate")
-                        if hasattr(model, n)})
+    info = dict(
+        stages=model.stages,
+        batch=cfg.data.batch_size,
+        resolution=cfg.data.resolution,
+        precision=trainer.precision,
+        rate=rate,
+        steps_per_batch=model.optimizer_steps_per_batch,
+        params={
+            n: sum(p.numel() for p in getattr(model, n).parameters()) / 1e6
+            for n in ("g_bg", "d_bg", "g_fg", "d_fg", "d_obj", "g_base", "d_base", "g_plate")
+            if hasattr(model, n)
+        },
+    )
     return info, timer
 
 
@@ -109,9 +131,11 @@ def main(argv=None) -> None:
     reference = next((r for r in results if r[0].startswith("32")), results[0])
     for variant, info, timer in results:
         gflops = timer.flops * info["rate"] / 1e9
-        print(f"{variant:16s} (ran as {info['precision']}): {info['rate']:.2f} batches/s, "
-              f"{info['rate'] * info['batch']:.1f} samples/s, {timer.flops / 1e9:.1f} GFLOP/batch, "
-              f"{peak.describe(gflops)}; {info['rate'] / reference[1]['rate']:.2f}x {reference[0]}")
+        print(
+            f"{variant:16s} (ran as {info['precision']}): {info['rate']:.2f} batches/s, "
+            f"{info['rate'] * info['batch']:.1f} samples/s, {timer.flops / 1e9:.1f} GFLOP/batch, "
+            f"{peak.describe(gflops)}; {info['rate'] / reference[1]['rate']:.2f}x {reference[0]}"
+        )
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ they load back as float32), or with its background generator taken from the
 EMA G_bg of a background-stage checkpoint (the stages train independently, so
 G_fg does not depend on which G_bg it is paired with).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,7 +49,11 @@ def load_bundle_or_pickle(path: Path) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("source", type=Path, help="a bundle (.safetensors, or an old pickled .pt to convert) or a Lightning checkpoint (.ckpt)")
+    ap.add_argument(
+        "source",
+        type=Path,
+        help="a bundle (.safetensors, or an old pickled .pt to convert) or a Lightning checkpoint (.ckpt)",
+    )
     ap.add_argument("--out", type=Path, required=True, help="bundle path (from a bundle) or folder (from a .ckpt)")
     ap.add_argument("--half", action="store_true", help="store weights as float16")
     ap.add_argument("--background-from", type=Path, help="a .ckpt whose EMA G_bg replaces the bundle's")

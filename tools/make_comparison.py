@@ -9,6 +9,7 @@ a second sample (seed 1000 + i); and the composer's background alone (seed i),
 which is the first sample's background. Images are
 scaled 3x with nearest-neighbour so single pixels stay visible.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,22 +33,28 @@ def main(argv=None) -> None:
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     composer = Composer.from_checkpoint(args.checkpoint) if args.checkpoint else Composer.pretrained()
-    layouts = load_coco_layouts(args.data / "annotations.json", composer.categories)[:args.count]
+    layouts = load_coco_layouts(args.data / "annotations.json", composer.categories)[: args.count]
     files = {im["id"]: im["file_name"] for im in json.loads((args.data / "annotations.json").read_text())["images"]}
     real = [np.asarray(Image.open(args.data / "images" / files[layout.image_id]).convert("RGB")) for layout in layouts]
     samples = [composer.render(layout, seeds=[i, 1000 + i]) for i, layout in enumerate(layouts)]
     backgrounds = [composer.background(seed=i).image for i in range(len(layouts))]
-    rows = [real, [to_array(s[0]) for s in samples], [to_array(s[1]) for s in samples],
-            [to_array(b) for b in backgrounds]]
+    rows = [
+        real,
+        [to_array(s[0]) for s in samples],
+        [to_array(s[1]) for s in samples],
+        [to_array(b) for b in backgrounds],
+    ]
     gap = 2
     R = real[0].shape[0]
     grid = np.full((len(rows) * (R + gap) - gap, len(layouts) * (R + gap) - gap, 3), 255, np.uint8)
     for i, row in enumerate(rows):
         for j, image in enumerate(row):
-            grid[i * (R + gap):i * (R + gap) + R, j * (R + gap):j * (R + gap) + R] = image
+            grid[i * (R + gap) : i * (R + gap) + R, j * (R + gap) : j * (R + gap) + R] = image
     picture = Image.fromarray(grid)
     picture.resize((picture.width * args.scale, picture.height * args.scale), Image.NEAREST).save(args.out)
-    print(f"wrote {args.out}: rows real / composed (seed i) / composed (seed 1000+i) / background only (seed i), {len(layouts)} scenes")
+    print(
+        f"wrote {args.out}: rows real / composed (seed i) / composed (seed 1000+i) / background only (seed i), {len(layouts)} scenes"
+    )
 
 
 if __name__ == "__main__":

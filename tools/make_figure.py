@@ -8,6 +8,7 @@ the baseline's image for the same layout. Row 2: the same after changing object
 ``--edit`` to ``--category`` (same seeds in both models), then each model's
 change outside the edited object's masks, amplified 4x (black = unchanged).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,7 +67,7 @@ def main() -> None:
     for y, row in ((0, row1), (R + 4, row2)):
         x = 0
         for t in row:
-            canvas[y:y + R, x:x + t.shape[-1]] = to_array(t)
+            canvas[y : y + R, x : x + t.shape[-1]] = to_array(t)
             x += t.shape[-1]
     img = Image.fromarray(canvas)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,12 +1,13 @@
 """This machine's own matrix-multiply rates, the yardstick every ``tools/bench_*.py`` reports against.
 
-    from peak import Peak
-    peak = Peak.measure(device)          # fp32 and bf16 n x n matmul, GFLOP/s, in this process
-    print(peak.describe(achieved))       # "123.4 GFLOP/s = 0.15 of bf16 matmul, 0.66 of fp32 matmul"
+from peak import Peak
+peak = Peak.measure(device)          # fp32 and bf16 n x n matmul, GFLOP/s, in this process
+print(peak.describe(achieved))       # "123.4 GFLOP/s = 0.15 of bf16 matmul, 0.66 of fp32 matmul"
 
-    python tools/peak.py                 # this machine's rates, now
-    python tools/peak.py --n 4096 --seconds 3
+python tools/peak.py                 # this machine's rates, now
+python tools/peak.py --n 4096 --seconds 3
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,11 +46,15 @@ class Peak:
         return cls(matmul_gflops(device, torch.float32, n, seconds), matmul_gflops(device, torch.bfloat16, n, seconds))
 
     def __str__(self) -> str:
-        return (f"matmul 2048^2 in this process: fp32 {self.fp32:.1f} GFLOP/s, bf16 {self.bf16:.1f} GFLOP/s "
-                f"({self.bf16 / self.fp32:.1f}x)")
+        return (
+            f"matmul 2048^2 in this process: fp32 {self.fp32:.1f} GFLOP/s, bf16 {self.bf16:.1f} GFLOP/s "
+            f"({self.bf16 / self.fp32:.1f}x)"
+        )
 
     def describe(self, gflops: float) -> str:
-        return f"{gflops:.1f} GFLOP/s = {gflops / self.bf16:.2f} of bf16 matmul, {gflops / self.fp32:.2f} of fp32 matmul"
+        return (
+            f"{gflops:.1f} GFLOP/s = {gflops / self.bf16:.2f} of bf16 matmul, {gflops / self.fp32:.2f} of fp32 matmul"
+        )
 
 
 def main(argv=None) -> None:
@@ -59,7 +64,9 @@ def main(argv=None) -> None:
     ap.add_argument("--seconds", type=float, default=1.0, help="timing per dtype (default 1)")
     args = ap.parse_args(argv)
     peak = Peak.measure(args.device, args.n, args.seconds)
-    print(f"matmul {args.n}^2: fp32 {peak.fp32:.1f} GFLOP/s, bf16 {peak.bf16:.1f} GFLOP/s ({peak.bf16 / peak.fp32:.1f}x)")
+    print(
+        f"matmul {args.n}^2: fp32 {peak.fp32:.1f} GFLOP/s, bf16 {peak.bf16:.1f} GFLOP/s ({peak.bf16 / peak.fp32:.1f}x)"
+    )
 
 
 if __name__ == "__main__":

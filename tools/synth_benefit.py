@@ -15,6 +15,7 @@ Examples:
   python tools/synth_benefit.py --rows a --seeds 0                        # one row, one seed
   python tools/synth_benefit.py --real 40 --synthetic 16 --test 20 --steps 5 --seeds 0 --work /tmp/sb  # smoke
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,8 +47,14 @@ class UNet(nn.Module):
         super().__init__()
 
         def block(i, o):
-            return nn.Sequential(nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU(),
-                                 nn.Conv2d(o, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU())
+            return nn.Sequential(
+                nn.Conv2d(i, o, 3, padding=1),
+                nn.BatchNorm2d(o),
+                nn.ReLU(),
+                nn.Conv2d(o, o, 3, padding=1),
+                nn.BatchNorm2d(o),
+                nn.ReLU(),
+            )
 
         w = width
         self.down1, self.down2, self.mid = block(3, w), block(w, 2 * w), block(2 * w, 4 * w)
@@ -69,7 +76,7 @@ def load_set(annotations, indices=None, rare: str | None = None, rare_limit: int
     are taken in order and a scene that would bring ``rare``'s instances above ``rare_limit`` is skipped."""
     ds = SceneDataset(annotations, max_objects=None, limit=None if count is None else 4 * count)
     images, labels, rare_seen = [], [], 0
-    for i in (range(len(ds)) if indices is None else indices):
+    for i in range(len(ds)) if indices is None else indices:
         s = ds.read(i)
         if rare is not None:
             n = int((s["categories"] == ds.categories.index(rare)).sum())
@@ -77,7 +84,7 @@ def load_set(annotations, indices=None, rare: str | None = None, rare_limit: int
                 continue
             rare_seen += n
         label = np.zeros(s["image"].shape[:2], np.int64)
-        for m, c in zip(s["masks"], s["categories"]):
+        for m, c in zip(s["masks"], s["categories"], strict=False):
             label[m > 0] = c + 1
         images.append(from_array(s["image"]))
         labels.append(torch.from_numpy(label))
@@ -112,8 +119,8 @@ def iou(net: UNet, images, labels, classes: int) -> np.ndarray:
     inter, union = np.zeros(classes), np.zeros(classes)
     for a in range(0, len(images), 64):
         with torch.autocast("cpu", torch.bfloat16):
-            pred = net(images[a:a + 64].contiguous(memory_format=torch.channels_last)).argmax(1)
-        y = labels[a:a + 64]
+            pred = net(images[a : a + 64].contiguous(memory_format=torch.channels_last)).argmax(1)
+        y = labels[a : a + 64]
         for c in range(classes):
             p, t = pred == c, y == c
             inter[c] += (p & t).sum().item()
@@ -139,7 +146,7 @@ def classifier_accuracy(annotations, limit: int) -> tuple[float, int]:
             if vis.mean() >= MIN_VISIBLE:
                 crops.append(object_crops(image[None], vis[None], net.crop_size)[0])
                 cats.append(net.categories.index(ds.categories[s["categories"][k]]))
-    logits = torch.cat([net.object_logits(torch.stack(crops[a:a + 256])) for a in range(0, len(crops), 256)])
+    logits = torch.cat([net.object_logits(torch.stack(crops[a : a + 256])) for a in range(0, len(crops), 256)])
     return float((logits.argmax(1) == torch.tensor(cats)).float().mean()), len(cats)
 
 
@@ -172,8 +179,9 @@ def main(argv=None) -> int:
     synth_dir = Path(args.work) / f"synth-{args.synthetic}-seed{args.synth_seed}-{file_sha256(args.checkpoint)[:12]}"
     data = {"real": (real_x, real_y)}
     if "b" in rows or "c" in rows:
-        status = synthesize(synth_dir, args.synthetic, args.checkpoint, balance=True, seed=args.synth_seed,
-                            quiet=True, threads=1)
+        status = synthesize(
+            synth_dir, args.synthetic, args.checkpoint, balance=True, seed=args.synth_seed, quiet=True, threads=1
+        )
         if status:
             return status
         sx, sy, synth_categories = load_set(synth_dir / "annotations.json")
@@ -181,17 +189,21 @@ def main(argv=None) -> int:
         data["synthetic"] = (sx, sy)
         data["both"] = (torch.cat([real_x, sx]), torch.cat([real_y, sy]))
     print(f"real training scenes: {len(real_x)}, scenes holding each category: {counts(real_y)}", file=sys.stderr)
-    setups = {"a": ("real", f"(a) {len(real_x)} real ({args.rare} cut to {args.rare_instances} instances)"),
-              "b": ("both", f"(b) (a) + {args.synthetic} synthetic, balanced"),
-              "c": ("synthetic", f"(c) {args.synthetic} synthetic only")}
+    setups = {
+        "a": ("real", f"(a) {len(real_x)} real ({args.rare} cut to {args.rare_instances} instances)"),
+        "b": ("both", f"(b) (a) + {args.synthetic} synthetic, balanced"),
+        "c": ("synthetic", f"(c) {args.synthetic} synthetic only"),
+    }
     results = {}
     for row in rows:
         key, title = setups[row]
         x, y = data[key]
         scores = np.stack([iou(train(x, y, classes, args.steps, s), test_x, test_y, classes) for s in seeds])
         results[row] = {"title": title, "iou": scores.tolist()}
-        print(f"{title}: mIoU {np.nanmean(scores[:, 1:], 1).mean():.3f} ({time.perf_counter() - started:.0f} s)",
-              file=sys.stderr)
+        print(
+            f"{title}: mIoU {np.nanmean(scores[:, 1:], 1).mean():.3f} ({time.perf_counter() - started:.0f} s)",
+            file=sys.stderr,
+        )
 
     head = "| training data | " + " | ".join(categories) + " | mIoU | command |"
     lines = [head, "|" + "---|" * (len(categories) + 3)]
@@ -199,23 +211,31 @@ def main(argv=None) -> int:
         s = np.array(r["iou"])
         m = np.nanmean(s[:, 1:], 1)
         cell = lambda v: f"{np.mean(v):.3f} ± {(np.max(v) - np.min(v)) / 2:.3f}"  # noqa: E731
-        cells = [(f"**{cell(s[:, k + 1])}**" if c == args.rare else cell(s[:, k + 1])) for k, c in enumerate(categories)]
-        lines.append(f"| {r['title']} | " + " | ".join(cells) + f" | {cell(m)} | "
-                     f"`python tools/synth_benefit.py --rows {row}` |")
+        cells = [
+            (f"**{cell(s[:, k + 1])}**" if c == args.rare else cell(s[:, k + 1])) for k, c in enumerate(categories)
+        ]
+        lines.append(
+            f"| {r['title']} | " + " | ".join(cells) + f" | {cell(m)} | `python tools/synth_benefit.py --rows {row}` |"
+        )
     print("\n".join(lines))
     accuracy = {}
     if "synthetic" in data:
         accuracy["synthetic"] = classifier_accuracy(synth_dir / "annotations.json", args.synthetic)
         accuracy["real test"] = classifier_accuracy(args.test_data, args.test)
-        print("\nreal-scene object classifier (scenecomp/assets/features.pt) names the category of: " + "; ".join(
-            f"{k} objects {a:.1%} of {n}" for k, (a, n) in accuracy.items()))
+        print(
+            "\nreal-scene object classifier (scenecomp/assets/features.pt) names the category of: "
+            + "; ".join(f"{k} objects {a:.1%} of {n}" for k, (a, n) in accuracy.items())
+        )
     seconds = time.perf_counter() - started
-    print(f"\nmodel {args.checkpoint} (SHA-256 {file_sha256(args.checkpoint)[:12]}...); "
-          f"{len(seeds)} seeds x {len(rows)} rows, {args.steps} steps of batch 32 each; "
-          f"{torch.get_num_threads()} thread(s); {seconds / 60:.1f} min in all")
+    print(
+        f"\nmodel {args.checkpoint} (SHA-256 {file_sha256(args.checkpoint)[:12]}...); "
+        f"{len(seeds)} seeds x {len(rows)} rows, {args.steps} steps of batch 32 each; "
+        f"{torch.get_num_threads()} thread(s); {seconds / 60:.1f} min in all"
+    )
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "results": results, "classifier": accuracy,
-                                               "seconds": seconds}, indent=1))
+        Path(args.json).write_text(
+            json.dumps({"args": vars(args), "results": results, "classifier": accuracy, "seconds": seconds}, indent=1)
+        )
     return 0
 
 

@@ -1,4 +1,5 @@
 """``scenecomp-eval``: the command line of the evaluation (`main`)."""
+
 from __future__ import annotations
 
 import argparse
@@ -26,29 +27,53 @@ at the same sample size in the "real" column.
 """
 
 # (option, column name, bundle file in a run folder, network required)
-_MODELS = (("checkpoint", None, "composer.safetensors", None),
-           ("baseline", None, "baseline.safetensors", "baseline"),
-           ("baseline_matched", "baseline-matched", "baseline.safetensors", "baseline"))
+_MODELS = (
+    ("checkpoint", None, "composer.safetensors", None),
+    ("baseline", None, "baseline.safetensors", "baseline"),
+    ("baseline_matched", "baseline-matched", "baseline.safetensors", "baseline"),
+)
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="scenecomp-eval", description="Metrics of a scenecomp bundle and/or "
-                                "single-shot baseline bundles on a COCO-format test split.",
-                                epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", help="a bundle to evaluate (composer.safetensors, or a run folder holding one; "
-                   "a baseline.safetensors works too)")
-    p.add_argument("--baseline", help="a single-shot baseline bundle trained for the same batches "
-                   "(baseline.safetensors, or a run folder holding one)")
-    p.add_argument("--baseline-matched", help="a single-shot baseline bundle trained for the same wall-clock "
-                   "as the model (compute-matched); its own column, baseline-matched")
+    p = argparse.ArgumentParser(
+        prog="scenecomp-eval",
+        description="Metrics of a scenecomp bundle and/or single-shot baseline bundles on a COCO-format test split.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--checkpoint",
+        help="a bundle to evaluate (composer.safetensors, or a run folder holding one; "
+        "a baseline.safetensors works too)",
+    )
+    p.add_argument(
+        "--baseline",
+        help="a single-shot baseline bundle trained for the same batches "
+        "(baseline.safetensors, or a run folder holding one)",
+    )
+    p.add_argument(
+        "--baseline-matched",
+        help="a single-shot baseline bundle trained for the same wall-clock "
+        "as the model (compute-matched); its own column, baseline-matched",
+    )
     p.add_argument("--data", required=True, help="test split: a COCO JSON or a folder holding annotations.json")
     p.add_argument("--images", help="its image folder (default: images/ beside the JSON)")
-    p.add_argument("--features", default=str(DEFAULT_FEATURES),
-                   help="in-domain feature network file (default: the shipped scenecomp/assets/features.safetensors)")
-    p.add_argument("--inception", metavar="WEIGHTS",
-                   help="also FID/KID with Inception-v3 from this local weights file (needs torch-fidelity)")
-    p.add_argument("--samples", type=int, default=500, help="layouts, the first of the split; the next as many are "
-                   "the reference (default 500: a 1000-image split)")
+    p.add_argument(
+        "--features",
+        default=str(DEFAULT_FEATURES),
+        help="in-domain feature network file (default: the shipped scenecomp/assets/features.safetensors)",
+    )
+    p.add_argument(
+        "--inception",
+        metavar="WEIGHTS",
+        help="also FID/KID with Inception-v3 from this local weights file (needs torch-fidelity)",
+    )
+    p.add_argument(
+        "--samples",
+        type=int,
+        default=500,
+        help="layouts, the first of the split; the next as many are the reference (default 500: a 1000-image split)",
+    )
     p.add_argument("--seeds", type=int, default=2, help="samples per layout (default 2; diversity needs 2+)")
     p.add_argument("--batch-size", type=int, default=32, help="layouts per batch (default 32)")
     p.add_argument("--max-objects", type=int, default=8, help="objects per layout, largest kept (default 8)")
@@ -64,8 +89,10 @@ def run(args: argparse.Namespace) -> dict:
         if getattr(args, name) < 1:
             raise EvaluationError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
     if args.features.startswith("inception:"):
-        raise EvaluationError("--features takes an in-domain feature network file; for Inception-v3 use "
-                              "--inception WEIGHTS (the in-domain network is still needed for the classifier metrics)")
+        raise EvaluationError(
+            "--features takes an in-domain feature network file; for Inception-v3 use "
+            "--inception WEIGHTS (the in-domain network is still needed for the classifier metrics)"
+        )
     net = load_features(args.features)
     inception = inception_features(args.inception) if args.inception else None
     try:
@@ -81,12 +108,16 @@ def run(args: argparse.Namespace) -> dict:
         if Path(path).is_dir():  # a run folder: its bundle
             path = Path(path) / file
         if str(path).endswith(".ckpt"):
-            raise EvaluationError(f"{path}: a Lightning checkpoint; evaluate the bundle the run wrote "
-                                  f"(composer.safetensors or baseline.safetensors in its folder)")
+            raise EvaluationError(
+                f"{path}: a Lightning checkpoint; evaluate the bundle the run wrote "
+                f"(composer.safetensors or baseline.safetensors in its folder)"
+            )
         categories, found = load_models(path, require)
         if categories != net.categories:
-            raise EvaluationError(f"{path}: its categories {categories} differ from the feature network's "
-                                  f"{net.categories} ({args.features})")
+            raise EvaluationError(
+                f"{path}: its categories {categories} differ from the feature network's "
+                f"{net.categories} ({args.features})"
+            )
         for m in found:
             if require and m.kind != require:
                 continue
@@ -95,9 +126,19 @@ def run(args: argparse.Namespace) -> dict:
             if name in models:
                 raise EvaluationError(f"{path}: given twice")
             models[name] = m
-    return evaluate(args.data, models, net, samples=args.samples, seeds=args.seeds, batch_size=args.batch_size,
-                    max_objects=args.max_objects, images=args.images, device=device, inception=inception,
-                    progress=True)
+    return evaluate(
+        args.data,
+        models,
+        net,
+        samples=args.samples,
+        seeds=args.seeds,
+        batch_size=args.batch_size,
+        max_objects=args.max_objects,
+        images=args.images,
+        device=device,
+        inception=inception,
+        progress=True,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,6 +4,7 @@ The network must be trained on Shapes scenes disjoint from the generators'
 training data (data/shapes64/train is seed 0, the test split seed 1): the
 command generates its own split with another seed (``--generate-shapes 2``).
 """
+
 from __future__ import annotations
 
 import math
@@ -39,12 +40,19 @@ def _read_pool(dataset, indices, S: int, backgrounds: Path | None):
     vis, cats, owner = torch.cat(vis), torch.cat(cats), torch.cat(owner)
     crops = []
     for a in range(0, len(vis), 256):
-        m = vis[a:a + 256].float()
-        c = object_crops(to_float(imgs[owner[a:a + 256]]), m, S)
+        m = vis[a : a + 256].float()
+        c = object_crops(to_float(imgs[owner[a : a + 256]]), m, S)
         crops.append(torch.cat([c, fill_outside(c)], 1).half())
     crops = torch.cat(crops) if crops else torch.zeros(0, 7, S, S, dtype=torch.half)
-    return {"images": imgs, "backgrounds": torch.stack(bgs) if bgs else None, "vis": vis, "cats": cats,
-            "owner": owner, "crops": crops[:, :4], "filled": crops[:, 4:]}
+    return {
+        "images": imgs,
+        "backgrounds": torch.stack(bgs) if bgs else None,
+        "vis": vis,
+        "cats": cats,
+        "owner": owner,
+        "crops": crops[:, :4],
+        "filled": crops[:, 4:],
+    }
 
 
 def _presence_batch(pool, rows, C, gen, p_background: float = 0.25, p_drop: float = 0.5):
@@ -89,30 +97,45 @@ def _heldout_scores(net: FeatureNet, pool, C: int) -> dict:
         plain = pool["crops"].float()
         other = pool["crops"][:, 3:].float().roll(1, 0)  # each object's look in the next object's silhouette
         swapped = swap_silhouettes(pool["filled"].float(), other)
-        logits = torch.cat([net.object_logits(plain[a:a + 256]) for a in range(0, n, 256)])
-        logits_s = torch.cat([net.object_logits(swapped[a:a + 256]) for a in range(0, n, 256)])
+        logits = torch.cat([net.object_logits(plain[a : a + 256]) for a in range(0, n, 256)])
+        logits_s = torch.cat([net.object_logits(swapped[a : a + 256]) for a in range(0, n, 256)])
         labels = pool["cats"]
         differs = labels != labels.roll(1, 0)
         images = to_float(pool["images"])
         truth = torch.zeros(len(images), C)
         truth[pool["owner"], pool["cats"]] = 1.0
-        pres = torch.cat([torch.sigmoid(net.presence_logits(images[a:a + 256])) for a in range(0, len(images), 256)])
-        out = {"heldout_object_accuracy": accuracy(logits, labels),
-               "heldout_swapped_accuracy": accuracy(logits_s[differs], labels[differs]),
-               "heldout_presence_accuracy": float(((pres > 0.5).float() == truth).all(1).float().mean()),
-               "heldout_presence_label_accuracy": float(((pres > 0.5).float() == truth).float().mean()),
-               "heldout_presence_object_recall": float((pres[pool["owner"], pool["cats"]] > 0.5).float().mean()),
-               "heldout_objects": n, "heldout_images": len(images)}
+        pres = torch.cat([torch.sigmoid(net.presence_logits(images[a : a + 256])) for a in range(0, len(images), 256)])
+        out = {
+            "heldout_object_accuracy": accuracy(logits, labels),
+            "heldout_swapped_accuracy": accuracy(logits_s[differs], labels[differs]),
+            "heldout_presence_accuracy": float(((pres > 0.5).float() == truth).all(1).float().mean()),
+            "heldout_presence_label_accuracy": float(((pres > 0.5).float() == truth).float().mean()),
+            "heldout_presence_object_recall": float((pres[pool["owner"], pool["cats"]] > 0.5).float().mean()),
+            "heldout_objects": n,
+            "heldout_images": len(images),
+        }
         if pool["backgrounds"] is not None:
             bg = to_float(pool["backgrounds"])
-            bp = torch.cat([torch.sigmoid(net.presence_logits(bg[a:a + 256])) for a in range(0, len(bg), 256)])
+            bp = torch.cat([torch.sigmoid(net.presence_logits(bg[a : a + 256])) for a in range(0, len(bg), 256)])
             out["heldout_background_purity"] = background_purity(bp)
     return out
 
 
-def train_features(data, *, images: int = 6000, holdout: int = 500, steps: int = 2000, batch_size: int = 64,
-                   lr: float = 2e-3, seed: int = 0, categories=None, resolution: int | None = None,
-                   net_kwargs: dict | None = None, progress: bool = False, log=None) -> FeatureNet:
+def train_features(
+    data,
+    *,
+    images: int = 6000,
+    holdout: int = 500,
+    steps: int = 2000,
+    batch_size: int = 64,
+    lr: float = 2e-3,
+    seed: int = 0,
+    categories=None,
+    resolution: int | None = None,
+    net_kwargs: dict | None = None,
+    progress: bool = False,
+    log=None,
+) -> FeatureNet:
     """Train a `FeatureNet` on a COCO split (Shapes: with its ``backgrounds/``).
 
     The first ``images`` samples train it, the last ``holdout`` (disjoint) measure
@@ -143,14 +166,17 @@ def train_features(data, *, images: int = 6000, holdout: int = 500, steps: int =
     pool = _read_pool(dataset, train_idx, S, folder)
     held = _read_pool(dataset, held_idx, S, folder)
     if log:
-        log(f"read {len(train_idx)} training images ({len(pool['cats'])} objects) and {len(held_idx)} held-out "
-            f"({len(held['cats'])} objects) in {time.perf_counter() - start:.1f} s")
+        log(
+            f"read {len(train_idx)} training images ({len(pool['cats'])} objects) and {len(held_idx)} held-out "
+            f"({len(held['cats'])} objects) in {time.perf_counter() - start:.1f} s"
+        )
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s / steps, 1.0))))
     net.train()
     steps_iter = range(steps)
     if progress:
         from tqdm import tqdm
+
         steps_iter = tqdm(steps_iter, desc="features", unit="step", file=sys.stderr, disable=None)
     for step in steps_iter:
         rows = torch.randint(0, len(pool["cats"]), (batch_size,), generator=gen)
@@ -164,19 +190,31 @@ def train_features(data, *, images: int = 6000, holdout: int = 500, steps: int =
         opt.step()
         sched.step()
         if log and (step + 1) % max(1, steps // 10) == 0:
-            log(f"step {step + 1}/{steps}: object loss {loss_obj.item():.3f}, presence loss {loss_pres.item():.3f} "
-                f"({time.perf_counter() - start:.0f} s)")
+            log(
+                f"step {step + 1}/{steps}: object loss {loss_obj.item():.3f}, presence loss {loss_pres.item():.3f} "
+                f"({time.perf_counter() - start:.0f} s)"
+            )
     net.eval().requires_grad_(False)
     with torch.no_grad():
-        f = torch.cat([net._whole(to_float(pool["images"][a:a + 256])) for a in range(0, min(2048, len(pool["images"])), 256)])
+        f = torch.cat(
+            [net._whole(to_float(pool["images"][a : a + 256])) for a in range(0, min(2048, len(pool["images"])), 256)]
+        )
         net.feature_scale.fill_(float(f.square().mean().rsqrt()))
     meta = _heldout_scores(net, held, C)
-    meta.update({"data": str(dataset.annotations_path), "data_seed": dataset.info.get("seed"),
-                 "train_images": len(train_idx),
-                 "train_objects": len(pool["cats"]), "steps": steps, "batch_size": batch_size, "lr": lr,
-                 "seed": seed, "seconds": round(time.perf_counter() - start, 1),
-                 "backgrounds": folder is not None})
+    meta.update(
+        {
+            "data": str(dataset.annotations_path),
+            "data_seed": dataset.info.get("seed"),
+            "train_images": len(train_idx),
+            "train_objects": len(pool["cats"]),
+            "steps": steps,
+            "batch_size": batch_size,
+            "lr": lr,
+            "seed": seed,
+            "seconds": round(time.perf_counter() - start, 1),
+            "backgrounds": folder is not None,
+        }
+    )
     net.categories = list(dataset.categories)
     net.meta = meta
     return net
-

@@ -9,6 +9,7 @@ Its file is a safetensors bundle (``FEATURES_FORMAT``, `scenecomp.bundle`): load
 
 Inception-v3 (`inception_features`) is optional and needs ``torch-fidelity``.
 """
+
 from __future__ import annotations
 
 import math
@@ -45,19 +46,36 @@ class FeatureNet(nn.Module):
     fed with an all-ones mask channel.
     """
 
-    def __init__(self, num_categories: int = 5, resolution: int = 64, crop_size: int = 32,
-                 channels: int = 16, max_channels: int = 128, feature_dim: int = 128):
+    def __init__(
+        self,
+        num_categories: int = 5,
+        resolution: int = 64,
+        crop_size: int = 32,
+        channels: int = 16,
+        max_channels: int = 128,
+        feature_dim: int = 128,
+    ):
         super().__init__()
-        self.init_kwargs = dict(num_categories=num_categories, resolution=resolution, crop_size=crop_size,
-                                channels=channels, max_channels=max_channels, feature_dim=feature_dim)
+        self.init_kwargs = dict(
+            num_categories=num_categories,
+            resolution=resolution,
+            crop_size=crop_size,
+            channels=channels,
+            max_channels=max_channels,
+            feature_dim=feature_dim,
+        )
         self.num_categories, self.resolution, self.crop_size = num_categories, resolution, crop_size
         self.num_features = feature_dim
         levels = max(1, int(math.log2(max(crop_size, 8))) - 2)  # crops end at 4x4
-        widths = [min(channels * 2 ** i, max_channels) for i in range(levels + 1)]
+        widths = [min(channels * 2**i, max_channels) for i in range(levels + 1)]
         layers: list[nn.Module] = [nn.Conv2d(4, widths[0], 3, padding=1), nn.LeakyReLU(0.2)]
         for i in range(levels):
-            layers += [nn.Conv2d(widths[i], widths[i + 1], 4, stride=2, padding=1), nn.LeakyReLU(0.2),
-                       nn.Conv2d(widths[i + 1], widths[i + 1], 3, padding=1), nn.LeakyReLU(0.2)]
+            layers += [
+                nn.Conv2d(widths[i], widths[i + 1], 4, stride=2, padding=1),
+                nn.LeakyReLU(0.2),
+                nn.Conv2d(widths[i + 1], widths[i + 1], 3, padding=1),
+                nn.LeakyReLU(0.2),
+            ]
         self.trunk = nn.Sequential(*layers)
         self.embed = nn.Sequential(nn.Linear(2 * widths[-1], feature_dim), nn.LeakyReLU(0.2))
         self.object_head = nn.Linear(feature_dim, num_categories)
@@ -90,15 +108,23 @@ class FeatureNet(nn.Module):
         return self.features(to_float(images).to(self.object_head.weight.device))
 
 
-
 def save_features(path, net: FeatureNet, categories, meta: dict | None = None, half: bool = True) -> None:
     """Write a safetensors bundle (`scenecomp.bundle`: weights as tensors; format tag, version,
     kwargs, categories, resolution and meta as JSON) atomically; ``half`` stores the weights as
     float16 (they load as float32)."""
     state = {k: (v.half() if half and v.is_floating_point() else v) for k, v in net.state_dict().items()}
-    save_tensors(path, state, {"format": FEATURES_FORMAT, "version": FEATURES_VERSION,
-                               "kwargs": dict(net.init_kwargs), "categories": list(categories),
-                               "resolution": net.resolution, "meta": dict(meta or {})})
+    save_tensors(
+        path,
+        state,
+        {
+            "format": FEATURES_FORMAT,
+            "version": FEATURES_VERSION,
+            "kwargs": dict(net.init_kwargs),
+            "categories": list(categories),
+            "resolution": net.resolution,
+            "meta": dict(meta or {}),
+        },
+    )
 
 
 def load_features(path) -> FeatureNet:
@@ -106,21 +132,27 @@ def load_features(path) -> FeatureNet:
     in eval mode with ``.categories`` and ``.meta`` (accuracies it reached, how it was trained)."""
     path = Path(path)
     if not path.is_file():
-        raise EvaluationError(f"{path}: no such feature network file (train one with "
-                              f"python tools/train_features.py --generate-shapes 2 --data data/shapes64-features --out {path})")
+        raise EvaluationError(
+            f"{path}: no such feature network file (train one with "
+            f"python tools/train_features.py --generate-shapes 2 --data data/shapes64-features --out {path})"
+        )
     try:
         state, data = load_tensors(path)
     except PickledFileError:
-        raise EvaluationError(f"{path}: a pickled torch file (an old feature network?); this scenecomp loads only "
-                              f"safetensors: use the shipped {DEFAULT_FEATURES.name}, or train one with "
-                              "tools/train_features.py") from None
+        raise EvaluationError(
+            f"{path}: a pickled torch file (an old feature network?); this scenecomp loads only "
+            f"safetensors: use the shipped {DEFAULT_FEATURES.name}, or train one with "
+            "tools/train_features.py"
+        ) from None
     except BundleError as e:
         raise EvaluationError(str(e)) from None
     if data.get("format") != FEATURES_FORMAT:
         raise EvaluationError(f"{path}: not a scenecomp feature network (format tag {str(data.get('format'))[:60]!r})")
     if data.get("version") != FEATURES_VERSION:
-        raise EvaluationError(f"{path}: feature network version {str(data.get('version'))[:60]!r}, "
-                              f"this scenecomp reads version {FEATURES_VERSION}")
+        raise EvaluationError(
+            f"{path}: feature network version {str(data.get('version'))[:60]!r}, "
+            f"this scenecomp reads version {FEATURES_VERSION}"
+        )
     data["state_dict"] = state
     try:
         net = FeatureNet(**data["kwargs"])
@@ -163,7 +195,6 @@ def swap_silhouettes(filled: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     return torch.cat([filled * masks, masks], dim=1)
 
 
-
 # ----------------------------------------------------------------------------- Inception-v3 (optional)
 
 
@@ -179,14 +210,16 @@ def inception_features(weights) -> nn.Module:
     except ImportError as e:
         raise EvaluationError(f"Inception-v3 features are unavailable: {e}") from None
     if not _TORCH_FIDELITY_AVAILABLE:
-        raise EvaluationError("Inception-v3 features need the torch-fidelity package (torchmetrics' Inception "
-                              "implementation), which is not installed here; the in-domain feature network "
-                              "(--features) needs nothing more")
+        raise EvaluationError(
+            "Inception-v3 features need the torch-fidelity package (torchmetrics' Inception "
+            "implementation), which is not installed here; the in-domain feature network "
+            "(--features) needs nothing more"
+        )
     try:
-        net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
-                                 feature_extractor_weights_path=str(weights))
+        net = NoTrainInceptionV3(
+            name="inception-v3-compat", features_list=["2048"], feature_extractor_weights_path=str(weights)
+        )
     except Exception as e:  # noqa: BLE001 - wrong or corrupt weights file
         raise EvaluationError(f"{weights}: cannot load Inception-v3 weights ({type(e).__name__}: {e})") from None
     net.weights_path = str(weights)
     return net
-

@@ -5,6 +5,7 @@ batch at a time (``update``) and reads once (``result``).
 Images are ``[N,3,H,W]``, uint8 in [0,255] or floats in [-1,1]; masks
 ``[N,1,H,W]`` in {0,1}; classifier outputs ``[N,C]``.
 """
+
 from __future__ import annotations
 
 import math
@@ -18,7 +19,7 @@ from scenecomp.nets import visible_masks
 
 def _feed(metric, images: torch.Tensor, real: bool, batch_size: int) -> None:
     for a in range(0, len(images), batch_size):
-        metric.update(images[a:a + batch_size].to(metric.device), real=real)
+        metric.update(images[a : a + batch_size].to(metric.device), real=real)
 
 
 def _device(net: nn.Module) -> torch.device:
@@ -37,8 +38,15 @@ def frechet_distance(net: nn.Module, real: torch.Tensor, fake: torch.Tensor, bat
         return float(metric.compute().clamp(min=0))
 
 
-def kernel_distance(net: nn.Module, real: torch.Tensor, fake: torch.Tensor, subset_size: int = 1000,
-                    subsets: int = 100, seed: int = 0, batch_size: int = 64) -> tuple[float, float]:
+def kernel_distance(
+    net: nn.Module,
+    real: torch.Tensor,
+    fake: torch.Tensor,
+    subset_size: int = 1000,
+    subsets: int = 100,
+    seed: int = 0,
+    batch_size: int = 64,
+) -> tuple[float, float]:
     """KID (mean, std over ``subsets`` random subsets of ``min(subset_size, N_real, N_fake)``)
     with torchmetrics' ``KernelInceptionDistance(feature=net)``; the subsets come from ``seed``."""
     from torchmetrics.image.kid import KernelInceptionDistance
@@ -143,7 +151,6 @@ def pearson(x: torch.Tensor, y: torch.Tensor) -> float:
 def illumination_consistency(pairs: torch.Tensor) -> float:
     """Correlation over objects between an object's brightness and its scene's (`illumination_pairs`)."""
     return pearson(pairs[:, 0], pairs[:, 1])
-
 
 
 # ----------------------------------------------------------------------------- accumulators (one per metric)

@@ -29,6 +29,7 @@ Protocol (printed with every table and written into the JSON)
   look (layered: its seed + ``EDIT_OFFSET``; single-shot: its only seed, the
   background's, + ``EDIT_OFFSET``) or the next category (cyclically shifted by ``i``).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -46,8 +47,15 @@ from torch import nn
 from scenecomp.compose import BundleError, Composer, CompositionError, build_network, load_bundle, noise
 from scenecomp.eval import EvaluationError
 from scenecomp.eval.features import FeatureNet, fill_outside, object_crops, swap_silhouettes
-from scenecomp.eval.metrics import (ClassifierScores, Diversity, Illumination, Locality, Purity, frechet_distance,
-                                    kernel_distance)
+from scenecomp.eval.metrics import (
+    ClassifierScores,
+    Diversity,
+    Illumination,
+    Locality,
+    Purity,
+    frechet_distance,
+    kernel_distance,
+)
 from scenecomp.eval.two_sample import two_sample_accuracy
 from scenecomp.images import to_float, to_uint8
 from scenecomp.layout import SEED_LIMIT, Layout, LayoutObject
@@ -84,13 +92,13 @@ class SingleShot:
         index = {c: i for i, c in enumerate(self.categories)}
         device = next(self.net.parameters()).device
         for a in range(0, len(layouts), batch_size):
-            chunk = [self.seeded(lay) for lay in layouts[a:a + batch_size]]
+            chunk = [self.seeded(lay) for lay in layouts[a : a + batch_size]]
             K = max(1, max(len(lay.objects) for lay in chunk))
             masks = torch.zeros(len(chunk), K, 1, R, R)
             cats = torch.zeros(len(chunk), K, dtype=torch.long)
             for b, lay in enumerate(chunk):
-                masks[b, :len(lay.objects), 0] = torch.from_numpy(lay.masks((R, R)) > 0.5)
-                cats[b, :len(lay.objects)] = torch.tensor([index[o.category] for o in lay.objects], dtype=torch.long)
+                masks[b, : len(lay.objects), 0] = torch.from_numpy(lay.masks((R, R)) > 0.5)
+                cats[b, : len(lay.objects)] = torch.tensor([index[o.category] for o in lay.objects], dtype=torch.long)
             z = torch.stack([noise(lay.background_seed, self.noise_dim) for lay in chunk])
             with torch.inference_mode():
                 images = self.net(z.to(device), layout_map(masks.to(device), cats.to(device), len(self.categories)))
@@ -192,25 +200,42 @@ def read_batches(dataset, indices: list[int], batch_size: int, backgrounds: Path
     """`Batch` es of the split's images ``indices``; objects that vanished at this resolution are dropped."""
     R = dataset.resolution
     for a in range(0, len(indices), batch_size):
-        items = [dataset[i] for i in indices[a:a + batch_size]]
+        items = [dataset[i] for i in indices[a : a + batch_size]]
         K = max(1, max(int(s["valid"].sum()) for s in items))
         masks, cats = torch.zeros(len(items), K, 1, R, R), torch.zeros(len(items), K, dtype=torch.long)
         layouts = []
         for b, s in enumerate(items):
             keep = s["valid"].nonzero().flatten()
-            masks[b, :len(keep)], cats[b, :len(keep)] = s["masks"][keep], s["categories"][keep]
-            layouts.append(Layout((R, R), [LayoutObject(dataset.categories[int(cats[b, k])], {"rle": _rle(masks[b, k, 0] > 0.5)})
-                                           for k in range(len(keep))]))
+            masks[b, : len(keep)], cats[b, : len(keep)] = s["masks"][keep], s["categories"][keep]
+            layouts.append(
+                Layout(
+                    (R, R),
+                    [
+                        LayoutObject(dataset.categories[int(cats[b, k])], {"rle": _rle(masks[b, k, 0] > 0.5)})
+                        for k in range(len(keep))
+                    ],
+                )
+            )
         vis = visible_masks(masks)
         index = [int(s["index"]) for s in items]
-        yield Batch(index, to_uint8(torch.stack([s["image"] for s in items])),
-                    torch.stack([read_background(dataset, i, backgrounds) for i in index]) if backgrounds else None,
-                    masks, cats, vis.flatten(2).mean(2) >= MIN_VISIBLE, vis, layouts)
+        yield Batch(
+            index,
+            to_uint8(torch.stack([s["image"] for s in items])),
+            torch.stack([read_background(dataset, i, backgrounds) for i in index]) if backgrounds else None,
+            masks,
+            cats,
+            vis.flatten(2).mean(2) >= MIN_VISIBLE,
+            vis,
+            layouts,
+        )
 
 
 def sample_layouts(batch: Batch, j: int) -> list[Layout]:
     """Sample ``j`` of each layout: background seed ``SEED_STRIDE * j + i``, objects seeded by the Composer's rule."""
-    return [dataclasses.replace(lay, background_seed=SEED_STRIDE * j + i) for lay, i in zip(batch.layouts, batch.index)]
+    return [
+        dataclasses.replace(lay, background_seed=SEED_STRIDE * j + i)
+        for lay, i in zip(batch.layouts, batch.index, strict=False)
+    ]
 
 
 def _top_object(counted: torch.Tensor) -> torch.Tensor:
@@ -300,8 +325,9 @@ class _Generated:
             for c in range(C):
                 recat = [_with_object(layouts[b], int(top[b]), category=net.categories[c]) for b in idx]
                 painted = model.render(recat, batch_size)
-                self.appearance.update(net.object_logits(object_crops(to_float(painted), masks, S)),
-                                       torch.full((len(idx),), c))
+                self.appearance.update(
+                    net.object_logits(object_crops(to_float(painted), masks, S)), torch.full((len(idx),), c)
+                )
         # locality: object i mod n of layout i gets a new look / a new category
         edited = [(b, i % len(layouts[b].objects)) for b, i in enumerate(batch.index) if layouts[b].objects]
         if not edited:
@@ -311,9 +337,16 @@ class _Generated:
         look = model.render([model.new_look(layouts[b], k) for b, k in edited], batch_size)
         self.look.update(fake[rows], look, region)
         if C > 1:
-            recat = [_with_object(layouts[b], k, category=net.categories[
-                (net.categories.index(layouts[b].objects[k].category) + 1 + batch.index[b] % (C - 1)) % C])
-                for b, k in edited]
+            recat = [
+                _with_object(
+                    layouts[b],
+                    k,
+                    category=net.categories[
+                        (net.categories.index(layouts[b].objects[k].category) + 1 + batch.index[b] % (C - 1)) % C
+                    ],
+                )
+                for b, k in edited
+            ]
             self.category.update(fake[rows], model.render(recat, batch_size), region)
 
 
@@ -323,9 +356,20 @@ def _with_object(layout: Layout, k: int, **change) -> Layout:
     return dataclasses.replace(layout, objects=objects)
 
 
-def evaluate(data, models: dict, feature_net: FeatureNet, samples: int = 500, seeds: int = 2,
-             batch_size: int = 32, max_objects: int | None = 8, images=None, device="cpu",
-             inception=None, two_sample: bool = True, progress: bool = False) -> dict:
+def evaluate(
+    data,
+    models: dict,
+    feature_net: FeatureNet,
+    samples: int = 500,
+    seeds: int = 2,
+    batch_size: int = 32,
+    max_objects: int | None = 8,
+    images=None,
+    device="cpu",
+    inception=None,
+    two_sample: bool = True,
+    progress: bool = False,
+) -> dict:
     """Every metric for every model in ``models`` ({column name: `Model`}) on the COCO split
     ``data`` (a JSON or a folder holding ``annotations.json``): its first ``samples``
     layouts, ``seeds`` samples each, against the next ``samples`` images as the reference.
@@ -341,12 +385,16 @@ def evaluate(data, models: dict, feature_net: FeatureNet, samples: int = 500, se
     C, R, S = feature_net.num_categories, feature_net.resolution, feature_net.crop_size
     for name, model in models.items():
         if model.resolution != R:
-            raise EvaluationError(f"{name} paints {model.resolution}x{model.resolution} but the feature network "
-                                  f"({getattr(feature_net, 'path', 'given')}) was trained at {R}x{R}")
+            raise EvaluationError(
+                f"{name} paints {model.resolution}x{model.resolution} but the feature network "
+                f"({getattr(feature_net, 'path', 'given')}) was trained at {R}x{R}"
+            )
     dataset = SceneDataset(data, images, feature_net.categories, R, max_objects)
     if 2 * samples > len(dataset):
-        raise EvaluationError(f"--samples {samples} needs {2 * samples} images of {dataset.annotations_path} "
-                              f"({samples} layouts and a disjoint reference of {samples}); it has {len(dataset)}")
+        raise EvaluationError(
+            f"--samples {samples} needs {2 * samples} images of {dataset.annotations_path} "
+            f"({samples} layouts and a disjoint reference of {samples}); it has {len(dataset)}"
+        )
     folder = dataset.annotations_path.parent / "backgrounds"
     folder = folder if folder.is_dir() else None
     device = torch.device(device)
@@ -361,6 +409,7 @@ def evaluate(data, models: dict, feature_net: FeatureNet, samples: int = 500, se
     bar = None
     if progress:
         from tqdm import tqdm
+
         bar = tqdm(total=total, desc="evaluating", unit="batch", file=sys.stderr, disable=None)
     n_objects = 0
     with torch.no_grad():
@@ -405,14 +454,20 @@ def evaluate(data, models: dict, feature_net: FeatureNet, samples: int = 500, se
         put("two_sample_scenes", name, two_sample_accuracy(torch.cat(g.images), real_images))
         put("two_sample_objects", name, two_sample_accuracy(torch.cat(g.crops), real_crops))
         if real.backgrounds:
-            put("two_sample_backgrounds", name, two_sample_accuracy(torch.cat(g.backgrounds),
-                                                                    torch.cat(real.backgrounds)))
+            put(
+                "two_sample_backgrounds",
+                name,
+                two_sample_accuracy(torch.cat(g.backgrounds), torch.cat(real.backgrounds)),
+            )
     if two_sample:
         put("two_sample_scenes", "real", two_sample_accuracy(ref_images, real_images))
         put("two_sample_objects", "real", two_sample_accuracy(ref_crops, real_crops))
     if two_sample and real.backgrounds:
-        put("two_sample_backgrounds", "real", two_sample_accuracy(torch.cat(reference.backgrounds),
-                                                                  torch.cat(real.backgrounds)))
+        put(
+            "two_sample_backgrounds",
+            "real",
+            two_sample_accuracy(torch.cat(reference.backgrounds), torch.cat(real.backgrounds)),
+        )
 
     # ---- the classifier's metrics
     put("inception_score", "real", real.objects.inception_score())
@@ -430,7 +485,9 @@ def evaluate(data, models: dict, feature_net: FeatureNet, samples: int = 500, se
         put("diversity", name, g.diversity.result() if seeds >= 2 else None)
         if seeds >= 2:
             values = g.crop_diversity.per_category(C)
-            per_category[name] = {cat: v if math.isfinite(v) else None for cat, v in zip(feature_net.categories, values)}
+            per_category[name] = {
+                cat: v if math.isfinite(v) else None for cat, v in zip(feature_net.categories, values, strict=False)
+            }
             measured = [v for v in per_category[name].values() if v is not None]
             put("diversity_min_category", name, min(measured) if measured else None)
         else:  # one sample per layout: nothing to compare
@@ -461,12 +518,12 @@ def evaluate(data, models: dict, feature_net: FeatureNet, samples: int = 500, se
         "max_objects": dataset.max_objects,
         "categories": list(feature_net.categories),
         "sample_seed": f"background seed {SEED_STRIDE} * j + layout index (j < {seeds}); objects: "
-                       f"Composer rule object_seed(background seed, k); rendered with Composer.render_iter",
+        f"Composer rule object_seed(background seed, k); rendered with Composer.render_iter",
         "min_visible": MIN_VISIBLE,
         "crop_size": S,
         "kid_subset_size": kid_size,
         "two_sample": "fresh CNN (scenecomp.eval.two_sample), trained on one half of each set, "
-                      "accuracy on the other half (0.5 = indistinguishable)",
+        "accuracy on the other half (0.5 = indistinguishable)",
         "feature_network": {
             "path": getattr(feature_net, "path", None),
             "kind": "in-domain CNN (scenecomp.eval.features.FeatureNet)",
@@ -482,13 +539,18 @@ def evaluate(data, models: dict, feature_net: FeatureNet, samples: int = 500, se
         "device": str(device),
         "seconds": round(time.perf_counter() - start, 1),
     }
-    return {"protocol": protocol,
-            "models": {name: {"kind": m.kind, "path": None if m.path is None else str(m.path),
-                              "parameters": m.num_parameters} for name, m in models.items()},
-            "metrics": metrics,
-            "diversity_per_category": per_category,  # {model: {category: value}}; None with one seed
-            "diversity_every_category_above_zero": {name: None if (v := metrics["diversity_min_category"][name]) is None
-                                                    else v > 0 for name in models}}
+    return {
+        "protocol": protocol,
+        "models": {
+            name: {"kind": m.kind, "path": None if m.path is None else str(m.path), "parameters": m.num_parameters}
+            for name, m in models.items()
+        },
+        "metrics": metrics,
+        "diversity_per_category": per_category,  # {model: {category: value}}; None with one seed
+        "diversity_every_category_above_zero": {
+            name: None if (v := metrics["diversity_min_category"][name]) is None else v > 0 for name in models
+        },
+    }
 
 
 def _real_appearance(net: FeatureNet, real: _Real, batch_size: int) -> ClassifierScores:
@@ -501,6 +563,6 @@ def _real_appearance(net: FeatureNet, real: _Real, batch_size: int) -> Classifie
             continue
         src = pool[torch.arange(len(targets)) % len(pool)]
         for a in range(0, len(targets), batch_size):
-            crops = swap_silhouettes(src[a:a + batch_size], targets[a:a + batch_size])
+            crops = swap_silhouettes(src[a : a + batch_size], targets[a : a + batch_size])
             scores.update(net.object_logits(crops), torch.full((len(crops),), c))
     return scores

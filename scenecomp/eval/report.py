@@ -1,4 +1,5 @@
 """The results as a table (one row per metric, one column per model plus ``real``) and as JSON."""
+
 from __future__ import annotations
 
 import json
@@ -44,8 +45,9 @@ def format_table(result: dict) -> str:
         f"seeds: {p['sample_seed']}",
         f"features: {f['path']} ({f['kind']}, {f['feature_dim']}-d; held-out real crops: accuracy "
         f"{_fmt(f['heldout_object_accuracy'], '{:.3f}')}, silhouette-swapped {_fmt(f['heldout_swapped_accuracy'], '{:.3f}')}; "
-        f"trained on {f['trained_on']}" + (f", Shapes seed {f['trained_on_seed']}" if f.get("trained_on_seed") is not None
-                                           else "") + ")",
+        f"trained on {f['trained_on']}"
+        + (f", Shapes seed {f['trained_on_seed']}" if f.get("trained_on_seed") is not None else "")
+        + ")",
         f"two-sample: {p['two_sample']}",
     ]
     if p.get("inception"):
@@ -58,25 +60,39 @@ def format_table(result: dict) -> str:
         if key in result["metrics"]:
             rows.append((desc, better) + tuple(_fmt(result["metrics"][key].get(c), fmt) for c in columns))
         if key == "diversity_min_category" and per:  # then one row per category (real: no seeds, "-")
-            rows += [(f"diversity, {cat} objects", better) + tuple(_fmt((per.get(c) or {}).get(cat), fmt)
-                                                                   for c in columns) for cat in p["categories"]]
+            rows += [
+                (f"diversity, {cat} objects", better) + tuple(_fmt((per.get(c) or {}).get(cat), fmt) for c in columns)
+                for cat in p["categories"]
+            ]
     head = ("metric", "better", *columns)
     widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
     lines.append("")
     for r in [head, *rows]:
-        lines.append("  ".join(str(v).ljust(w) if i < 2 else str(v).rjust(w) for i, (v, w) in enumerate(zip(r, widths))))
-    lines.append("(real: FID/KID = the floor, the layouts' real images vs the reference; two-sample = the calibration, "
-                 "layouts' real vs reference; other rows: the split's own images, crops and backgrounds; "
-                 "- : not meaningful for that column)")
+        lines.append(
+            "  ".join(
+                str(v).ljust(w) if i < 2 else str(v).rjust(w) for i, (v, w) in enumerate(zip(r, widths, strict=False))
+            )
+        )
+    lines.append(
+        "(real: FID/KID = the floor, the layouts' real images vs the reference; two-sample = the calibration, "
+        "layouts' real vs reference; other rows: the split's own images, crops and backgrounds; "
+        "- : not meaningful for that column)"
+    )
     if per:
-        lines.append("no collapsed category (per-category diversity > 0): " + ", ".join(
-            f"{name} " + _collapse(values) for name, values in per.items()))
+        lines.append(
+            "no collapsed category (per-category diversity > 0): "
+            + ", ".join(f"{name} " + _collapse(values) for name, values in per.items())
+        )
     return "\n".join(lines)
 
 
 def result_json(result: dict) -> dict:
     """The result with each metric's description and direction, as written by ``--json``."""
-    return {**result, "descriptions": {k: v[0] for k, v in METRICS.items()}, "better": {k: v[1] for k, v in METRICS.items()}}
+    return {
+        **result,
+        "descriptions": {k: v[0] for k, v in METRICS.items()},
+        "better": {k: v[1] for k, v in METRICS.items()},
+    }
 
 
 def write_json(path, data) -> None:

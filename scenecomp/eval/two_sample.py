@@ -6,6 +6,7 @@ The evaluation runs it for real vs generated scenes, object crops (the same
 mask for both, so only the painting differs) and backgrounds, and beside each
 for two disjoint real sets (the calibration: it should come out near 0.5).
 """
+
 from __future__ import annotations
 
 import math
@@ -37,9 +38,14 @@ def _classifier(channels: int) -> nn.Module:
     class Net(nn.Module):
         def __init__(self):
             super().__init__()
-            self.trunk = nn.Sequential(nn.Conv2d(2 * channels, 16, 4, 2, 1), nn.LeakyReLU(0.2),
-                                       nn.Conv2d(16, 32, 4, 2, 1), nn.LeakyReLU(0.2),
-                                       nn.Conv2d(32, 64, 4, 2, 1), nn.LeakyReLU(0.2))
+            self.trunk = nn.Sequential(
+                nn.Conv2d(2 * channels, 16, 4, 2, 1),
+                nn.LeakyReLU(0.2),
+                nn.Conv2d(16, 32, 4, 2, 1),
+                nn.LeakyReLU(0.2),
+                nn.Conv2d(32, 64, 4, 2, 1),
+                nn.LeakyReLU(0.2),
+            )
             self.head = nn.Linear(128, 1)
 
         def forward(self, x):
@@ -49,8 +55,9 @@ def _classifier(channels: int) -> nn.Module:
     return Net()
 
 
-def two_sample_accuracy(a: torch.Tensor, b: torch.Tensor, seed: int = 0, epochs: int = EPOCHS,
-                        batch_size: int = BATCH_SIZE) -> float:
+def two_sample_accuracy(
+    a: torch.Tensor, b: torch.Tensor, seed: int = 0, epochs: int = EPOCHS, batch_size: int = BATCH_SIZE
+) -> float:
     """Held-out accuracy of a fresh classifier telling ``a`` from ``b``.
 
     a, b: ``[N,C,H,W]`` and ``[M,C,H,W]`` (uint8, or floats in [-1,1]). Both are
@@ -65,7 +72,7 @@ def two_sample_accuracy(a: torch.Tensor, b: torch.Tensor, seed: int = 0, epochs:
         return float("nan")
     gen = torch.Generator().manual_seed(seed)
     order = torch.randperm(n, generator=gen)
-    train, test = order[:n // 2], order[n // 2:]
+    train, test = order[: n // 2], order[n // 2 :]
     x_train = torch.cat([to_float(a[train]), to_float(b[train])])
     y_train = torch.cat([torch.zeros(len(train)), torch.ones(len(train))])
     with torch.random.fork_rng(devices=[]):

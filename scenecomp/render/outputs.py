@@ -55,9 +55,7 @@ def _save_layers(directory: Path, rendering: Rendering, resolution: int) -> None
 class Outputs:
     """Writes one job's files (the image last) and then its manifest line."""
 
-    def __init__(
-        self, out: Path, manifest: Path, meta: dict, *, resolution: int, steps=False, layers=False, ora=False
-    ):
+    def __init__(self, out: Path, manifest: Path, meta: dict, *, resolution: int, steps=False, layers=False, ora=False):
         self.out, self.manifest, self.meta = out, manifest, meta
         self.resolution, self.steps, self.layers, self.ora = resolution, steps, layers, ora
         with output_faults(out):

@@ -24,6 +24,7 @@ HTTP API (every answer to a change is the tab's new state, see `state`):
 Errors answer ``{"error": message}`` with status 400 (bad input), 404 (no such
 session), 413 (body over `MAX_BODY`) or 500; the server keeps running.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,12 +43,12 @@ import numpy as np
 
 from scenecomp.compose import BundleError, Composer, CompositionError, Scene
 from scenecomp.layout import SEED_LIMIT, Layout, LayoutError, parse_json, quote
-from scenecomp.studio.sessions import Sessions, SessionGone
+from scenecomp.studio.sessions import SessionGone, Sessions
 
 STATIC = Path(__file__).parent / "static"
-MAX_BODY = 4 << 20          # bytes of any request body: an edit, a mask or an uploaded layout
-MAX_OBJECTS = 100           # objects in a studio scene (a layout file may hold up to 1,000)
-MAX_UPLOAD_SIDE = 4096      # pixels a side of an uploaded layout's canvas (masks are rasterised at it first)
+MAX_BODY = 4 << 20  # bytes of any request body: an edit, a mask or an uploaded layout
+MAX_OBJECTS = 100  # objects in a studio scene (a layout file may hold up to 1,000)
+MAX_UPLOAD_SIDE = 4096  # pixels a side of an uploaded layout's canvas (masks are rasterised at it first)
 MASK_SHAPES = ("rle", "bbox", "polygon")  # never "mask": that names a file on the server
 LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "::1", "[::1]"]
 
@@ -90,8 +91,9 @@ def apply_edit(scene: Scene, edit) -> Scene:
         return scene.composer.background(scene.background_seed)
     if op == "add":
         if len(scene) >= MAX_OBJECTS:
-            raise StudioError(f"the scene already holds {len(scene)} objects, the studio's limit; "
-                              "delete one before adding another")
+            raise StudioError(
+                f"the scene already holds {len(scene)} objects, the studio's limit; delete one before adding another"
+            )
         return scene.add(arg("category"), _mask_shape(arg("mask")), seed=arg("seed", None))
     if op == "reroll":
         return scene.replace(arg("index"), seed=seed())
@@ -109,8 +111,10 @@ def apply_edit(scene: Scene, edit) -> Scene:
 
 def _mask_shape(shape) -> dict:
     if not (isinstance(shape, dict) and len(shape) == 1 and next(iter(shape)) in MASK_SHAPES):
-        raise StudioError("mask must be one shape: {\"rle\": {...}}, {\"bbox\": [x, y, w, h]} or "
-                          "{\"polygon\": [[x, y], ...]} in the model's pixels")
+        raise StudioError(
+            'mask must be one shape: {"rle": {...}}, {"bbox": [x, y, w, h]} or '
+            '{"polygon": [[x, y], ...]} in the model\'s pixels'
+        )
     return shape
 
 
@@ -124,9 +128,13 @@ def open_layout(composer: Composer, body: bytes, name: str) -> Scene:
                 raise LayoutError(f"{len(objects)} objects; the studio opens layouts of at most {MAX_OBJECTS}", name)
             for i, obj in enumerate(objects):
                 if isinstance(obj, dict) and "mask" in obj:
-                    raise LayoutError("mask files cannot be opened from the page (the server reads no files for "
-                                      "it); save the layout with masks as rle, bbox or polygon, e.g. with "
-                                      "Layout.save into another folder", name, i)
+                    raise LayoutError(
+                        "mask files cannot be opened from the page (the server reads no files for "
+                        "it); save the layout with masks as rle, bbox or polygon, e.g. with "
+                        "Layout.save into another folder",
+                        name,
+                        i,
+                    )
         size = data.get("size")
         if isinstance(size, list) and any(isinstance(s, int) and s > MAX_UPLOAD_SIDE for s in size):
             raise LayoutError(f"size {size} is larger than the studio opens ({MAX_UPLOAD_SIDE} a side)", name)
@@ -145,13 +153,26 @@ def state(sid: str, session) -> dict:
     objects = []
     for obj in scene.objects:
         ys, xs = np.nonzero(obj.mask)
-        objects.append({"category": obj.category, "seed": obj.seed, "counts": mask_runs(obj.mask),
-                        "bbox": [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1),
-                                 int(ys.max() - ys.min() + 1)]})
+        objects.append(
+            {
+                "category": obj.category,
+                "seed": obj.seed,
+                "counts": mask_runs(obj.mask),
+                "bbox": [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)],
+            }
+        )
     composer = scene.composer
-    return {"session": sid, "categories": list(composer.categories), "resolution": composer.resolution,
-            "background_seed": scene.background_seed, "objects": objects, "steps": steps, "image": steps[-1],
-            "undo": session.can_undo, "redo": session.can_redo}
+    return {
+        "session": sid,
+        "categories": list(composer.categories),
+        "resolution": composer.resolution,
+        "background_seed": scene.background_seed,
+        "objects": objects,
+        "steps": steps,
+        "image": steps[-1],
+        "undo": session.can_undo,
+        "redo": session.can_redo,
+    }
 
 
 def mask_runs(mask: np.ndarray) -> list[int]:
@@ -265,8 +286,9 @@ def create_app(composer: Composer, sessions: Sessions | None = None, *, hosts=No
         session = sessions.get(sid)
         name = Path(request.query_params.get("name", "") or "layout.json").name[:100] or "layout.json"
         raw = await body(request)
-        return await run_in_threadpool(answer, sid, session,
-                                       lambda session: session.push(open_layout(composer, raw, name)))
+        return await run_in_threadpool(
+            answer, sid, session, lambda session: session.push(open_layout(composer, raw, name))
+        )
 
     async def download(request):
         sid, what = request.path_params["sid"], request.path_params["file"]
@@ -287,8 +309,13 @@ def create_app(composer: Composer, sessions: Sessions | None = None, *, hosts=No
         return JSONResponse({"error": str(exc)}, status_code=status)
 
     async def unexpected_error(request, exc):  # Starlette re-raises it afterwards: uvicorn logs the traceback
-        return JSONResponse({"error": f"internal error ({type(exc).__name__}: {str(exc)[:200]}); the server "
-                                      "keeps running, see its log"}, status_code=500)
+        return JSONResponse(
+            {
+                "error": f"internal error ({type(exc).__name__}: {str(exc)[:200]}); the server "
+                "keeps running, see its log"
+            },
+            status_code=500,
+        )
 
     routes = [
         Route("/", index),
@@ -300,8 +327,13 @@ def create_app(composer: Composer, sessions: Sessions | None = None, *, hosts=No
         Mount("/static", StaticFiles(directory=STATIC)),
     ]
     middleware = [] if hosts is None else [Middleware(TrustedHostMiddleware, allowed_hosts=list(hosts))]
-    handlers = {StudioError: known_error, SessionGone: known_error, CompositionError: known_error,
-                LayoutError: known_error, Exception: unexpected_error}
+    handlers = {
+        StudioError: known_error,
+        SessionGone: known_error,
+        CompositionError: known_error,
+        LayoutError: known_error,
+        Exception: unexpected_error,
+    }
     return Starlette(routes=routes, middleware=middleware, exception_handlers=handlers)
 
 
@@ -332,13 +364,22 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="scenecomp-studio", description=__doc__.split("\n\n")[0],
-                                     epilog="examples:\n" + __doc__.split("\n\n")[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", metavar="PATH",
-                        help="composer.safetensors bundle or a run folder holding one (default: the model shipped with scenecomp)")
-    parser.add_argument("--host", default="127.0.0.1",
-                        help="address to listen on (default 127.0.0.1: this machine only; the page has no login)")
+    parser = argparse.ArgumentParser(
+        prog="scenecomp-studio",
+        description=__doc__.split("\n\n")[0],
+        epilog="examples:\n" + __doc__.split("\n\n")[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--checkpoint",
+        metavar="PATH",
+        help="composer.safetensors bundle or a run folder holding one (default: the model shipped with scenecomp)",
+    )
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1: this machine only; the page has no login)",
+    )
     parser.add_argument("--port", type=int, default=7860, help="port (default 7860; 0 picks a free one)")
     args = parser.parse_args(argv)
     try:
@@ -349,8 +390,11 @@ def main(argv=None) -> int:
     try:
         sock = bind(args.host, args.port)
     except (OSError, OverflowError) as e:
-        print(f"scenecomp-studio: cannot listen on {args.host} port {args.port} ({e}); "
-              "choose another with --port or --host", file=sys.stderr)
+        print(
+            f"scenecomp-studio: cannot listen on {args.host} port {args.port} ({e}); "
+            "choose another with --port or --host",
+            file=sys.stderr,
+        )
         return 2
     import uvicorn
 
@@ -358,11 +402,18 @@ def main(argv=None) -> int:
     app = create_app(composer, hosts=LOOPBACK_HOSTS if loopback else None)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
-    print(f"scenecomp-studio: {composer.categories and ', '.join(composer.categories)} at "
-          f"{composer.resolution}x{composer.resolution}; open http://{shown}:{port}/ (Ctrl+C stops)", flush=True)
+    print(
+        f"scenecomp-studio: {composer.categories and ', '.join(composer.categories)} at "
+        f"{composer.resolution}x{composer.resolution}; open http://{shown}:{port}/ (Ctrl+C stops)",
+        flush=True,
+    )
     if not loopback:
-        print(f"scenecomp-studio: warning: listening on {args.host}, reachable from other machines; "
-              "the page has no login", file=sys.stderr, flush=True)
+        print(
+            f"scenecomp-studio: warning: listening on {args.host}, reachable from other machines; "
+            "the page has no login",
+            file=sys.stderr,
+            flush=True,
+        )
     uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
     return 0
 

@@ -11,12 +11,13 @@ history outgrows ``session_bytes`` forgets its oldest scenes; sessions idle for
 recently used go first. A tab whose session went away is told so
 (`SessionGone`) and starts a new one.
 """
+
 from __future__ import annotations
 
 import secrets
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from scenecomp.compose import Scene
 
@@ -70,7 +71,7 @@ class Session:
         bounds, the oldest scenes (the current one is always kept)."""
         if scene is self.scene:
             return
-        del self.history[self.at + 1:]
+        del self.history[self.at + 1 :]
         self.history.append(scene)
         self.at = len(self.history) - 1
         while len(self.history) > self.max_history:
@@ -98,8 +99,16 @@ class Session:
 class Sessions:
     """Sessions by id, bounded in number, idle time and memory (module docstring)."""
 
-    def __init__(self, *, max_sessions: int = 64, total_bytes: int = 1 << 30, session_bytes: int = 256 << 20,
-                 max_history: int = 100, ttl: float = 3600.0, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        *,
+        max_sessions: int = 64,
+        total_bytes: int = 1 << 30,
+        session_bytes: int = 256 << 20,
+        max_history: int = 100,
+        ttl: float = 3600.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.max_sessions, self.total_bytes, self.session_bytes = max_sessions, total_bytes, session_bytes
         self.max_history, self.ttl, self.clock = max_history, ttl, clock
         self._sessions: dict[str, Session] = {}  # in order of last use, oldest first
@@ -123,8 +132,10 @@ class Sessions:
             self._bound()
             session = self._sessions.pop(sid, None)
             if session is None:
-                raise SessionGone("this tab's scene is gone from the server (idle too long, dropped to keep "
-                                  "memory bounded, or the server restarted); a new scene was started")
+                raise SessionGone(
+                    "this tab's scene is gone from the server (idle too long, dropped to keep "
+                    "memory bounded, or the server restarted); a new scene was started"
+                )
             session.used = self.clock()
             self._sessions[sid] = session  # most recently used last
             return session
