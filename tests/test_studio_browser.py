@@ -106,7 +106,7 @@ def wait_for_version(driver, version: int, timeout: float = 120) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if driver.execute_script(
-            "return window.studio && window.studio.version"
+            "return (window.studio && window.studio.version) || 0"  # 0 until the page script has run
         ) >= version and "busy" not in driver.find_element("tag name", "body").get_attribute("class"):
             return driver.execute_script("return window.studio.state")
         time.sleep(0.05)
