@@ -50,6 +50,7 @@ from scenecomp.layout import (
     Layout,
     LayoutError,
     LayoutObject,
+    check_seed,
     did_you_mean,
     encode_rle,
     image_mask,
@@ -233,7 +234,7 @@ class Composer:
 
     def background(self, seed: int = 0) -> Scene:
         """A scene holding only the background painted from ``seed``."""
-        seed = _check_seed(seed, "background seed")
+        seed = check_seed(seed, "background seed", CompositionError)
         return Scene._new(self, seed, (), tuple(self._paint(seed, ())))
 
     def scene(self, layout, seed: int = 0) -> Scene:
@@ -242,7 +243,7 @@ class Composer:
         Masks are rasterised at this composer's resolution; an object that
         then covers no pixel is an error (`render` paints nothing for it instead)."""
         layout = self._layout(layout)
-        seed = _check_seed(seed, "seed")
+        seed = check_seed(seed, "seed", CompositionError)
         seeded = self.seeded(layout, seed)
         masks = layout.masks((self.resolution, self.resolution)) > 0.5
         objects = []
@@ -579,7 +580,7 @@ class Scene:
         error. ``seed`` defaults to ``object_seed(background_seed, len(scene))``.
         """
         index = len(self._objects)
-        seed = object_seed(self._background_seed, index) if seed is None else _check_seed(seed, "seed")
+        seed = object_seed(self._background_seed, index) if seed is None else check_seed(seed, "seed", CompositionError)
         obj = SceneObject(self._composer._category(category), self._composer._mask(mask), seed)
         return self._edit(self._background_seed, (*self._objects, obj))
 
@@ -590,7 +591,7 @@ class Scene:
         obj = SceneObject(
             old.category if category is None else self._composer._category(category),
             old.mask if mask is None else self._composer._mask(mask),
-            old.seed if seed is None else _check_seed(seed, "seed"),
+            old.seed if seed is None else check_seed(seed, "seed", CompositionError),
         )
         if obj.category == old.category and obj.seed == old.seed and np.array_equal(obj.mask, old.mask):
             return self
@@ -638,7 +639,7 @@ class Scene:
 
     def with_background(self, seed: int) -> Scene:
         """This scene on a new background; every object keeps its seed and is repainted."""
-        return self._edit(_check_seed(seed, "background seed"), self._objects)
+        return self._edit(check_seed(seed, "background seed", CompositionError), self._objects)
 
     # --- internals
 
@@ -672,18 +673,12 @@ class Scene:
 # ----------------------------------------------------------------------------- helpers
 
 
-def _check_seed(seed, what: str) -> int:
-    if not (isinstance(seed, numbers.Integral) and not isinstance(seed, bool) and 0 <= seed < SEED_LIMIT):
-        raise CompositionError(f"{what} must be an integer in [0, 2**32), got {seed!r}")
-    return int(seed)
-
-
 def _seed_list(seeds) -> list[int]:
     if seeds is None:
         return [0]
     if isinstance(seeds, numbers.Integral):
-        return [_check_seed(seeds, "seed")]
-    seeds = [_check_seed(s, "seed") for s in seeds]
+        return [check_seed(seeds, "seed", CompositionError)]
+    seeds = [check_seed(s, "seed", CompositionError) for s in seeds]
     if not seeds:
         raise CompositionError("seeds is an empty list; give at least one seed, or None for seed 0")
     return seeds

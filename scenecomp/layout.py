@@ -409,7 +409,7 @@ def _parse_object(raw) -> LayoutObject:
     if not isinstance(category, str) or not category:
         raise LayoutError(f"category must be a non-empty string, got {_show(category)}")
     kind, value = _check_shape({k: raw[k] for k in raw if k in SHAPE_KINDS})
-    seed = _check_seed(raw["seed"], "seed") if "seed" in raw else None
+    seed = check_seed(raw["seed"], "seed") if "seed" in raw else None
     return LayoutObject(category, {kind: value}, seed)
 
 
@@ -419,12 +419,14 @@ def _check_background(background) -> int | None:
     unknown = [k for k in background if k != "seed"]
     if unknown:
         raise LayoutError(f"background: unknown key(s) {_names(unknown)}; allowed: 'seed'")
-    return _check_seed(background["seed"], "background seed") if "seed" in background else None
+    return check_seed(background["seed"], "background seed") if "seed" in background else None
 
 
-def _check_seed(seed, what: str) -> int:
+def check_seed(seed, what: str, error=None) -> int:
+    """The one seed check of the project: an integer (not a bool) in [0, 2**32), returned as ``int``;
+    anything else raises ``error`` (default `LayoutError`) naming ``what``."""
     if not (_is_int(seed) and 0 <= seed < SEED_LIMIT):
-        raise LayoutError(f"{what} must be an integer in [0, 2**32), got {_show(seed)}")
+        raise (error or LayoutError)(f"{what} must be an integer in [0, 2**32), got {_show(seed)}")
     return int(seed)
 
 

@@ -134,8 +134,8 @@ class Modulated(nn.Module):
 
 class NoiseInjection(nn.Module):
     """Adds a per-pixel noise map, scaled per channel by learned strengths that start at zero
-    (StyleGAN): grain, stars and speckle come from here, not from the style vector, which a
-    convolution cannot turn into independent per-pixel detail."""
+    (StyleGAN): meant for grain, stars and speckle, which a convolution cannot make out of the
+    style vector as independent per-pixel detail."""
 
     def __init__(self, channels: int):
         super().__init__()

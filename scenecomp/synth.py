@@ -75,6 +75,7 @@ from scenecomp.layout import (
     Layout,
     LayoutError,
     LayoutObject,
+    check_seed,
     did_you_mean,
     encode_rle,
     load_layouts,
@@ -317,8 +318,7 @@ def synthesize(
 
     if not (isinstance(count, int) and 1 <= count <= MAX_COUNT):
         raise SynthError(f"--count must be an integer in [1, {MAX_COUNT}], got {count!r}")
-    if not (isinstance(seed, int) and 0 <= seed < SEED_LIMIT):
-        raise SynthError(f"--seed must be an integer in [0, 2**32), got {seed!r}")
+    seed = check_seed(seed, "--seed", SynthError)
     for name, value in (
         ("--batch-size", batch_size),
         ("--devices", devices),
