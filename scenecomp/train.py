@@ -148,7 +148,7 @@ def warm_start(model: SceneGAN, path: str) -> None:
     if not taken:
         raise ConfigError(f"init_from: {path}: no weight matches this model (another architecture or stages)")
     model.load_state_dict(taken, strict=False)
-    fresh = sorted({k.split(".")[0] + "." + k.split(".")[1] for k in own if k not in taken})
+    fresh = sorted({".".join(k.split(".")[:2]) for k in own if k not in taken})
     print(f"init_from {path}: {len(taken)} of {len(own)} tensors copied; initial weights kept in {fresh or 'none'}")
 
 

@@ -98,10 +98,14 @@ def posterior_sample(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return mu + torch.randn_like(mu) * (0.5 * logvar).exp()
 
 
-def with_grain(z: torch.Tensor, noise_dim: int) -> torch.Tensor:
-    """Style noise ``[B,z_dim]`` completed to a G_bg noise vector ``[B,noise_dim]`` with fresh per-pixel grain."""
+def with_grain(z: torch.Tensor, noise_dim: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Style noise ``[B,z_dim]`` completed to a G_bg noise vector ``[B,noise_dim]`` with fresh per-pixel grain
+    (drawn from ``generator`` if given, which must live on ``z``'s device)."""
     extra = noise_dim - z.shape[1]
-    return torch.cat([z, torch.randn(z.shape[0], extra, device=z.device, dtype=z.dtype)], 1) if extra else z
+    if not extra:
+        return z
+    grain = torch.randn(z.shape[0], extra, generator=generator, device=z.device, dtype=z.dtype)
+    return torch.cat([z, grain], 1)
 
 
 def masked_l1(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -538,8 +542,8 @@ class SceneGAN(L.LightningModule):
         z = torch.randn(B, self.z_dim, generator=gen).to(x.device)
         zk = torch.randn(B, K, self.z_dim, generator=gen).to(x.device)
 
-        def zb(net):  # the layout generator's noise: z, then per-pixel grain if it takes any
-            return torch.cat([z, torch.randn(B, net.noise_dim - self.z_dim, generator=gen).to(x.device)], 1)
+        def zb(net):  # the layout generator's noise: z, then per-pixel grain if it takes any (drawn on the CPU)
+            return with_grain(z.cpu(), net.noise_dim, gen).to(x.device)
 
         seg = layout_map(masks, cats, len(self.categories))
         rows = [x]
