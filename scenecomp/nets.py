@@ -200,7 +200,10 @@ class LayoutGenerator(nn.Module):
     agree with head A outside the object masks, so it learns backgrounds
     without ever seeing a background-only image. As the single-shot baseline
     (SPADE-style) only head A is trained and used. ``padding_mode="reflect"``
-    keeps zero padding from drawing a frame at the image's edges.
+    keeps zero padding from drawing a frame at the image's edges. ``rgb_grain > 0`` (needs
+    ``pixel_noise``) adds the grain map to the output too, scaled per pixel and channel by a 1x1
+    conv of the last features that starts at ``rgb_grain`` everywhere: a zero strength gets no
+    gradient (the noise averages out), so the output grain starts on and D teaches where it belongs.
     """
 
     def __init__(
@@ -214,8 +217,11 @@ class LayoutGenerator(nn.Module):
         upsample: str = "nearest",
         padding_mode: str = "zeros",
         pixel_noise: bool = False,
+        rgb_grain: float = 0.0,
     ):
         super().__init__()
+        if rgb_grain and not pixel_noise:
+            raise ValueError("rgb_grain needs pixel_noise=True (the grain map is the noise vector's tail)")
         if upsample not in ("nearest", "bilinear"):
             raise ValueError(f"upsample must be 'nearest' or 'bilinear', got {upsample!r}")
         if padding_mode not in ("zeros", "reflect", "replicate"):
@@ -231,6 +237,8 @@ class LayoutGenerator(nn.Module):
             padding_mode=padding_mode,
             pixel_noise=pixel_noise,
         )
+        if rgb_grain:  # absent from older bundles' kwargs, which then build unchanged
+            self.init_kwargs["rgb_grain"] = rgb_grain
         self.z_dim, self.num_categories, self.resolution = z_dim, num_categories, resolution
         self.noise_dim = z_dim + (resolution**2 if pixel_noise else 0)
         n = _levels(resolution, 4)
@@ -244,6 +252,11 @@ class LayoutGenerator(nn.Module):
             for i in range(n)
         )
         self.to_rgb = nn.Conv2d(widths[-1], 3, 3, padding=1, padding_mode=padding_mode)
+        self.rgb_grain = None
+        if rgb_grain:
+            self.rgb_grain = nn.Conv2d(widths[-1], 3, 1)
+            nn.init.zeros_(self.rgb_grain.weight)
+            nn.init.constant_(self.rgb_grain.bias, rgb_grain)
 
     def forward(self, z: torch.Tensor, layout: torch.Tensor | None = None) -> torch.Tensor:
         B, R = z.shape[0], self.resolution
@@ -256,7 +269,11 @@ class LayoutGenerator(nn.Module):
         x, w = self.fc(z).view(B, -1, 4, 4), self.mapping(z)
         for block in self.blocks:
             x = block(x, layout, w, grain)
-        return torch.tanh(self.to_rgb(F.leaky_relu(pixel_norm(x), 0.2)))
+        x = F.leaky_relu(pixel_norm(x), 0.2)
+        rgb = self.to_rgb(x)
+        if self.rgb_grain is not None:
+            rgb = rgb + self.rgb_grain(x) * grain
+        return torch.tanh(rgb)
 
 
 class ForegroundGenerator(nn.Module):

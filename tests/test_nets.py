@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from scenecomp.nets import (
     ForegroundGenerator,
@@ -113,6 +114,26 @@ def test_pixel_noise_is_the_tail_of_the_noise_vector_and_only_adds_grain():
     assert torch.equal(a, g(z.clone()).detach())  # the same vector, the same image
     with pytest.raises(ValueError, match=r"\[B,264\]"):
         g(torch.randn(2, 8))  # the style part alone is not a noise vector
+
+
+def test_rgb_grain_starts_on_and_learns_where_it_belongs():
+    torch.manual_seed(0)
+    kw = dict(z_dim=8, num_categories=2, resolution=16, channels=4, max_channels=8, pixel_noise=True)
+    g = LayoutGenerator(**kw, rgb_grain=0.05)
+    assert g.init_kwargs["rgb_grain"] == 0.05 and "rgb_grain" not in LayoutGenerator(**kw).init_kwargs
+    z = torch.randn(2, g.noise_dim)
+    regrained = torch.cat([z[:, :8], torch.randn(2, 16 * 16)], 1)
+    a, b = g(z), g(regrained)  # block strengths are zero, so only the output grain differs
+    assert 0.0 < (a - b).abs().mean() < 0.2
+    # a loss that wants the grain gone (match the grain-free image) pulls the strength towards zero
+    target = LayoutGenerator(**kw).eval()
+    target.load_state_dict(g.state_dict(), strict=False)
+    with torch.no_grad():
+        clean = target(z)
+    F.mse_loss(a, clean).backward()
+    assert g.rgb_grain.bias.grad.gt(0).all()  # gradient descent lowers it
+    with pytest.raises(ValueError, match="rgb_grain needs pixel_noise"):
+        LayoutGenerator(z_dim=8, resolution=16, channels=4, max_channels=8, rgb_grain=0.05)
 
 
 def test_reflect_padding_draws_no_frame_and_old_kwargs_still_build():
