@@ -72,3 +72,38 @@ def test_benchmark_runs_and_reports_both_matmul_fractions(name, tmp_path):
     )
     assert res.returncode == 0, res.stderr[-3000:]
     assert "of bf16 matmul" in res.stdout and "of fp32 matmul" in res.stdout, res.stdout
+
+
+def test_background_stats_compares_a_model_with_real_backgrounds(bundle, tmp_path):
+    from scenecomp.shapes import write_dataset
+
+    write_dataset(tmp_path, count=12, size=16, seed=0)
+    res = subprocess.run(
+        [sys.executable, str(TOOLS / "background_stats.py"), "--checkpoint", str(bundle)]
+        + ["--real", str(tmp_path / "backgrounds"), "-n", "12"],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    lines = res.stdout.splitlines()
+    assert [line.split(" n=")[0].strip() for line in lines] == [
+        "real, first half",
+        "real, second half",
+        "real",
+        "composer.safetensors",
+    ]
+    assert all(" n=   12" in line for line in lines[2:]), lines
+    shares = [[float(line.split(k)[1].split()[0]) for k in (" day ", " dusk ", " night ")] for line in lines]
+    assert all(abs(sum(s) - 1) <= 0.015 for s in shares)  # every sky counted once (shares printed to 2 places)
+    (tmp_path / "empty").mkdir()
+    for real, message in ((tmp_path / "empty", "no PNG backgrounds"), (tmp_path, "138x104, the model paints 16x16")):
+        res = subprocess.run(
+            [sys.executable, str(TOOLS / "background_stats.py"), "--checkpoint", str(bundle), "--real", str(real)],
+            capture_output=True,
+            text=True,
+            env=ENV,
+            timeout=300,
+        )
+        assert res.returncode != 0 and message in res.stderr, res.stderr  # preview.png is not a background

@@ -1,0 +1,84 @@
+"""What tells a model's backgrounds from real Shapes backgrounds, in numbers a person can read.
+
+    python tools/background_stats.py --checkpoint scenecomp/assets/composer.safetensors
+    python tools/background_stats.py --checkpoint runs/bg3/composer.safetensors --real data/shapes64/test/backgrounds -n 1000
+
+Renders ``-n`` backgrounds (``Composer.background(seed)``, seeds 10000, 10001, ...) and reads
+as many real object-free backgrounds (Shapes' ``backgrounds/`` folder, kept for evaluation only),
+then prints for each side, with the real set split in two halves as the floor:
+
+- light: the share of day / dusk / night skies, told by the mean brightness of the top four rows
+  (Shapes' night skies are below 50 of 255, dusk skies 50-110, day skies above);
+- grain: the standard deviation of horizontal pixel differences in the bottom quarter (ground)
+  and the top eighth (sky): Shapes grains its ground and leaves its sky smooth;
+- horizon: the median of each image's largest row-to-row jump of mean brightness (a sharp
+  horizon is one large jump, a soft one several small ones).
+
+The two-sample test of ``scenecomp-eval`` says *whether* backgrounds can be told apart; this
+says *by what*. Standard errors of the shares are sqrt(p(1-p)/n).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from scenecomp.compose import Composer
+
+
+def read_real(folder: Path, count: int, resolution: int) -> np.ndarray:
+    """``[N,H,W,3]`` float32 in [0,255]: the first ``count`` PNGs of ``folder`` in name order."""
+    paths = sorted(folder.glob("*.png"))[:count]
+    if not paths:
+        raise SystemExit(f"error: {folder}: no PNG backgrounds")
+    images = [np.asarray(Image.open(p).convert("RGB"), np.float32) for p in paths]
+    for p, im in zip(paths, images, strict=True):
+        if im.shape[:2] != (resolution, resolution):
+            raise SystemExit(f"error: {p}: {im.shape[1]}x{im.shape[0]}, the model paints {resolution}x{resolution}")
+    return np.stack(images)
+
+
+def statistics(images: np.ndarray) -> dict[str, float]:
+    """``images [N,H,W,3]`` in [0,255] -> the figures the docstring lists."""
+    H = images.shape[1]
+    sky = images[:, :4].mean((1, 2, 3))
+    rows = images.mean((2, 3))  # [N,H]
+    return {
+        "night": float(np.mean(sky < 50)),
+        "dusk": float(np.mean((sky >= 50) & (sky < 110))),
+        "day": float(np.mean(sky >= 110)),
+        "grain_ground": float(np.median(np.diff(images[:, -H // 4 :], axis=2).std((1, 2, 3)))),
+        "grain_sky": float(np.median(np.diff(images[:, : max(H // 8, 2)], axis=2).std((1, 2, 3)))),
+        "horizon_jump": float(np.median(np.abs(np.diff(rows, axis=1)).max(1))),
+    }
+
+
+def row(name: str, n: int, s: dict[str, float]) -> str:
+    se = max(np.sqrt(s[k] * (1 - s[k]) / n) for k in ("day", "dusk", "night"))
+    return (
+        f"{name:28s} n={n:5d}  day {s['day']:.2f}  dusk {s['dusk']:.2f}  night {s['night']:.2f} (se <= {se:.2f})"
+        f"  grain: ground {s['grain_ground']:5.2f} sky {s['grain_sky']:5.2f}  horizon jump {s['horizon_jump']:5.1f}"
+    )
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", required=True, help="a composer bundle (or a run folder holding one)")
+    ap.add_argument("--real", type=Path, default=Path("data/shapes64/test/backgrounds"))
+    ap.add_argument("-n", type=int, default=400, help="backgrounds on each side (default 400)")
+    args = ap.parse_args(argv)
+    composer = Composer.from_checkpoint(args.checkpoint)
+    real = read_real(args.real, args.n, composer.resolution)
+    fake = np.stack([np.asarray(composer.background(seed=10_000 + i).to_pil(), np.float32) for i in range(args.n)])
+    half = len(real) // 2
+    print(row("real, first half", half, statistics(real[:half])))
+    print(row("real, second half", len(real) - half, statistics(real[half:])))
+    print(row("real", len(real), statistics(real)))
+    print(row(Path(args.checkpoint).name, len(fake), statistics(fake)))
+
+
+if __name__ == "__main__":
+    main()
