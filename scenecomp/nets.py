@@ -203,7 +203,8 @@ class LayoutGenerator(nn.Module):
     keeps zero padding from drawing a frame at the image's edges. ``rgb_grain > 0`` (needs
     ``pixel_noise``) adds the grain map to the output too, scaled per pixel and channel by a 1x1
     conv of the last features that starts at ``rgb_grain`` everywhere: a zero strength gets no
-    gradient (the noise averages out), so the output grain starts on and D teaches where it belongs.
+    gradient (the noise averages out), so the output grain starts on and D decides where it belongs
+    (measured on Shapes: D_bg turned it down everywhere, docs/RESULTS.md; off in the shipped model).
     """
 
     def __init__(
