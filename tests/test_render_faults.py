@@ -1,5 +1,6 @@
 """scenecomp-render under faults (issue 13, defects 4, 5, 6 and 9): an output folder that cannot be
-written, two runs into one folder, resuming over changed or damaged files, a model that paints NaN."""
+written (on one device or on one rank of several), two runs into one folder, resuming over changed or
+damaged files, a model that paints NaN."""
 
 import json
 import os
@@ -19,6 +20,7 @@ from scenecomp.compose import bundle_dict, save_bundle
 from scenecomp.render.cli import LOCK
 from scenecomp.render.manifest import file_sha256
 from test_render import CATEGORIES, cli, manifest, valid_layouts, write_json
+from test_scaleout import clean_env, run_together
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 
@@ -203,3 +205,35 @@ def test_a_model_that_paints_nan_fails_each_layout_by_name_and_writes_nothing(tm
 def manifest_lines(out):
     path = out / "manifest.jsonl"
     return path.read_text().splitlines() if path.exists() else []
+
+
+@pytest.mark.parametrize("faulty_rank", [0, 1])
+def test_an_output_fault_on_one_rank_stops_every_rank_alike(bundle, tmp_path, capsys, faulty_rank):
+    """Two processes over gloo; after both have written images, one rank cannot write its next one
+    (a folder holds its name). Every rank stops with the same message and exit 3, none waits for
+    the other; what was written is whole, and the same command resumes once the folder is fixed."""
+    folder, stems = layouts(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    jobs = [f"{s}_s{seed:04d}.png" for s in sorted(stems) for seed in range(4)]  # the plan's order
+    blocked = out / jobs[4 + faulty_rank]  # rank r renders jobs r, r + 2, ...: this is its second batch
+    blocked.mkdir()
+    options = [folder, "--checkpoint", bundle, "--out", out, "--seeds", "0-3", "--batch-size", 2]
+    command = [sys.executable, "-m", "scenecomp.render", *map(str, options), "--devices", "2", "--device", "cpu"]
+    [(code, text)] = run_together([command], tmp_path, [clean_env()], timeout=600)
+    assert code == 3, text[-4000:]
+    message = f"scenecomp-render: error: --out {out}: cannot write {blocked}: Is a directory; nothing half-written"
+    assert text.count(message) == 2 and "Traceback" not in text, text[-4000:]  # once from each rank
+
+    written = sorted(p.name for p in out.glob("*.png") if p.is_file())
+    assert len(written) >= 4 and not list(out.glob(".*.tmp"))  # each rank's first batch, nothing half-written
+    lines = [json.loads(line) for f in out.glob(".manifest.rank*.jsonl") for line in f.read_text().splitlines()]
+    assert sorted(line["image"] for line in lines) == written
+    for line in lines:
+        assert file_sha256(out / line["image"]) == line["image_sha256"]
+    before = {name: (out / name).read_bytes() for name in written}
+
+    blocked.rmdir()
+    assert cli(options, capsys)[0] == 0  # one device resumes: merges the rank manifests, renders the rest
+    assert lines_per_image(out) == dict.fromkeys(jobs, 1)
+    assert all((out / name).read_bytes() == data for name, data in before.items())
