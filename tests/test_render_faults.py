@@ -2,6 +2,7 @@
 written (on one device or on one rank of several), two runs into one folder, resuming over changed or
 damaged files, a model that paints NaN."""
 
+import errno
 import json
 import os
 import shutil
@@ -18,7 +19,7 @@ from PIL import Image
 from conftest import make_tiny_nets
 from scenecomp.compose import bundle_dict, save_bundle
 from scenecomp.render.cli import LOCK
-from scenecomp.render.manifest import file_sha256
+from scenecomp.render.manifest import file_sha256, merge_rank_files
 from test_render import CATEGORIES, cli, manifest, valid_layouts, write_json
 from test_scaleout import clean_env, run_together
 
@@ -237,3 +238,28 @@ def test_an_output_fault_on_one_rank_stops_every_rank_alike(bundle, tmp_path, ca
     assert cli(options, capsys)[0] == 0  # one device resumes: merges the rank manifests, renders the rest
     assert lines_per_image(out) == dict.fromkeys(jobs, 1)
     assert all((out / name).read_bytes() == data for name, data in before.items())
+
+
+def test_merging_rank_manifests_onto_a_full_disk_leaves_no_half_line(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "manifest.jsonl").write_text(json.dumps({"image": "a_s0000.png"}) + "\n")
+    for r in range(2):
+        rows = [json.dumps({"image": f"r{r}_s{i:04d}.png", "pad": "x" * 100}) + "\n" for i in range(5)]
+        (out / f".manifest.rank{r}.jsonl").write_text("".join(rows))
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    limit = (out / "manifest.jsonl").stat().st_size + 300  # room for two and a half lines
+    code = (
+        "import resource, signal, sys\n"
+        "from pathlib import Path\n"
+        "from scenecomp.render.manifest import merge_rank_files\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG\n"
+        f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, resource.RLIM_INFINITY))\n"
+        "try:\n    merge_rank_files(Path(sys.argv[1]))\nexcept OSError as e:\n    print(e.errno)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True, timeout=300, env=ENV)
+    assert res.stdout.strip() == str(errno.EFBIG), res.stdout + res.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no half line; rank files kept
+    assert merge_rank_files(out) == 10 and lines_per_image(out) == dict.fromkeys(
+        ["a_s0000.png", *(f"r{r}_s{i:04d}.png" for r in range(2) for i in range(5))], 1
+    )
