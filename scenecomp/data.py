@@ -171,6 +171,7 @@ class SceneDataset(torch.utils.data.Dataset):
             raise DataError(f"{self.images_dir}: image folder not found (images of {path})")
         self.resolution = resolution
         self.min_area = float(min_area)
+        self.info = coco.info
         self.has_paint_order = coco.annotation_order
 
         # categories: file id -> model index

@@ -777,7 +777,8 @@ class CocoImage:
 @dataclass(frozen=True)
 class CocoFile:
     """A checked COCO instances file: its images in file order, each with its
-    annotations, and its categories (id -> name, in file order).
+    annotations, its categories (id -> name, in file order) and its ``info``
+    (an empty dict when it has none).
 
     Checked here: the three lists, unique ids and names, every reference, image
     sizes (within `MAX_SIDE` and `MAX_PIXELS`), and each annotation's ``area``,
@@ -788,7 +789,12 @@ class CocoFile:
     path: Path | None
     images: tuple[CocoImage, ...]
     categories: dict
-    annotation_order: bool  # info.paint_order == "annotation_order": each image's annotations are back to front
+    info: dict
+
+    @property
+    def annotation_order(self) -> bool:
+        """Whether each image's annotations are listed back to front (``info.paint_order == "annotation_order"``)."""
+        return self.info.get("paint_order") == "annotation_order"
 
     @classmethod
     def from_dict(cls, data, path=None) -> CocoFile:
@@ -837,7 +843,7 @@ class CocoFile:
             for image in data["images"]
         )
         info = data.get("info") if isinstance(data.get("info"), dict) else {}
-        return cls(path, images, categories, info.get("paint_order") == "annotation_order")
+        return cls(path, images, categories, info)
 
     def paint_order(self, items: list, area) -> list:
         """One image's ``items`` (its annotations, or what a caller made of them, in file order)
