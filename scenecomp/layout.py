@@ -12,15 +12,16 @@ A layout file (JSON, version 1; this docstring is its reference, docs/ARCHITECTU
 
 Coordinates are pixels, x right, y down; a pixel is inside a polygon or box
 when its centre is. A COCO instances JSON is also a source of layouts, one per
-image. Bad input raises `LayoutError`, whose message names the file, the
-object index and the problem.
+image (`read_coco` / `CocoFile` is the project's one COCO parser; training data
+reads files through it too). Bad input raises `LayoutError`, whose message names
+the file, the object (``object 2``, ``annotations[2] (id 3)``) and the problem.
 
 Mask images: inside is alpha > 127 where the image has a varying alpha channel,
 else luminance > 127 (`image_mask`); a flat image is an error. Mask files are
 read only when they are regular files inside the layout file's folder, unless
 the layout is loaded with ``trusted=True``. Sizes, point counts and coordinates
-are bounded (`MAX_SIDE`, `MAX_PIXELS`, `MAX_OBJECTS`, `MAX_POLYGON_POINTS`, `MAX_COORDINATE`)
-and checked before anything is allocated, so a hostile file costs little.
+are bounded (`MAX_SIDE`, `MAX_PIXELS`, `MAX_OBJECTS`, `MAX_POLYGON_POINTS`, `MAX_COORDINATE`,
+`MAX_OUTLINE`) and checked before anything is allocated, so a hostile file costs little.
 """
 
 from __future__ import annotations
