@@ -20,12 +20,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import sys
 import time
-import uuid
-from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
@@ -33,7 +29,7 @@ import numpy as np
 import torch
 from pycocotools import mask as mask_utils
 
-from scenecomp.atomic import write_atomically
+from scenecomp.atomic import new_folder, write_atomically
 from scenecomp.images import from_array
 from scenecomp.layout import CocoAnnotation, CocoFile, CocoImage, LayoutError, read_coco
 
@@ -306,46 +302,6 @@ class SceneDataset(torch.utils.data.Dataset):
 
 
 # --------------------------------------------------------------------------- command line
-@contextmanager
-def new_folder(out, overwrite: bool = False):
-    """Write a data set as a whole: yields a temporary sibling folder of ``out``
-    that is renamed to ``out`` when the block ends without an error (and removed
-    when it fails), so a crash never leaves two data sets mixed or one half written.
-
-    A non-empty ``out`` is refused unless ``overwrite``; then the old folder is
-    moved aside, the new one renamed into place and the old one deleted (a crash
-    between the two renames leaves the old data set whole, beside it, as
-    ``.NAME.*.old``).
-    """
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise DataError(f"{out}: exists and is not a folder")
-    if not overwrite and out.is_dir() and any(out.iterdir()):
-        raise DataError(
-            f"{out}: folder is not empty; choose another --out, or --overwrite to replace it "
-            "(its whole content) with the new data set"
-        )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}.tmp"
-    old = tmp.with_suffix(".old")
-    tmp.mkdir()
-    try:
-        yield tmp
-        if overwrite and out.exists():
-            os.rename(out, old)
-        try:
-            os.rename(tmp, out)  # also refuses a folder that another writer filled meanwhile
-        except OSError:
-            if old.exists():
-                os.rename(old, out)  # put the old data set back
-            raise DataError(
-                f"{out}: could not be replaced (another process wrote there?); nothing was changed"
-            ) from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def _inside(path: Path, folder: Path) -> bool:
     path, folder = path.resolve(), folder.resolve()
     return path == folder or folder in path.parents
@@ -364,7 +320,7 @@ def prepare_coco(
     overwrite: bool = False,
 ) -> dict:
     """Write a resized, filtered COCO subset to ``out`` (see ``scenecomp-data coco --help``),
-    as a whole (`new_folder`: a non-empty ``out`` is refused unless ``overwrite``).
+    as a whole (`scenecomp.atomic.new_folder`: a non-empty ``out`` is refused unless ``overwrite``).
 
     Returns a summary dict: ``images``, ``objects``, ``categories``, ``annotations`` (path), ``seconds``.
     """
