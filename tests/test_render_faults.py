@@ -21,7 +21,7 @@ from scenecomp.compose import bundle_dict, save_bundle
 from scenecomp.render.cli import LOCK
 from scenecomp.render.manifest import file_sha256, merge_rank_files
 from test_render import CATEGORIES, cli, manifest, valid_layouts, write_json
-from test_scaleout import clean_env, run_together
+from test_scaleout import clean_env, run_together, torchrun_nodes
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 
@@ -208,11 +208,12 @@ def manifest_lines(out):
     return path.read_text().splitlines() if path.exists() else []
 
 
-@pytest.mark.parametrize("faulty_rank", [0, 1])
-def test_an_output_fault_on_one_rank_stops_every_rank_alike(bundle, tmp_path, capsys, faulty_rank):
-    """Two processes over gloo; after both have written images, one rank cannot write its next one
-    (a folder holds its name). Every rank stops with the same message and exit 3, none waits for
-    the other; what was written is whole, and the same command resumes once the folder is fixed."""
+@pytest.mark.parametrize("launch, faulty_rank", [("devices", 0), ("devices", 1), ("torchrun", 1)])
+def test_an_output_fault_on_one_rank_stops_every_rank_alike(bundle, tmp_path, capsys, launch, faulty_rank):
+    """Two processes over gloo (``--devices 2``, or two torchrun "nodes"); after both have written
+    images, one rank cannot write its next one (a folder holds its name). Every rank stops with the
+    same message and exit 3, none waits for the other (before the fix: a traceback on one side, or a
+    rank waiting forever); what was written is whole, and the same command resumes once fixed."""
     folder, stems = layouts(tmp_path)
     out = tmp_path / "out"
     out.mkdir()
@@ -220,11 +221,17 @@ def test_an_output_fault_on_one_rank_stops_every_rank_alike(bundle, tmp_path, ca
     blocked = out / jobs[4 + faulty_rank]  # rank r renders jobs r, r + 2, ...: this is its second batch
     blocked.mkdir()
     options = [folder, "--checkpoint", bundle, "--out", out, "--seeds", "0-3", "--batch-size", 2]
-    command = [sys.executable, "-m", "scenecomp.render", *map(str, options), "--devices", "2", "--device", "cpu"]
-    [(code, text)] = run_together([command], tmp_path, [clean_env()], timeout=600)
-    assert code == 3, text[-4000:]
     message = f"scenecomp-render: error: --out {out}: cannot write {blocked}: Is a directory; nothing half-written"
-    assert text.count(message) == 2 and "Traceback" not in text, text[-4000:]  # once from each rank
+    if launch == "devices":
+        command = [sys.executable, "-m", "scenecomp.render", *map(str, options), "--devices", "2", "--device", "cpu"]
+        [(code, text)] = run_together([command], tmp_path, [clean_env()], timeout=600)
+        assert code == 3 and text.count(message) == 2 and "Traceback" not in text, text[-4000:]  # from each rank
+    else:
+        args = [*map(str, options), "--devices", "1", "--device", "cpu"]
+        for code, text in torchrun_nodes("scenecomp.render", lambda r: args, tmp_path):
+            # torchrun reports its child's exit 3 as its own failure (exit 1, with torchrun's traceback)
+            assert code == 1 and text.count(message) == 1 and "exitcode  : 3" in text, text[-4000:]
+            assert "scenecomp/" not in text  # no traceback from scenecomp
 
     written = sorted(p.name for p in out.glob("*.png") if p.is_file())
     assert len(written) >= 4 and not list(out.glob(".*.tmp"))  # each rank's first batch, nothing half-written
