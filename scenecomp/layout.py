@@ -535,8 +535,8 @@ def _rle_string_runs(s: str) -> np.ndarray:
     lengths = ends - starts + 1
     if lengths.max() > _RLE_CHARS:
         raise LayoutError(f"rle counts string has a run of more than {_RLE_CHARS} characters")
-    values = np.zeros(len(starts), np.int64)
-    for k in range(_RLE_CHARS):
+    values = c[starts] & 0x1F
+    for k in range(1, int(lengths.max())):  # most values take one or two characters
         has = lengths > k
         values[has] |= (c[starts[has] + k] & 0x1F) << (5 * k)
     negative = (c[ends] & 0x10) != 0
@@ -894,24 +894,27 @@ def _coco_annotation(j: int, ann, categories: dict) -> CocoAnnotation:
         raise LayoutError(
             f"annotations[{j}] must be an object with 'image_id', 'category_id' and 'segmentation', got {_show(ann)}"
         )
-    label = _annotation_label(j, ann.get("id"))
+
+    def bad(problem: str) -> LayoutError:  # the label only when needed: real COCO has 860k annotations
+        return LayoutError(f"{_annotation_label(j, ann.get('id'))}: {problem}")
+
     for key in ("image_id", "category_id"):
         if key not in ann:
-            raise LayoutError(f"{label}: missing {key!r}")
+            raise bad(f"missing {key!r}")
     if not (_is_int(ann["category_id"]) and ann["category_id"] in categories):
-        raise LayoutError(
-            f"{label}: unknown category_id {_show(ann['category_id'])}; the file's categories have ids "
+        raise bad(
+            f"unknown category_id {_show(ann['category_id'])}; the file's categories have ids "
             f"{_show(sorted(categories))}"
         )
     area, bbox, iscrowd = ann.get("area"), ann.get("bbox"), ann.get("iscrowd", 0)
     if area is not None and not (_is_number(area) and area >= 0):
-        raise LayoutError(f"{label}: area must be a non-negative number of pixels, got {_show(area)}")
+        raise bad(f"area must be a non-negative number of pixels, got {_show(area)}")
     if bbox is not None and not (
         isinstance(bbox, list) and len(bbox) == 4 and all(map(_is_number, bbox)) and bbox[2] >= 0 and bbox[3] >= 0
     ):
-        raise LayoutError(f"{label}: bbox must be [x, y, width, height], four numbers, got {_show(bbox)}")
+        raise bad(f"bbox must be [x, y, width, height], four numbers, got {_show(bbox)}")
     if isinstance(iscrowd, bool) or iscrowd not in (0, 1):
-        raise LayoutError(f"{label}: iscrowd must be 0 or 1, got {_show(iscrowd)}")
+        raise bad(f"iscrowd must be 0 or 1, got {_show(iscrowd)}")
     return CocoAnnotation(
         j,
         ann.get("id"),
