@@ -169,8 +169,8 @@ class Writer(BasePredictionWriter):
         next collective call forever. What was written before stays whole; the rank
         manifests are merged by the next run, which resumes."""
         world = trainer.world_size
-        rank = torch.tensor([world if self.fault is None else trainer.global_rank], device=pl_module.device)
-        first = int(trainer.strategy.reduce(rank, reduce_op="min"))
+        faulty = torch.tensor([world if self.fault is None else trainer.global_rank], device=pl_module.device)
+        first = int(trainer.strategy.reduce(faulty, reduce_op="min"))  # the lowest faulty rank, or world
         if first < world:
             self._close()
             raise OutputError(trainer.strategy.broadcast(self.fault, src=first))
