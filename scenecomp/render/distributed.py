@@ -173,7 +173,12 @@ class Writer(BasePredictionWriter):
         first = int(trainer.strategy.reduce(faulty, reduce_op="min"))  # the lowest faulty rank, or world
         if first < world:
             self._close()
-            raise OutputError(trainer.strategy.broadcast(self.fault, src=first))
+            message = trainer.strategy.broadcast(self.fault, src=first)
+            # every rank leaves together and closes its connections in order: a process that exits
+            # with its process group open aborts ("terminate called ...") instead of exiting 3
+            trainer.strategy.barrier("scenecomp-render: output fault")
+            torch.distributed.destroy_process_group()
+            raise OutputError(message)
 
     def _close(self) -> None:
         if self.outputs is not None:
