@@ -11,6 +11,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 
 # mkstemp makes its files owner-only (0600); a finished file gets the mode open() would give it
@@ -64,3 +65,41 @@ def build_folder_once(folder, build: Callable[[Path], object], complete: Callabl
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return True
+
+
+@contextmanager
+def new_folder(out, overwrite: bool = False):
+    """Write a folder (a data set) as a whole: yields a unique temporary sibling of ``out``
+    that is renamed to ``out`` when the block ends without an error (and removed when it
+    fails), so a crash never leaves two data sets mixed or one half written.
+
+    A non-empty ``out`` is refused (`FileExistsError`) unless ``overwrite``; then the old
+    folder is moved aside, the new one renamed into place and the old one deleted (a
+    crash between the two renames leaves the old folder whole beside it, as ``.NAME.*.old``).
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"{out}: exists and is not a folder")
+    if not overwrite and out.is_dir() and any(out.iterdir()):
+        raise FileExistsError(
+            f"{out}: folder is not empty; choose another --out, or --overwrite to replace it "
+            "(its whole content) with the new data set"
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    old = tmp.with_suffix(".old")
+    try:
+        yield tmp
+        if overwrite and out.exists():
+            os.rename(out, old)
+        try:
+            os.rename(tmp, out)  # also refuses a folder that another writer filled meanwhile
+        except OSError:
+            if old.exists():
+                os.rename(old, out)  # put the old data set back
+            raise FileExistsError(
+                f"{out}: could not be replaced (another process wrote there?); nothing was changed"
+            ) from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)

@@ -20,12 +20,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import sys
 import time
-import uuid
-from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
@@ -33,9 +29,9 @@ import numpy as np
 import torch
 from pycocotools import mask as mask_utils
 
-from scenecomp.atomic import write_atomically
+from scenecomp.atomic import new_folder, write_atomically
 from scenecomp.images import from_array
-from scenecomp.layout import order_annotations
+from scenecomp.layout import CocoAnnotation, CocoFile, CocoImage, LayoutError, read_coco
 
 __all__ = [
     "DataError",
@@ -77,63 +73,22 @@ def fit_mask(mask: np.ndarray, resolution: int) -> np.ndarray:
     return cv2.resize(square, (resolution, resolution), interpolation=cv2.INTER_NEAREST_EXACT)
 
 
-# --------------------------------------------------------------------------- COCO parsing
-def _load_json(path: Path) -> dict:
-    if not path.is_file():
-        raise DataError(f"{path}: annotations file not found")
+# --------------------------------------------------------------------------- COCO files
+def _read_coco(path: Path) -> CocoFile:
+    """The checked COCO file (`scenecomp.layout.read_coco`); its errors as `DataError`."""
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: cannot read annotations file: {e}") from None
-    if not isinstance(data, dict):
-        raise DataError(f"{path}: not a COCO instances file (top level is not an object)")
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(data.get(key), list):
-            raise DataError(f"{path}: not a COCO instances file (no '{key}' list)")
-    return data
+        return read_coco(path)
+    except LayoutError as e:
+        raise DataError(str(e)) from None
 
 
-def _to_rle(segmentation, height: int, width: int) -> dict | None:
-    """COCO segmentation (polygons, RLE, uncompressed RLE) -> one compressed RLE.
-
-    Returns None for a segmentation with no usable polygon. Raises ValueError
-    (or TypeError, KeyError) for a malformed one.
-    """
-    if isinstance(segmentation, list):
-        polygons = [
-            [float(v) for v in p] for p in segmentation if isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0
-        ]
-        if not polygons:
-            return None
-        return mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
-    if isinstance(segmentation, dict):
-        counts = segmentation["counts"]
-        size = [int(v) for v in segmentation["size"]]
-        if size != [height, width]:
-            raise ValueError(f"RLE size {size} is not the image's [{height}, {width}]")
-        if isinstance(counts, list):
-            return mask_utils.frPyObjects({"size": size, "counts": counts}, height, width)
-        if isinstance(counts, str):
-            counts = counts.encode("ascii")
-        if not isinstance(counts, bytes):
-            raise ValueError("RLE counts is neither a string nor a list")
-        return {"size": size, "counts": counts}
-    raise ValueError(f"segmentation is a {type(segmentation).__name__}, not polygons or RLE")
-
-
-def _area_in_crop(annotation: dict, rle: dict | None, height: int, width: int) -> float:
+def _area_in_crop(annotation: CocoAnnotation, rle: dict, height: int, width: int) -> float:
     """Object area (original pixels) inside the image's centre square."""
-    if rle is None:
-        return 0.0
     top, left, side = crop_box(height, width)
-    area, bbox = annotation.get("area"), annotation.get("bbox")
-    if isinstance(area, (int, float)) and isinstance(bbox, list) and len(bbox) == 4:
-        x, y, w, h = (float(v) for v in bbox)
+    if annotation.area is not None and annotation.bbox is not None:
+        x, y, w, h = annotation.bbox
         if x >= left and y >= top and x + w <= left + side and y + h <= top + side:
-            return float(area)  # wholly inside: trust the file's area
+            return annotation.area  # wholly inside: trust the file's area
         if x >= left + side or y >= top + side or x + w <= left or y + h <= top:
             return 0.0  # wholly outside
     square = mask_utils.frPyObjects(np.array([[left, top, side, side]], dtype=np.float64), height, width)[0]
@@ -169,13 +124,14 @@ class SceneDataset(torch.utils.data.Dataset):
             always dropped.
         limit: keep at most this many images (the first usable ones, in file order).
 
-    Paint order is ``scenecomp.layout.order_annotations``: the file's
-    annotation order when ``info.paint_order == "annotation_order"`` (Shapes,
-    prepared subsets), else largest first (real COCO has no paint order). For
-    ordering and filtering the area counted is the area inside the centre
-    crop. The file's ``area`` and ``bbox`` are trusted when present; crowd
-    (``iscrowd``) regions are kept as objects of their category. Images left
-    with no object are dropped.
+    The file is read and checked by ``scenecomp.layout.read_coco`` (as layouts
+    are; its errors become `DataError`). Paint order is ``CocoFile.paint_order``:
+    the file's annotation order when ``info.paint_order == "annotation_order"``
+    (Shapes, prepared subsets), else largest first (real COCO has no paint
+    order). For ordering and filtering the area counted is the area inside the
+    centre crop. The file's ``area`` and ``bbox`` are trusted when present; crowd
+    (``iscrowd``) regions are kept as objects of their category; an object whose
+    segmentation covers no pixel is dropped. Images left with no object are dropped.
 
     Sample ``dataset[i]``: ``image`` float32 [3,R,R] in [-1,1]; ``masks`` float32
     [K,1,R,R] in {0,1}; ``categories`` int64 [K] (0 for padding); ``valid`` bool
@@ -204,29 +160,21 @@ class SceneDataset(torch.utils.data.Dataset):
             raise DataError(f"{path}: min_area is a fraction of the image, in [0, 1); got {min_area!r}")
         if limit is not None and (not isinstance(limit, int) or limit < 1):
             raise DataError(f"{path}: limit must be a positive integer, got {limit!r}")
-        data = _load_json(path)
+        coco = _read_coco(path)
         self.annotations_path = path
         self.images_dir = Path(images) if images is not None else path.parent / "images"
         if not self.images_dir.is_dir():
             raise DataError(f"{self.images_dir}: image folder not found (images of {path})")
         self.resolution = resolution
         self.min_area = float(min_area)
-        self.info = data.get("info") if isinstance(data.get("info"), dict) else {}
-        self.has_paint_order = self.info.get("paint_order") == "annotation_order"
+        self.info = coco.info
+        self.has_paint_order = coco.annotation_order
 
         # categories: file id -> model index
-        by_name: dict[str, int] = {}
-        try:
-            file_categories = sorted((int(c["id"]), str(c["name"])) for c in data["categories"])
-        except (KeyError, TypeError, ValueError):
-            raise DataError(f"{path}: every category needs an integer 'id' and a 'name'") from None
-        for cid, name in file_categories:
-            if name in by_name:
-                raise DataError(f"{path}: category name '{name}' appears twice (ids {by_name[name]} and {cid})")
-            by_name[name] = cid
+        by_name = {name: cid for cid, name in sorted(coco.categories.items())}
         wanted = _as_name_list(categories)
         if wanted is None:
-            wanted = [name for _, name in file_categories]
+            wanted = list(by_name)
         if not wanted:
             raise DataError(f"{path}: no categories selected")
         unknown = [n for n in wanted if n not in by_name]
@@ -241,80 +189,49 @@ class SceneDataset(torch.utils.data.Dataset):
         self.category_ids: list[int] = [by_name[n] for n in wanted]  # file's ids, by model index
         index_of = {by_name[n]: i for i, n in enumerate(wanted)}
 
-        # images and their annotations
-        images_by_id: dict[int, dict] = {}
-        for entry in data["images"]:
-            try:
-                iid, h, w = int(entry["id"]), int(entry["height"]), int(entry["width"])
-                name = str(entry["file_name"])
-            except (KeyError, TypeError, ValueError):
-                raise DataError(
-                    f"{path}: every image needs 'id', 'file_name', 'height' and 'width' (bad entry: {str(entry)[:120]})"
-                ) from None
-            if h < 1 or w < 1:
-                raise DataError(f"{path}: image {iid} ({name}) has size {h}x{w}")
-            images_by_id[iid] = {"id": iid, "file_name": name, "height": h, "width": w, "objects": []}
-        for ann in data["annotations"]:
-            if not isinstance(ann, dict) or "image_id" not in ann or "category_id" not in ann:
-                raise DataError(
-                    f"{path}: every annotation needs 'image_id' and 'category_id' (bad entry: {str(ann)[:120]})"
-                )
-            image = images_by_id.get(ann["image_id"])
-            if image is None:
-                raise DataError(
-                    f"{path}: annotation {ann.get('id')} refers to image {ann['image_id']}, which is not in 'images'"
-                )
-            if ann["category_id"] in index_of:
-                image["objects"].append(ann)
-
         self.max_objects = max_objects
         self._records: list[dict] = []
-        for image in images_by_id.values():
-            objects = self._select(path, image, index_of)
+        for image in coco.images:
+            objects = self._select(coco, image, index_of)
             if objects:
                 self._records.append(
-                    {k: image[k] for k in ("id", "file_name", "height", "width")} | {"objects": objects}
+                    {"id": image.id, "file_name": image.file_name, "height": image.height, "width": image.width}
+                    | {"objects": objects}
                 )
                 if limit is not None and len(self._records) >= limit:
                     break
         if not self._records:
             raise DataError(
                 f"{path}: no usable object after filters (categories: {', '.join(self.categories)}; "
-                f"min_area: {self.min_area}; {len(images_by_id)} images, "
-                f"{len(data['annotations'])} annotations in the file)"
+                f"min_area: {self.min_area}; {len(coco.images)} images, "
+                f"{sum(len(image.annotations) for image in coco.images)} annotations in the file)"
             )
         if self.max_objects is None:
             self.max_objects = max(len(r["objects"]) for r in self._records)
 
-    def _select(self, path: Path, image: dict, index_of: dict[int, int]) -> list[dict]:
-        """Kept objects of one image, in paint order: dicts with rle, category, annotation."""
-        h, w = image["height"], image["width"]
-        side = min(h, w)
+    def _select(self, coco: CocoFile, image: CocoImage, index_of: dict[int, int]) -> list[dict]:
+        """Kept objects of one image, in paint order: dicts with rle, category, annotation id and iscrowd."""
+        side = min(image.height, image.width)
         candidates = []
-        for ann in image["objects"]:
+        for ann in image.annotations:
+            if ann.category_id not in index_of:
+                continue
             try:
-                rle = _to_rle(ann.get("segmentation"), h, w)
-            except Exception as e:  # noqa: BLE001 - pycocotools raises bare Exception
-                raise DataError(
-                    f"{path}: annotation {ann.get('id')} (image {image['id']}): bad segmentation: {e}"
-                ) from None
-            area = _area_in_crop(ann, rle, h, w)
+                rle = coco.rle(image, ann, allow_empty=True)  # an empty shape is dropped like a tiny one
+            except LayoutError as e:
+                raise DataError(str(e)) from None
+            area = 0.0 if rle is None else _area_in_crop(ann, rle, image.height, image.width)
             if area <= 0 or area / (side * side) < self.min_area:
                 continue
-            candidates.append({**ann, "area": area, "_rle": rle})
-        ordered = order_annotations(candidates, self.info)
+            candidates.append((ann, rle, area))
+        ordered = coco.paint_order(candidates, lambda c: c[2])  # by the area inside the crop
         if self.max_objects is not None and len(ordered) > self.max_objects:
-            rank = sorted(range(len(ordered)), key=lambda i: (-ordered[i]["area"], i))
+            rank = sorted(range(len(ordered)), key=lambda i: (-ordered[i][2], i))
             keep = set(rank[: self.max_objects])
-            ordered = [a for i, a in enumerate(ordered) if i in keep]
+            ordered = [c for i, c in enumerate(ordered) if i in keep]
         return [
-            {
-                "rle": a["_rle"],
-                "category": index_of[a["category_id"]],
-                "annotation_id": a.get("id"),
-                "iscrowd": int(a.get("iscrowd", 0) or 0),
-            }
-            for a in ordered
+            {"rle": rle, "category": index_of[ann.category_id], "annotation_id": ann.id, "iscrowd": ann.iscrowd}
+            for ann, rle, _ in ordered
         ]
 
     def __len__(self) -> int:
@@ -385,46 +302,6 @@ class SceneDataset(torch.utils.data.Dataset):
 
 
 # --------------------------------------------------------------------------- command line
-@contextmanager
-def new_folder(out, overwrite: bool = False):
-    """Write a data set as a whole: yields a temporary sibling folder of ``out``
-    that is renamed to ``out`` when the block ends without an error (and removed
-    when it fails), so a crash never leaves two data sets mixed or one half written.
-
-    A non-empty ``out`` is refused unless ``overwrite``; then the old folder is
-    moved aside, the new one renamed into place and the old one deleted (a crash
-    between the two renames leaves the old data set whole, beside it, as
-    ``.NAME.*.old``).
-    """
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise DataError(f"{out}: exists and is not a folder")
-    if not overwrite and out.is_dir() and any(out.iterdir()):
-        raise DataError(
-            f"{out}: folder is not empty; choose another --out, or --overwrite to replace it "
-            "(its whole content) with the new data set"
-        )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}.tmp"
-    old = tmp.with_suffix(".old")
-    tmp.mkdir()
-    try:
-        yield tmp
-        if overwrite and out.exists():
-            os.rename(out, old)
-        try:
-            os.rename(tmp, out)  # also refuses a folder that another writer filled meanwhile
-        except OSError:
-            if old.exists():
-                os.rename(old, out)  # put the old data set back
-            raise DataError(
-                f"{out}: could not be replaced (another process wrote there?); nothing was changed"
-            ) from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def _inside(path: Path, folder: Path) -> bool:
     path, folder = path.resolve(), folder.resolve()
     return path == folder or folder in path.parents
@@ -443,7 +320,7 @@ def prepare_coco(
     overwrite: bool = False,
 ) -> dict:
     """Write a resized, filtered COCO subset to ``out`` (see ``scenecomp-data coco --help``),
-    as a whole (`new_folder`: a non-empty ``out`` is refused unless ``overwrite``).
+    as a whole (`scenecomp.atomic.new_folder`: a non-empty ``out`` is refused unless ``overwrite``).
 
     Returns a summary dict: ``images``, ``objects``, ``categories``, ``annotations`` (path), ``seconds``.
     """
@@ -478,7 +355,8 @@ def _write_coco_subset(dataset: SceneDataset, out: Path, size: int, max_objects,
         indices = tqdm(indices, desc="coco", unit="img", file=sys.stderr, disable=None)
     for i in indices:
         info, sample = dataset.image_info(i), dataset.read(i)
-        name = f"{info['id']:012d}.png"
+        # named for the image id; string ids (COCO allows them) by position, in names no integer id gives
+        name = f"{info['id']:012d}.png" if isinstance(info["id"], int) else f"image_{i:012d}.png"
         Image.fromarray(sample["image"]).save(out / "images" / name)
         images_out.append(
             {"id": info["id"], "file_name": name, "height": size, "width": size, "source_file_name": info["file_name"]}

@@ -12,15 +12,16 @@ A layout file (JSON, version 1; this docstring is its reference, docs/ARCHITECTU
 
 Coordinates are pixels, x right, y down; a pixel is inside a polygon or box
 when its centre is. A COCO instances JSON is also a source of layouts, one per
-image. Bad input raises `LayoutError`, whose message names the file, the
-object index and the problem.
+image (`read_coco` / `CocoFile` is the project's one COCO parser; training data
+reads files through it too). Bad input raises `LayoutError`, whose message names
+the file, the object (``object 2``, ``annotations[2] (id 3)``) and the problem.
 
 Mask images: inside is alpha > 127 where the image has a varying alpha channel,
 else luminance > 127 (`image_mask`); a flat image is an error. Mask files are
 read only when they are regular files inside the layout file's folder, unless
 the layout is loaded with ``trusted=True``. Sizes, point counts and coordinates
-are bounded (`MAX_SIDE`, `MAX_PIXELS`, `MAX_OBJECTS`, `MAX_POLYGON_POINTS`, `MAX_COORDINATE`)
-and checked before anything is allocated, so a hostile file costs little.
+are bounded (`MAX_SIDE`, `MAX_PIXELS`, `MAX_OBJECTS`, `MAX_POLYGON_POINTS`, `MAX_COORDINATE`,
+`MAX_OUTLINE`) and checked before anything is allocated, so a hostile file costs little.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ MAX_PIXELS = 2**24  # height * width (16.7M, e.g. 4096 x 4096)
 MAX_POLYGON_POINTS = 10_000
 MAX_OBJECTS = 1000  # per layout: rendering holds a mask per object and batch entry
 MAX_COORDINATE = 1e9  # |x|, |y| of polygon and bbox values
+MAX_OUTLINE = 2**22  # pixels: a COCO polygon's outline length and coordinates (see _check_outline)
 MAX_ECHO = 60  # characters of a user's string shown in a message
 
 
@@ -323,36 +325,13 @@ def load_layouts(path, categories=None, *, trusted: bool = False) -> list[Layout
     path = Path(path)
     data = _read_json(path)
     if _is_coco(data):
-        return _coco_layouts(data, path, categories)
+        return CocoFile.from_dict(data, path).layouts(categories)
     return [Layout.from_dict(data, path, categories, trusted=trusted)]
 
 
 def load_coco_layouts(path, categories=None) -> list[Layout]:
-    """One layout per image of a COCO instances JSON, in image id order.
-
-    Objects are in `order_annotations` order, each as ``{"rle": ...}`` with
-    compressed counts (polygons and uncompressed crowd RLEs are converted);
-    sizes are the images' (height, width). Seeds are left unset.
-    """
-    path = Path(path)
-    data = _read_json(path)
-    if not _is_coco(data):
-        raise LayoutError("not a COCO instances file: needs 'images' and 'annotations' lists", path)
-    return _coco_layouts(data, path, categories)
-
-
-def order_annotations(annotations: list[dict], info: dict | None) -> list[dict]:
-    """Paint order (back to front) of one image's COCO annotations.
-
-    Files written by scenecomp (Shapes, prepared COCO subsets) say
-    ``info["paint_order"] == "annotation_order"``: their annotations are
-    already back to front. Any other COCO file (real COCO) has no paint
-    order, so objects are painted largest first: big regions are usually
-    behind small ones.
-    """
-    if (info or {}).get("paint_order") == "annotation_order":
-        return list(annotations)
-    return sorted(annotations, key=lambda a: -float(a["area"]) if _is_number(a.get("area")) else 0.0)
+    """One layout per image of a COCO instances JSON (`CocoFile.layouts`)."""
+    return read_coco(path).layouts(categories)
 
 
 # --- reading and validating --------------------------------------------------
@@ -360,11 +339,11 @@ def order_annotations(annotations: list[dict], info: dict | None) -> list[dict]:
 # file and the object index and re-raise with them.
 
 
-def _read_json(path: Path):
+def _read_json(path: Path, what: str = "file"):
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise LayoutError("file not found", path) from None
+        raise LayoutError(f"{what} not found", path) from None
     except IsADirectoryError:
         raise LayoutError("is a directory, not a JSON file", path) from None
     except OSError as e:
@@ -556,8 +535,8 @@ def _rle_string_runs(s: str) -> np.ndarray:
     lengths = ends - starts + 1
     if lengths.max() > _RLE_CHARS:
         raise LayoutError(f"rle counts string has a run of more than {_RLE_CHARS} characters")
-    values = np.zeros(len(starts), np.int64)
-    for k in range(_RLE_CHARS):
+    values = c[starts] & 0x1F
+    for k in range(1, int(lengths.max())):  # most values take one or two characters
         has = lengths > k
         values[has] |= (c[starts[has] + k] & 0x1F) << (5 * k)
     negative = (c[ends] & 0x10) != 0
@@ -573,8 +552,9 @@ def _rle_string_runs(s: str) -> np.ndarray:
 
 
 def _is_key(v) -> bool:
-    """A value that can be a COCO id (a JSON list or object cannot: it is not hashable)."""
-    return isinstance(v, (int, str))
+    """A value that can be a COCO image id: an integer or a string (a list is not hashable,
+    and true would be the id 1)."""
+    return _is_int(v) or isinstance(v, str)
 
 
 def _is_int(v) -> bool:
@@ -747,74 +727,208 @@ def _decode_rle(rle: dict) -> np.ndarray:
     return mask_utils.decode(coco).astype(bool)
 
 
-# --- COCO ----------------------------------------------------------------------
+# --- COCO instances files -------------------------------------------------------
+# The one reader of COCO files: layouts (`CocoFile.layouts`), training data
+# (scenecomp.data) and the layout prior all use it. The file's structure is checked
+# at once; a segmentation is checked and converted when a caller asks for it
+# (`CocoFile.rle`), so a data set keeping a few categories of real COCO converts only those.
 
 
-def _coco_layouts(data: dict, path: Path, categories) -> list[Layout]:
-    names = {}
-    if not isinstance(data.get("categories", []), list):
-        raise LayoutError(f"categories must be a list, got {_show(data['categories'])}", path)
-    for j, cat in enumerate(data.get("categories") or []):
-        if not (isinstance(cat, dict) and _is_int(cat.get("id")) and isinstance(cat.get("name"), str)):
-            raise LayoutError(f"categories[{j}] needs an integer 'id' and a string 'name', got {_show(cat)}", path)
-        names[cat["id"]] = cat["name"]
+def read_coco(path) -> CocoFile:
+    """Read and check a COCO instances JSON (see `CocoFile`)."""
+    path = Path(path)
+    return CocoFile.from_dict(_read_json(path, "annotations file"), path)
 
-    images = {}
-    for j, image in enumerate(data["images"]):
-        ok = (
-            isinstance(image, dict)
-            and isinstance(image.get("id"), (int, str))
-            and isinstance(image.get("file_name"), str)
-        )
-        if not ok or image["id"] in images:
-            raise LayoutError(f"images[{j}] needs a unique 'id' and a 'file_name', got {_show(image)}", path)
-        try:
-            _check_size([image.get("height"), image.get("width")], "height and width")
-        except LayoutError as e:
-            raise LayoutError(f"images[{j}] (id {_show(image['id'])}): {e.problem}", path) from None
-        images[image["id"]] = image
 
-    per_image = {image_id: [] for image_id in images}
-    for j, ann in enumerate(data["annotations"]):
-        if not isinstance(ann, dict) or not _is_key(ann.get("image_id")) or ann["image_id"] not in per_image:
-            raise LayoutError(f"annotations[{j}] refers to no image in 'images'", path)
-        if not _is_key(ann.get("category_id")) or ann["category_id"] not in names:
-            raise LayoutError(
-                f"annotations[{j}] (id {_show(ann.get('id'))}): unknown category_id "
-                f"{_show(ann.get('category_id'))}; the file's categories have ids "
-                f"{_show(sorted(names))}",
-                path,
-            )
-        per_image[ann["image_id"]].append(ann)
+@dataclass(frozen=True)
+class CocoAnnotation:
+    """One checked entry of a COCO file's ``annotations``; ``area`` and ``bbox`` are None when the file has none."""
 
-    info = data.get("info") if isinstance(data.get("info"), dict) else None
-    layouts = []
-    for image_id in sorted(images, key=lambda i: (isinstance(i, str), i)):
-        image = images[image_id]
-        size = (image["height"], image["width"])
-        if len(per_image[image_id]) > MAX_OBJECTS:
-            raise LayoutError(
-                f"{len(per_image[image_id])} objects; at most {MAX_OBJECTS} are accepted",
-                path,
-                image=_image_name(image_id, image["file_name"]),
-            )
-        objects = []
-        for i, ann in enumerate(order_annotations(per_image[image_id], info)):
-            try:
-                rle = _coco_rle(ann.get("segmentation"), size)
-            except LayoutError as e:
+    index: int  # its position in the file's list: how messages name it
+    id: object  # the file's "id", or None
+    category: str  # its category's name
+    category_id: int
+    segmentation: object  # as the file has it: `CocoFile.rle` checks and converts it
+    area: float | None
+    bbox: tuple[float, float, float, float] | None
+    iscrowd: int
+
+    @property
+    def label(self) -> str:
+        """How messages name it: ``annotations[2] (id 3)``."""
+        return _annotation_label(self.index, self.id)
+
+
+@dataclass(frozen=True)
+class CocoImage:
+    """One checked entry of a COCO file's ``images``, with its annotations in file order."""
+
+    id: int | str
+    file_name: str
+    height: int
+    width: int
+    annotations: tuple[CocoAnnotation, ...]
+
+    @property
+    def label(self) -> str:
+        """How messages name it: ``image 7 ('dir/b.png')``."""
+        return _image_name(self.id, self.file_name)
+
+
+@dataclass(frozen=True)
+class CocoFile:
+    """A checked COCO instances file: its images in file order, each with its
+    annotations, its categories (id -> name, in file order) and its ``info``
+    (an empty dict when it has none).
+
+    Checked here: the three lists, unique ids and names, every reference, image
+    sizes (within `MAX_SIDE` and `MAX_PIXELS`), and each annotation's ``area``,
+    ``bbox`` and ``iscrowd`` where present. Errors are `LayoutError`s naming the
+    file, the entry (``images[1]``, ``annotations[2] (id 3)``) and the problem.
+    """
+
+    path: Path | None
+    images: tuple[CocoImage, ...]
+    categories: dict
+    info: dict
+
+    @property
+    def annotation_order(self) -> bool:
+        """Whether each image's annotations are listed back to front (``info.paint_order == "annotation_order"``)."""
+        return self.info.get("paint_order") == "annotation_order"
+
+    @classmethod
+    def from_dict(cls, data, path=None) -> CocoFile:
+        """Check a parsed COCO file; ``path`` only names it in errors."""
+        path = None if path is None else Path(path)
+        if not isinstance(data, dict):
+            raise LayoutError("not a COCO instances file (top level is not an object)", path)
+        for key in ("images", "annotations", "categories"):
+            if not isinstance(data.get(key), list):
+                raise LayoutError(f"not a COCO instances file (no {key!r} list)", path)
+        categories, category_of_name = {}, {}
+        for j, cat in enumerate(data["categories"]):
+            if not (isinstance(cat, dict) and _is_int(cat.get("id")) and isinstance(cat.get("name"), str)):
+                raise LayoutError(f"categories[{j}] needs an integer 'id' and a string 'name', got {_show(cat)}", path)
+            cid, name = int(cat["id"]), cat["name"]
+            if cid in categories or name in category_of_name or not name:
                 raise LayoutError(
-                    f"annotation {_show(ann.get('id'))}: {e.problem}",
-                    path,
-                    i,
-                    image=_image_name(image_id, image["file_name"]),
-                ) from None
-            objects.append(LayoutObject(names[ann["category_id"]], {"rle": rle}))
-        layout = Layout(size, objects, path=path, _image=(image_id, image["file_name"]))
-        if categories is not None:
-            layout.check_categories(categories)
-        layouts.append(layout)
-    return layouts
+                    f"categories[{j}] needs a unique 'id' and a unique non-empty 'name', got {_show(cat)}", path
+                )
+            categories[cid], category_of_name[name] = name, cid
+
+        sizes = {}
+        for j, image in enumerate(data["images"]):
+            ok = isinstance(image, dict) and _is_key(image.get("id")) and isinstance(image.get("file_name"), str)
+            if not ok or image["id"] in sizes:
+                raise LayoutError(f"images[{j}] needs a unique 'id' and a 'file_name', got {_show(image)}", path)
+            try:
+                sizes[image["id"]] = _check_size([image.get("height"), image.get("width")], "height and width")
+            except LayoutError as e:
+                raise LayoutError(f"images[{j}] (id {_show(image['id'])}): {e.problem}", path) from None
+
+        per_image = {image_id: [] for image_id in sizes}
+        for j, ann in enumerate(data["annotations"]):
+            try:
+                annotation = _coco_annotation(j, ann, categories)
+            except LayoutError as e:
+                raise LayoutError(e.problem, path) from None
+            if not (_is_key(ann["image_id"]) and ann["image_id"] in per_image):
+                raise LayoutError(
+                    f"{annotation.label} refers to image {_show(ann['image_id'])}, which is not in 'images'", path
+                )
+            per_image[ann["image_id"]].append(annotation)
+
+        images = tuple(
+            CocoImage(image["id"], image["file_name"], *sizes[image["id"]], tuple(per_image[image["id"]]))
+            for image in data["images"]
+        )
+        info = data.get("info") if isinstance(data.get("info"), dict) else {}
+        return cls(path, images, categories, info)
+
+    def paint_order(self, items: list, area) -> list:
+        """One image's ``items`` (its annotations, or what a caller made of them, in file order)
+        back to front: as listed when the file says so (``info.paint_order ==
+        "annotation_order"``: Shapes, prepared subsets, synthetic sets), else largest
+        ``area(item)`` first, ties in file order: real COCO records no paint order, and
+        big regions are usually behind small ones."""
+        return list(items) if self.annotation_order else sorted(items, key=lambda item: -area(item))
+
+    def rle(self, image: CocoImage, annotation: CocoAnnotation, *, allow_empty: bool = False) -> dict | None:
+        """The annotation's segmentation (polygons, RLE or crowd RLE) as one compressed RLE
+        at the image's size, counts as str. Polygon parts of fewer than 3 points enclose
+        nothing and are left out (real COCO has a few). A segmentation that covers no pixel
+        is an error, or None with ``allow_empty`` (training data drops such objects).
+        Errors name the file, the image, the annotation and the problem."""
+        try:
+            return _coco_rle(annotation.segmentation, (image.height, image.width), allow_empty)
+        except LayoutError as e:
+            raise LayoutError(f"{annotation.label}: {e.problem}", self.path, image=image.label) from None
+
+    def layouts(self, categories=None) -> list[Layout]:
+        """One layout per image, in image id order (ints before strings): objects in
+        `paint_order` (by the file's ``area``), each as ``{"rle": ...}``, seeds unset.
+        ``categories``: the names a layout may use (`Layout.check_categories`)."""
+        layouts = []
+        for image in sorted(self.images, key=lambda im: (isinstance(im.id, str), im.id)):
+            if len(image.annotations) > MAX_OBJECTS:
+                raise LayoutError(
+                    f"{len(image.annotations)} objects; at most {MAX_OBJECTS} are accepted",
+                    self.path,
+                    image=image.label,
+                )
+            objects = [
+                LayoutObject(ann.category, {"rle": self.rle(image, ann)})
+                for ann in self.paint_order(image.annotations, lambda a: a.area or 0.0)
+            ]
+            layout = Layout((image.height, image.width), objects, path=self.path, _image=(image.id, image.file_name))
+            if categories is not None:
+                layout.check_categories(categories)
+            layouts.append(layout)
+        return layouts
+
+
+def _coco_annotation(j: int, ann, categories: dict) -> CocoAnnotation:
+    """Entry ``j`` of a COCO file's annotations, checked but for its image and segmentation."""
+    if not isinstance(ann, dict):
+        raise LayoutError(
+            f"annotations[{j}] must be an object with 'image_id', 'category_id' and 'segmentation', got {_show(ann)}"
+        )
+
+    def bad(problem: str) -> LayoutError:  # the label only when needed: real COCO has 860k annotations
+        return LayoutError(f"{_annotation_label(j, ann.get('id'))}: {problem}")
+
+    for key in ("image_id", "category_id"):
+        if key not in ann:
+            raise bad(f"missing {key!r}")
+    if not (_is_int(ann["category_id"]) and ann["category_id"] in categories):
+        raise bad(
+            f"unknown category_id {_show(ann['category_id'])}; the file's categories have ids "
+            f"{_show(sorted(categories))}"
+        )
+    area, bbox, iscrowd = ann.get("area"), ann.get("bbox"), ann.get("iscrowd", 0)
+    if area is not None and not (_is_number(area) and area >= 0):
+        raise bad(f"area must be a non-negative number of pixels, got {_show(area)}")
+    if bbox is not None and not (
+        isinstance(bbox, list) and len(bbox) == 4 and all(map(_is_number, bbox)) and bbox[2] >= 0 and bbox[3] >= 0
+    ):
+        raise bad(f"bbox must be [x, y, width, height], four numbers, got {_show(bbox)}")
+    if isinstance(iscrowd, bool) or iscrowd not in (0, 1):
+        raise bad(f"iscrowd must be 0 or 1, got {_show(iscrowd)}")
+    return CocoAnnotation(
+        j,
+        ann.get("id"),
+        categories[ann["category_id"]],
+        int(ann["category_id"]),
+        ann.get("segmentation"),
+        None if area is None else float(area),
+        None if bbox is None else tuple(float(v) for v in bbox),
+        int(iscrowd),
+    )
+
+
+def _annotation_label(index: int, annotation_id) -> str:
+    return f"annotations[{index}]" + ("" if annotation_id is None else f" (id {_show(annotation_id)})")
 
 
 def _image_name(image_id, file_name: str) -> str:
@@ -822,37 +936,54 @@ def _image_name(image_id, file_name: str) -> str:
     return f"image {_show(image_id)} ({quote(file_name)})"
 
 
-def _coco_rle(segmentation, size: tuple[int, int]) -> dict:
-    """A COCO segmentation (polygons, RLE or crowd RLE) as a compressed RLE with str counts."""
+def _coco_rle(segmentation, size: tuple[int, int], allow_empty: bool) -> dict | None:
+    """A COCO segmentation as a compressed RLE of ``size`` with str counts (see `CocoFile.rle`)."""
     h, w = size
     if isinstance(segmentation, dict):
         rle = _check_rle(segmentation)
+        if rle["size"] != [h, w]:
+            raise LayoutError(f"segmentation RLE size {rle['size']} is not the image's {[h, w]}")
         if isinstance(rle["counts"], list):
-            rle = mask_utils.frPyObjects(rle, *rle["size"])
-    elif isinstance(segmentation, list) and segmentation:
+            rle = mask_utils.frPyObjects(rle, h, w)
+    elif isinstance(segmentation, list):
         polygons = []
         for part in segmentation:
             if not (isinstance(part, list) and len(part) % 2 == 0 and all(map(_is_number, part))):
                 raise LayoutError(f"segmentation polygon must be a flat list [x1, y1, x2, y2, ...], got {_show(part)}")
-            # Real COCO has a few parts with fewer than 3 points: they enclose
-            # nothing, and pycocotools would read a 4-number part as a box.
+            # pycocotools would read a 4-number part as a box
             if len(part) >= 6:
                 polygons.append([float(v) for v in part])
         if not polygons:
+            if allow_empty:
+                return None
             raise LayoutError("segmentation has no polygon with at least 3 points")
+        _check_outline(polygons)
         rle = mask_utils.merge(mask_utils.frPyObjects(polygons, h, w))
     else:
         raise LayoutError(f"segmentation must be a list of polygons or an RLE, got {_show(segmentation)}")
-
     counts = rle["counts"]
-    rle = {
-        "size": [int(v) for v in rle["size"]],
-        "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts,
-    }
-    empty = mask_utils.area(rle) == 0 if rle["size"] == [h, w] else not rasterize({"rle": rle}, size).any()
-    if empty:
+    rle = {"size": [h, w], "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts}
+    if mask_utils.area(rle) == 0:
+        if allow_empty:
+            return None
         raise LayoutError(f"segmentation is empty at the image's size {[h, w]}")
     return rle
+
+
+def _check_outline(polygons: list[list[float]]) -> None:
+    """pycocotools traces a polygon's outline at 5 points a pixel into memory it allocates
+    first (and in 32-bit integers), so a far-off point would cost gigabytes or crash it:
+    coordinates and the outline's length are bounded by `MAX_OUTLINE` before it is called."""
+    length, reach = 0.0, 0.0
+    for polygon in polygons:
+        points = np.asarray(polygon).reshape(-1, 2)
+        length += float(np.abs(points - np.roll(points, -1, axis=0)).max(axis=1).sum())
+        reach = max(reach, float(np.abs(points).max()))
+    if length > MAX_OUTLINE or reach > MAX_OUTLINE:
+        raise LayoutError(
+            f"segmentation polygons are too large (outline {length:.0f} pixels long, coordinates up to "
+            f"{reach:.0f}); at most {MAX_OUTLINE} each"
+        )
 
 
 def _layout_json(d: dict) -> str:

@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from scenecomp.atomic import write_atomically
-from scenecomp.layout import LayoutError, encode_rle, load_coco_layouts, quote, rasterize
+from scenecomp.layout import LayoutError, encode_rle, quote, rasterize, read_coco
 from scenecomp.shapes import min_object_pixels
 
 PRIOR_FORMAT = "scenecomp-layout-prior"
@@ -208,15 +208,15 @@ class LayoutPrior:
 
     @classmethod
     def fit(cls, annotations, shapes_per_category: int = 256, seed: int = 0, categories=None) -> LayoutPrior:
-        """Fit on a COCO instances file (paint order as `scenecomp.layout.order_annotations`
+        """Fit on a COCO instances file (paint order as `scenecomp.layout.CocoFile.paint_order`
         reads it); ``categories`` keeps only those names (default: all of the file's)."""
         path = Path(annotations)
         try:
-            layouts = load_coco_layouts(path)
-            raw = json.loads(path.read_bytes())
+            coco = read_coco(path)
+            layouts = coco.layouts()
         except LayoutError as e:
             raise PriorError(str(e)) from None
-        names = [c["name"] for c in sorted(raw.get("categories") or [], key=lambda c: c["id"])]
+        names = [name for _, name in sorted(coco.categories.items())]
         if categories is not None:
             unknown = [c for c in categories if c not in names]
             if unknown:

@@ -35,7 +35,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from scenecomp.atomic import write_atomically
+from scenecomp.atomic import new_folder, write_atomically
 
 CATEGORIES = ("tree", "house", "sun", "cloud", "rock")
 SKY = frozenset({"sun", "cloud"})
@@ -564,7 +564,7 @@ def write_dataset(out, count: int, size: int = 64, seed: int = 0, workers: int =
     instances, compressed-RLE masks, annotations in paint order, written
     atomically, no timestamps so equal seeds give byte-identical files) and
     ``preview.png`` (the first up to 16 scenes, 4x4, upscaled 2x). The folder
-    is written as a whole (`scenecomp.data.new_folder`): a non-empty ``out`` is
+    is written as a whole (`scenecomp.atomic.new_folder`): a non-empty ``out`` is
     refused unless ``overwrite``, which replaces it, never mixing old and new files.
     ``workers > 1`` renders with that many processes (same output).
 
@@ -577,8 +577,6 @@ def write_dataset(out, count: int, size: int = 64, seed: int = 0, workers: int =
         raise ValueError(f"size must be at least {_MIN_SIZE}, got {size}")
     if seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed}")
-    from scenecomp.data import new_folder  # imported here: data imports torch, the render workers need not
-
     t0 = time.perf_counter()
     with new_folder(out, overwrite) as tmp:
         stats = _write_dataset(tmp, count, size, seed, workers)

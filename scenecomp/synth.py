@@ -80,6 +80,7 @@ from scenecomp.layout import (
     encode_rle,
     load_layouts,
     quote,
+    read_coco,
 )
 from scenecomp.prior import DEFAULT_PRIOR, LayoutPrior, PriorError, Quota, crop_to_box, keep_visible, place
 
@@ -556,22 +557,20 @@ def fit_table(prior: LayoutPrior, annotations, samples: int = 2000, size: int = 
     """A markdown table, per category, of the real data (the file's ``area`` and ``bbox``; paint
     rank from annotation order) against ``samples`` layouts drawn from the prior at ``size``:
     instances per image, mean area and box centre height (% of the image), mean paint rank."""
-    data = json.loads(Path(annotations).read_bytes())
-    names = {c["id"]: c["name"] for c in data["categories"]}
-    images = {im["id"]: im for im in data["images"]}
-    per_image: dict = {}
-    for a in data["annotations"]:
-        if names.get(a["category_id"]) in prior.categories:
-            per_image.setdefault(a["image_id"], []).append(a)
+    coco = read_coco(annotations)
     real = {c: [] for c in prior.categories}
-    for image_id, anns in per_image.items():
-        im = images[image_id]
+    for image in coco.images:
+        anns = [a for a in image.annotations if a.category in prior.categories]
         for k, a in enumerate(anns):
-            x, y, w, h = a["bbox"]
-            real[names[a["category_id"]]].append(
+            if a.area is not None and a.bbox is not None:
+                area, (_, y, _, h) = a.area, a.bbox
+            else:  # the file has none: measure the segmentation
+                rle = coco.rle(image, a)
+                area, (_, y, _, h) = float(mask_utils.area(rle)), mask_utils.toBbox(rle)
+            real[a.category].append(
                 (
-                    a["area"] / (im["width"] * im["height"]),
-                    (y + h / 2) / im["height"],
+                    area / (image.width * image.height),
+                    (y + h / 2) / image.height,
                     k / (len(anns) - 1) if len(anns) > 1 else 0.5,
                 )
             )
@@ -597,7 +596,7 @@ def fit_table(prior: LayoutPrior, annotations, samples: int = 2000, size: int = 
         r, s = np.array(real[c]).reshape(-1, 3), np.array(sampled[c]).reshape(-1, 3)
         mean = lambda a, j, f=100: f"{a[:, j].mean() * f:.1f}" if len(a) else "-"  # noqa: E731
         rows.append(
-            f"| {c} | {len(r) / len(images):.2f} / {len(s) / samples:.2f} | {mean(r, 0)} / {mean(s, 0)} | "
+            f"| {c} | {len(r) / len(coco.images):.2f} / {len(s) / samples:.2f} | {mean(r, 0)} / {mean(s, 0)} | "
             f"{mean(r, 1)} / {mean(s, 1)} | {mean(r, 2, 1)} / {mean(s, 2, 1)} |"
         )
     return "\n".join(rows)

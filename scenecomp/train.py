@@ -1,14 +1,6 @@
 """``scenecomp-train``: Hydra configuration in, Lightning checkpoints and bundles out.
 
-Examples::
-
-    scenecomp-train experiment=tiny                      # both stages on CPU in seconds
-    scenecomp-train experiment=shapes64                  # the default model's recipe
-    scenecomp-train experiment=shapes64 model=spade_baseline   # the single-shot baseline, same budget
-    scenecomp-train experiment=tiny trainer=ddp trainer.devices=2   # 2 processes (CPU gloo, or GPUs)
-    scenecomp-train experiment=shapes64 trainer=gpu compile=true
-    scenecomp-train experiment=shapes64 ckpt_path=outputs/.../checkpoints/last.ckpt   # resume
-    scenecomp-train experiment=shapes64_background init_from=outputs/.../checkpoints/last.ckpt   # warm start
+Examples: ``scenecomp-train --help`` (they live in ``conf/train.yaml``, ``hydra.help``).
 
 Writes, in the run folder (``hydra.run.dir``): ``checkpoints/`` (Lightning),
 ``previews/`` (PNG grids of fixed seeds), ``metrics.csv``, and
@@ -103,6 +95,8 @@ def build(cfg: DictConfig) -> tuple[SceneDataModule, SceneGAN, L.Trainer]:
     ]
     if cfg.rank_checksums:
         callbacks.append(RankChecksums(str(out / "rank_checksums")))
+    if not (out / "metrics.csv").exists():  # Lightning warns of any file, but the run folder always holds .hydra/
+        warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
     loggers = [L.pytorch.loggers.CSVLogger(out, name="", version="")]
     try:
         import tensorboard  # noqa: F401
@@ -175,6 +169,7 @@ for message in (
     ".*no pre-optimization state was saved.*",
     ".*`val_dataloader` but have no `validation_step`.*",
     ".*isinstance\\(treespec, LeafSpec\\).*",
+    ".*overridden `on_after_batch_transfer` in `LightningModule`.*",  # SceneGAN prepares batches on the device
 ):
     warnings.filterwarnings("ignore", message=message)
 

@@ -19,6 +19,7 @@ from pycocotools.coco import COCO
 
 from conftest import compressed_rle, uncompressed_rle
 from scenecomp.data import DataError, SceneDataset, main
+from scenecomp.layout import LayoutError, load_coco_layouts
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -336,7 +337,7 @@ def test_bad_segmentation_names_the_annotation(tmp_path):
             {
                 "image_id": 1,
                 "category_id": 1,
-                "segmentation": {"size": [16, 16], "counts": "0"},
+                "segmentation": {"size": [16, 16], "counts": [256]},
                 "area": 1.0,
                 "bbox": [20, 0, 20, 10],
             }
@@ -344,7 +345,11 @@ def test_bad_segmentation_names_the_annotation(tmp_path):
         ["tree"],
         write_images=False,
     )
-    with pytest.raises(DataError, match=r"annotation 1 \(image 1\): bad segmentation: RLE size \[16, 16\]"):
+    with pytest.raises(
+        DataError,
+        match=r"annotations\.json: image 1 \('a\.png'\): annotations\[0\] \(id 1\): "
+        r"segmentation RLE size \[16, 16\] is not the image's \[32, 32\]",
+    ):
         SceneDataset(path)
 
 
@@ -353,8 +358,76 @@ def test_annotation_of_unknown_image(tmp_path):
     data = json.loads(path.read_text())
     data["annotations"][0]["image_id"] = 99
     path.write_text(json.dumps(data))
-    with pytest.raises(DataError, match="annotation 1 refers to image 99, which is not in 'images'"):
+    with pytest.raises(
+        DataError, match=r"annotations\.json: annotations\[0\] \(id 1\) refers to image 99, which is not in 'images'"
+    ):
         SceneDataset(path)
+
+
+@pytest.mark.parametrize(
+    "segmentation, problem",
+    [
+        ([rect(40, 40, 50, 50)], "segmentation is empty at the image's size"),
+        ([[0, 0, 5, 5]], "segmentation has no polygon with at least 3 points"),
+    ],
+)
+def test_an_empty_shape_is_dropped_from_training_data_but_is_an_error_in_a_layout(tmp_path, segmentation, problem):
+    """One COCO parser, one difference made explicit (`CocoFile.rle`'s ``allow_empty``)."""
+    path = write_coco(
+        tmp_path / "d",
+        [(1, "a.png", 32, 32)],
+        [{"image_id": 1, "category_id": c, "segmentation": [rect(0, 0, 9, 9)]} for c in (1, 2)],
+        ["tree", "rock"],
+    )
+    data = json.loads(path.read_text())
+    data["annotations"][1]["segmentation"] = segmentation  # off the image, or no part of 3 points
+    path.write_text(json.dumps(data))
+    ds = SceneDataset(path, resolution=16, max_objects=2)
+    assert len(ds) == 1 and ds[0]["valid"].tolist() == [True, False]
+    with pytest.raises(LayoutError, match=rf"annotations\[1\] \(id 2\): {problem}"):
+        load_coco_layouts(path)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda d: d["annotations"][0].update(image_id=99),
+        lambda d: d["annotations"][0].update(category_id=7),
+        lambda d: d["annotations"][0].update(segmentation=[[0, 0, 2, "a", 2, 2]]),
+        lambda d: d["images"][0].update(height=-3),
+        lambda d: d["categories"][1].update(name="tree"),
+        lambda d: d.update(images={}),
+    ],
+)
+def test_training_data_and_layouts_report_a_bad_coco_file_alike(tmp_path, change):
+    path = _one(tmp_path)
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+    with pytest.raises(LayoutError) as layout_error:
+        load_coco_layouts(path)
+    with pytest.raises(DataError) as data_error:
+        SceneDataset(path)
+    assert str(data_error.value) == str(layout_error.value) and str(data_error.value).startswith(f"{path}: ")
+
+
+def test_string_image_ids_are_prepared_into_names_of_their_own(tmp_path):
+    path = write_coco(
+        tmp_path / "d",
+        [("a", "a.png", 32, 32), (2, "b.png", 32, 32)],
+        [{"image_id": i, "category_id": 1, "segmentation": [rect(0, 0, 9, 9)]} for i in ("a", 2)],
+        ["tree"],
+        write_images=False,
+    )
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (32, 32)).save(tmp_path / "d" / "images" / name)
+    main(["coco", "--annotations", str(path), "--out", str(tmp_path / "out"), "--size", "16"])
+    data = json.loads((tmp_path / "out" / "annotations.json").read_text())
+    assert [(im["id"], im["file_name"]) for im in data["images"]] == [
+        ("a", "image_000000000000.png"),
+        (2, "000000000002.png"),
+    ]
+    assert all((tmp_path / "out" / "images" / im["file_name"]).is_file() for im in data["images"])
 
 
 def test_unreadable_or_mismatched_image_names_the_file(tmp_path):

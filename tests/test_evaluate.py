@@ -524,7 +524,8 @@ def test_eval_errors(tiny_run, capsys, tmp_path):
     r = tiny_run
     assert "no such file" in _error(capsys, eval_args(r, "--checkpoint", str(tmp_path / "missing.pt")))
     assert "not a readable scenecomp bundle" in _error(capsys, eval_args(r, "--checkpoint", str(r["data"])))
-    assert "nothing to evaluate" in _error(capsys, eval_args(r))
+    # no model given: the shipped one (64x64; the tiny models paint 32x32, as the tiny feature network sees)
+    assert "scenecomp paints 64x64 but the feature network" in _error(capsys, eval_args(r))
     assert "--samples 40 needs 80 images" in _error(
         capsys, eval_args(r, "--checkpoint", str(r["composer"]), "--samples", "40")
     )

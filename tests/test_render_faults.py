@@ -1,6 +1,8 @@
 """scenecomp-render under faults (issue 13, defects 4, 5, 6 and 9): an output folder that cannot be
-written, two runs into one folder, resuming over changed or damaged files, a model that paints NaN."""
+written (on one device or on one rank of several), two runs into one folder, resuming over changed or
+damaged files, a model that paints NaN."""
 
+import errno
 import json
 import os
 import shutil
@@ -17,8 +19,9 @@ from PIL import Image
 from conftest import make_tiny_nets
 from scenecomp.compose import bundle_dict, save_bundle
 from scenecomp.render.cli import LOCK
-from scenecomp.render.manifest import file_sha256
+from scenecomp.render.manifest import file_sha256, merge_rank_files
 from test_render import CATEGORIES, cli, manifest, valid_layouts, write_json
+from test_scaleout import clean_env, run_together, torchrun_nodes
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 
@@ -203,3 +206,67 @@ def test_a_model_that_paints_nan_fails_each_layout_by_name_and_writes_nothing(tm
 def manifest_lines(out):
     path = out / "manifest.jsonl"
     return path.read_text().splitlines() if path.exists() else []
+
+
+@pytest.mark.parametrize("launch, faulty_rank", [("devices", 0), ("devices", 1), ("torchrun", 1)])
+def test_an_output_fault_on_one_rank_stops_every_rank_alike(bundle, tmp_path, capsys, launch, faulty_rank):
+    """Two processes over gloo (``--devices 2``, or two torchrun "nodes"); after both have written
+    images, one rank cannot write its next one (a folder holds its name). Every rank stops with the
+    same message and exit 3, none waits for the other (before the fix: a traceback on one side, or a
+    rank waiting forever); what was written is whole, and the same command resumes once fixed."""
+    folder, stems = layouts(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    jobs = [f"{s}_s{seed:04d}.png" for s in sorted(stems) for seed in range(4)]  # the plan's order
+    blocked = out / jobs[4 + faulty_rank]  # rank r renders jobs r, r + 2, ...: this is its second batch
+    blocked.mkdir()
+    options = [folder, "--checkpoint", bundle, "--out", out, "--seeds", "0-3", "--batch-size", 2]
+    message = f"scenecomp-render: error: --out {out}: cannot write {blocked}: Is a directory; nothing half-written"
+    if launch == "devices":
+        command = [sys.executable, "-m", "scenecomp.render", *map(str, options), "--devices", "2", "--device", "cpu"]
+        [(code, text)] = run_together([command], tmp_path, [clean_env()], timeout=600)
+        assert code == 3 and text.count(message) == 2 and "Traceback" not in text, text[-4000:]  # from each rank
+    else:
+        args = [*map(str, options), "--devices", "1", "--device", "cpu"]
+        for code, text in torchrun_nodes("scenecomp.render", lambda r: args, tmp_path):
+            # torchrun reports its child's exit 3 as its own failure (exit 1, with torchrun's traceback)
+            assert code == 1 and text.count(message) == 1 and "exitcode  : 3" in text, text[-4000:]
+            assert "scenecomp/" not in text  # no traceback from scenecomp
+
+    written = sorted(p.name for p in out.glob("*.png") if p.is_file())
+    assert len(written) >= 4 and not list(out.glob(".*.tmp"))  # each rank's first batch, nothing half-written
+    lines = [json.loads(line) for f in out.glob(".manifest.rank*.jsonl") for line in f.read_text().splitlines()]
+    assert sorted(line["image"] for line in lines) == written
+    for line in lines:
+        assert file_sha256(out / line["image"]) == line["image_sha256"]
+    before = {name: (out / name).read_bytes() for name in written}
+
+    blocked.rmdir()
+    assert cli(options, capsys)[0] == 0  # one device resumes: merges the rank manifests, renders the rest
+    assert lines_per_image(out) == dict.fromkeys(jobs, 1)
+    assert all((out / name).read_bytes() == data for name, data in before.items())
+
+
+def test_merging_rank_manifests_onto_a_full_disk_leaves_no_half_line(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "manifest.jsonl").write_text(json.dumps({"image": "a_s0000.png"}) + "\n")
+    for r in range(2):
+        rows = [json.dumps({"image": f"r{r}_s{i:04d}.png", "pad": "x" * 100}) + "\n" for i in range(5)]
+        (out / f".manifest.rank{r}.jsonl").write_text("".join(rows))
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    limit = (out / "manifest.jsonl").stat().st_size + 300  # room for two and a half lines
+    code = (
+        "import resource, signal, sys\n"
+        "from pathlib import Path\n"
+        "from scenecomp.render.manifest import merge_rank_files\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG\n"
+        f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, resource.RLIM_INFINITY))\n"
+        "try:\n    merge_rank_files(Path(sys.argv[1]))\nexcept OSError as e:\n    print(e.errno)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True, timeout=300, env=ENV)
+    assert res.stdout.strip() == str(errno.EFBIG), res.stdout + res.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no half line; rank files kept
+    assert merge_rank_files(out) == 10 and lines_per_image(out) == dict.fromkeys(
+        ["a_s0000.png", *(f"r{r}_s{i:04d}.png" for r in range(2) for i in range(5))], 1
+    )

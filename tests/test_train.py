@@ -146,6 +146,24 @@ def test_ddp_on_two_cpu_processes_keeps_ranks_identical(tiny_shapes, tmp_path):
     assert ranks[0]["weights"] == ranks[1]["weights"] and "g_fg_ema" in ranks[0]["weights"]
     assert ranks[0]["first_z"] != ranks[1]["first_z"]  # each rank its own noise
     assert (out / "composer.safetensors").exists()
+    # a fresh run folder: no warning that it "exists and is not empty", no empty train.log
+    assert "exists and is not empty" not in res.stderr and not (out / "train.log").exists(), res.stderr[-3000:]
+
+
+def test_help_shows_examples(tmp_path):
+    res = cli(["--help"], cwd=tmp_path)
+    assert res.returncode == 0 and res.stdout.startswith("scenecomp-train: train the layered scene composer")
+    assert "== Configuration groups ==" in res.stdout and "experiment: coco128, shapes64" in res.stdout
+    assert "examples:\n  scenecomp-train experiment=tiny" in res.stdout and "threads=1" in res.stdout
+
+
+def test_threads_sets_the_threads_of_the_process(tiny_config, tmp_path):
+    try:
+        with pytest.raises(DataError, match="annotations file not found"):  # set before the data is read
+            run(tiny_config("threads=2", f"data.train={tmp_path / 'missing.json'}", "data.generate=null"))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)
 
 
 @pytest.mark.parametrize(

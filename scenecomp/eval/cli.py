@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from scenecomp.compose import DEFAULT_MODEL
 from scenecomp.eval import EvaluationError
 from scenecomp.eval.features import DEFAULT_FEATURES, inception_features, load_features
 from scenecomp.eval.protocol import evaluate, load_models
@@ -18,6 +19,7 @@ _EPILOG = """examples:
       --baseline-matched runs/shapes64-baseline-matched/baseline.safetensors \\
       --data data/shapes64/test --samples 500 --seeds 2 --json results.json
   scenecomp-eval --baseline runs/shapes64-baseline/baseline.safetensors --data data/shapes64/test --samples 100
+  scenecomp-eval --data data/shapes64/test --samples 100        # the shipped model
   python tools/train_features.py --generate-shapes 2 --data data/shapes64-features --out scenecomp/assets/features.safetensors
 
 --samples N: the first N images of the split are the layouts (each rendered --seeds
@@ -44,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--checkpoint",
         help="a bundle to evaluate (composer.safetensors, or a run folder holding one; "
-        "a baseline.safetensors works too)",
+        "a baseline.safetensors works too); without it and without --baseline: the shipped model",
     )
     p.add_argument(
         "--baseline",
@@ -84,7 +86,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> dict:
     if not (args.checkpoint or args.baseline or args.baseline_matched):
-        raise EvaluationError("nothing to evaluate: give --checkpoint and/or --baseline / --baseline-matched")
+        args.checkpoint = str(DEFAULT_MODEL)  # the shipped model, as scenecomp-render
     for name in ("samples", "seeds", "batch_size", "max_objects"):
         if getattr(args, name) < 1:
             raise EvaluationError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")

@@ -19,7 +19,7 @@ from scenecomp.compose import Composer
 from scenecomp.layout import LayoutError
 from scenecomp.render.batching import render_jobs
 from scenecomp.render.manifest import merge_rank_files
-from scenecomp.render.options import OutputError, UsageError
+from scenecomp.render.options import OutputError, UsageError, output_faults
 from scenecomp.render.outputs import Outputs
 from scenecomp.render.planning import Job, LayoutSource
 
@@ -111,43 +111,80 @@ class Writer(BasePredictionWriter):
         self.composer, self.out, self.meta, self.order, self.console = composer, out, meta, order, console
         self.steps, self.layers, self.ora = steps, layers, ora
         self.rendered, self.failed, self.failed_count, self.outputs, self.bar = 0, set(), 0, None, None
+        self.fault: str | None = None  # this rank's output fault (`OutputError`'s message)
 
     def on_predict_start(self, trainer, pl_module):
         rank, world = trainer.global_rank, trainer.world_size
-        self.outputs = Outputs(
-            self.out,
-            self.out / f".manifest.rank{rank}.jsonl",
-            self.meta,
-            resolution=self.composer.resolution,
-            steps=self.steps,
-            layers=self.layers,
-            ora=self.ora,
-        )
+        try:
+            self.outputs = Outputs(
+                self.out,
+                self.out / f".manifest.rank{rank}.jsonl",
+                self.meta,
+                resolution=self.composer.resolution,
+                steps=self.steps,
+                layers=self.layers,
+                ora=self.ora,
+            )
+        except OutputError as e:
+            self.fault = str(e)  # raised with the others' at the first batch (`_stop_together`)
         share = sum(job is not None for job in trainer.datamodule.jobs[rank::world])
         self.bar = self.console.progress(share, f"rank {rank}/{world}") if rank == 0 else None
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
-        for job, result in prediction:
+        for job, result in [] if self.fault else prediction:  # a fault at the start: write nothing
             if isinstance(result, LayoutError):
                 if str(result) not in self.failed:
                     self.console.failed(str(result))
                 self.failed.add(str(result))
-            else:
+                continue
+            try:
                 self.outputs.write(job, result, str(self.composer.device))  # the rank's, once Lightning moved it
-                self.rendered += 1
+            except OutputError as e:
+                self.fault = str(e)
+                break
+            self.rendered += 1
         if self.bar is not None:
             self.bar.update(len(batch))
+        self._stop_together(trainer, pl_module)
 
     def on_predict_end(self, trainer, pl_module):
-        self.outputs.close()
-        self.console.close()
+        self._close()
         counts = torch.tensor([self.rendered, len(self.failed)], dtype=torch.float64, device=pl_module.device)
         counts = trainer.strategy.reduce(counts, reduce_op="sum")
         self.rendered, self.failed_count = int(counts[0]), int(counts[1])
         trainer.strategy.barrier("scenecomp-render: manifests")
         if trainer.is_global_zero:
-            merge_rank_files(self.out, self.order)
-        trainer.strategy.barrier("scenecomp-render: merged")
+            try:
+                with output_faults(self.out):
+                    merge_rank_files(self.out, self.order)
+            except OutputError as e:
+                self.fault = str(e)
+        self._stop_together(trainer, pl_module)
+
+    def _stop_together(self, trainer, pl_module) -> None:
+        """Raise the first faulty rank's `OutputError` on every rank, or go on on every rank.
+
+        Every rank calls this at the same points (each batch, the end), so a rank whose
+        output folder fails stops with the others instead of leaving them waiting at the
+        next collective call forever. What was written before stays whole; the rank
+        manifests are merged by the next run, which resumes."""
+        world = trainer.world_size
+        faulty = torch.tensor([world if self.fault is None else trainer.global_rank], device=pl_module.device)
+        first = int(trainer.strategy.reduce(faulty, reduce_op="min"))  # the lowest faulty rank, or world
+        if first < world:
+            self._close()
+            message = trainer.strategy.broadcast(self.fault, src=first)
+            # every rank leaves together and closes its connections in order: a process that exits
+            # with its process group open aborts ("terminate called ...") instead of exiting 3
+            trainer.strategy.barrier("scenecomp-render: output fault")
+            torch.distributed.destroy_process_group()
+            raise OutputError(message)
+
+    def _close(self) -> None:
+        if self.outputs is not None:
+            self.outputs.close()
+            self.outputs = None
+        self.console.close()
 
 
 def render_distributed(

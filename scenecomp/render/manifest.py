@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -58,7 +59,8 @@ def _rank_files(out: Path) -> list[Path]:
 
 def merge_rank_files(out: Path, order: dict | None = None) -> int:
     """Append the rank manifests ``.manifest.rank*.jsonl`` to ``manifest.jsonl`` (sorted
-    by ``order[image]`` when given) and delete them; returns the number of lines."""
+    by ``order[image]`` when given) and delete them; returns the number of lines. An
+    ``OSError`` leaves ``manifest.jsonl`` as it was and the rank files in place."""
     files = _rank_files(out)
     if not files:
         return 0
@@ -67,10 +69,16 @@ def merge_rank_files(out: Path, order: dict | None = None) -> int:
         lines.sort(key=lambda line: order.get(line["image"], len(order)))
     manifest = out / MANIFEST
     end_with_newline(manifest)
-    with open(manifest, "a", encoding="utf-8") as f:
-        f.writelines(json.dumps(line) + "\n" for line in lines)
-        f.flush()
-        os.fsync(f.fileno())
+    size = manifest.stat().st_size if manifest.exists() else 0
+    try:
+        with open(manifest, "a", encoding="utf-8") as f:
+            f.writelines(json.dumps(line) + "\n" for line in lines)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError:  # a full disk: no half line is left, and the rank files stay for the next run
+        with contextlib.suppress(OSError):
+            os.truncate(manifest, size)
+        raise
     for f in files:
         f.unlink()
     return len(lines)

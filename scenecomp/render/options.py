@@ -83,7 +83,8 @@ def output_faults(out):
     try:
         yield
     except OSError as e:
-        where = e.filename if e.filename is not None else out
+        # a failed rename (the last step of every file written) names its target second
+        where = next((name for name in (e.filename2, e.filename) if name is not None), out)
         reason = FAULTS.get(e.errno, e.strerror or type(e).__name__)
         raise OutputError(f"--out {out}: cannot write {where}: {reason}") from None
 
