@@ -57,6 +57,7 @@ MAX_PIXELS = 2**24  # height * width (16.7M, e.g. 4096 x 4096)
 MAX_POLYGON_POINTS = 10_000
 MAX_OBJECTS = 1000  # per layout: rendering holds a mask per object and batch entry
 MAX_COORDINATE = 1e9  # |x|, |y| of polygon and bbox values
+MAX_KEPT_PIXELS = 2**22  # objects * height * width of the masks a layout keeps (`Layout.from_dict`): 4 MiB
 MAX_ECHO = 60  # characters of a user's string shown in a message
 
 
@@ -106,6 +107,10 @@ class Layout:
     # (id, file_name) of the COCO image this layout was made from; gives `name`
     # and error messages.
     _image: tuple | None = field(default=None, repr=False, compare=False)
+    # From `from_dict(..., keep_masks=True)`: the masks rasterised to check the shapes,
+    # (size, path, trusted, objects, bool [N,H,W]); `masks()` at that size returns them while the
+    # rest is unchanged, so a layout read to be rendered is rasterised once.
+    _kept: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         self.size = (int(self.size[0]), int(self.size[1]))
@@ -148,12 +153,14 @@ class Layout:
         return cls.from_dict(data, path, categories, trusted=trusted)
 
     @classmethod
-    def from_dict(cls, d, path=None, categories=None, *, trusted: bool = False) -> Layout:
+    def from_dict(cls, d, path=None, categories=None, *, trusted: bool = False, keep_masks: bool = False) -> Layout:
         """Validate a parsed layout file; ``path`` is where mask files are found
         relative to (the working directory when None) and what errors name.
         Only mask files inside that folder are read unless ``trusted``.
 
         Each shape must cover at least one pixel at the layout's own size.
+        ``keep_masks``: keep the masks rasterised for that check (up to `MAX_KEPT_PIXELS`),
+        for `masks` at the layout's size to return (a renderer reads each file once).
         """
         path = None if path is None else Path(path)
         if not isinstance(d, dict):
@@ -178,13 +185,15 @@ class Layout:
             raise LayoutError(f"{len(d['objects'])} objects; at most {MAX_OBJECTS} are accepted", path)
 
         base_dir = path.parent if path is not None else None
-        objects = []
+        keep_masks = keep_masks and len(d["objects"]) * size[0] * size[1] <= MAX_KEPT_PIXELS
+        objects, masks = [], []
         for i, raw in enumerate(d["objects"]):
             try:
                 obj = _parse_object(raw)
+                mask = rasterize(obj.shape, size, base_dir=base_dir, trusted=trusted)
                 # An object that covers no pixel is a mistake (e.g. coordinates
                 # for another canvas), never something to skip silently.
-                if not rasterize(obj.shape, size, base_dir=base_dir, trusted=trusted).any():
+                if not mask.any():
                     kind = next(iter(obj.shape))
                     raise LayoutError(
                         f"{kind} is empty after rasterisation at size {list(size)} "
@@ -193,8 +202,13 @@ class Layout:
             except LayoutError as e:
                 raise LayoutError(e.problem, path, i) from None
             objects.append(obj)
+            if keep_masks:
+                masks.append(mask)
 
         layout = cls(size, objects, background_seed, path, trusted=trusted)
+        if keep_masks:
+            kept = np.stack(masks) if masks else np.zeros((0, *size), bool)
+            layout._kept = (size, layout.path, trusted, tuple(objects), kept)
         if categories is not None:
             layout.check_categories(categories)
         return layout
@@ -243,6 +257,15 @@ class Layout:
             out = self.size if size is None else _check_size(size, "masks size")
         except LayoutError as e:
             raise LayoutError(e.problem, self.path, image=self._image_label) from None
+        if self._kept is not None:
+            size, path, trusted, objects, kept = self._kept
+            if (
+                out == size == self.size
+                and (path, trusted) == (self.path, self.trusted)
+                and len(objects) == len(self.objects)
+                and all(a is b for a, b in zip(objects, self.objects, strict=True))
+            ):
+                return kept.astype(np.float32)
         base_dir = self.path.parent if self.path is not None else None
         result = np.zeros((len(self.objects), *out), np.float32)
         for i, obj in enumerate(self.objects):
@@ -316,15 +339,15 @@ def rasterize(
         raise LayoutError(e.problem, path, index) from None
 
 
-def load_layouts(path, categories=None, *, trusted: bool = False) -> list[Layout]:
+def load_layouts(path, categories=None, *, trusted: bool = False, keep_masks: bool = False) -> list[Layout]:
     """Layouts from one file: a layout file gives one, a COCO instances JSON
     (one with "images" and "annotations") gives one per image. ``trusted`` as
-    in `Layout.load`."""
+    in `Layout.load`, ``keep_masks`` as in `Layout.from_dict` (layout files only)."""
     path = Path(path)
     data = _read_json(path)
     if _is_coco(data):
         return _coco_layouts(data, path, categories)
-    return [Layout.from_dict(data, path, categories, trusted=trusted)]
+    return [Layout.from_dict(data, path, categories, trusted=trusted, keep_masks=keep_masks)]
 
 
 def load_coco_layouts(path, categories=None) -> list[Layout]:
@@ -583,7 +606,9 @@ def _is_int(v) -> bool:
 
 def _is_number(v) -> bool:
     """A finite coordinate, small enough that scaling and differences stay finite."""
-    if not isinstance(v, numbers.Real) or isinstance(v, bool):
+    # JSON numbers are exactly int or float: they skip the abstract-class check, which costs
+    # most of the time of reading a polygon
+    if type(v) is not float and type(v) is not int and (not isinstance(v, numbers.Real) or isinstance(v, bool)):
         return False
     try:
         return math.isfinite(v) and abs(v) <= MAX_COORDINATE
@@ -593,6 +618,8 @@ def _is_number(v) -> bool:
 
 def _plain(v):
     """A JSON-ready Python number (numpy scalars in, int or float out)."""
+    if type(v) is float or type(v) is int:
+        return v
     return int(v) if isinstance(v, numbers.Integral) else float(v)
 
 
