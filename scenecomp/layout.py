@@ -190,11 +190,11 @@ class Layout:
         for i, raw in enumerate(d["objects"]):
             try:
                 obj = _parse_object(raw)
-                mask = rasterize(obj.shape, size, base_dir=base_dir, trusted=trusted)
+                kind, value = next(iter(obj.shape.items()))  # checked by _parse_object
+                mask = _rasterize(kind, value, size, size, base_dir, trusted)
                 # An object that covers no pixel is a mistake (e.g. coordinates
                 # for another canvas), never something to skip silently.
                 if not mask.any():
-                    kind = next(iter(obj.shape))
                     raise LayoutError(
                         f"{kind} is empty after rasterisation at size {list(size)} "
                         "(wholly off the canvas, or degenerate)"
@@ -326,17 +326,21 @@ def rasterize(
     try:
         size = _check_size(layout_size, "layout_size")
         out = size if out_size is None else _check_size(out_size, "out_size")
-        kind, value = _check_shape(shape)
-        if kind in ("polygon", "bbox"):
-            if kind == "bbox":
-                x, y, w, h = value
-                value = [[x, y], [x + w, y], [x + w, y + h], [x, y + h]]
-            scale = np.array([out[1] / size[1], out[0] / size[0]])
-            return _fill_polygon(np.asarray(value, np.float64) * scale, out)
-        at_size = _read_mask(value, base_dir, trusted) if kind == "mask" else _decode_rle(value)
-        return _resize_nearest(_resize_nearest(at_size, size), out)
+        return _rasterize(*_check_shape(shape), size, out, base_dir, trusted)
     except LayoutError as e:
         raise LayoutError(e.problem, path, index) from None
+
+
+def _rasterize(kind: str, value, size: tuple[int, int], out: tuple[int, int], base_dir, trusted: bool) -> np.ndarray:
+    """`rasterize` of a checked shape (`_check_shape`'s kind and value) between checked sizes."""
+    if kind in ("polygon", "bbox"):
+        if kind == "bbox":
+            x, y, w, h = value
+            value = [[x, y], [x + w, y], [x + w, y + h], [x, y + h]]
+        scale = np.array([out[1] / size[1], out[0] / size[0]])
+        return _fill_polygon(np.asarray(value, np.float64) * scale, out)
+    at_size = _read_mask(value, base_dir, trusted) if kind == "mask" else _decode_rle(value)
+    return _resize_nearest(_resize_nearest(at_size, size), out)
 
 
 def load_layouts(path, categories=None, *, trusted: bool = False, keep_masks: bool = False) -> list[Layout]:

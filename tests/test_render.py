@@ -574,22 +574,22 @@ def test_each_layout_file_is_read_once_and_each_mask_rasterised_once(bundle, tmp
         objects = [{"category": CATEGORIES[k % 3], **shapes[(i + k) % 3]} for k in range(1 + i % 3)]
         write_json(folder / f"l{i:02d}.json", {"size": [R, R], "objects": objects})
     events = []
-    read, rasterize, padded = scenecomp.layout._read_json, scenecomp.layout.rasterize, render.batching.render_padded
+    read, rasterize, padded = scenecomp.layout._read_json, scenecomp.layout._rasterize, render.batching.render_padded
 
     def counted_read(path):
         events.append(("read", path.name))
         return read(path)
 
-    def counted_rasterize(shape, *args, **kwargs):
-        events.append(("rasterize", json.dumps(shape)))
-        return rasterize(shape, *args, **kwargs)
+    def counted_rasterize(kind, value, *args):
+        events.append(("rasterize", kind))
+        return rasterize(kind, value, *args)
 
     def counted_render(composer, layouts, *args, **kwargs):
         events.append(("render", len(layouts)))
         return padded(composer, layouts, *args, **kwargs)
 
     monkeypatch.setattr(scenecomp.layout, "_read_json", counted_read)
-    monkeypatch.setattr(scenecomp.layout, "rasterize", counted_rasterize)
+    monkeypatch.setattr(scenecomp.layout, "_rasterize", counted_rasterize)
     monkeypatch.setattr(render.batching, "render_padded", counted_render)
     out = tmp_path / "out"
     status, err = cli([folder, "--checkpoint", bundle, "--out", out, "--seeds", "0-1", "--batch-size", "8"], capsys)
