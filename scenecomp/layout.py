@@ -333,10 +333,11 @@ def rasterize(
 
 def _rasterize(kind: str, value, size: tuple[int, int], out: tuple[int, int], base_dir, trusted: bool) -> np.ndarray:
     """`rasterize` of a checked shape (`_check_shape`'s kind and value) between checked sizes."""
-    if kind in ("polygon", "bbox"):
-        if kind == "bbox":
-            x, y, w, h = value
-            value = [[x, y], [x + w, y], [x + w, y + h], [x, y + h]]
+    if kind == "bbox":
+        x, y, w, h = value
+        sx, sy = out[1] / size[1], out[0] / size[0]  # as the polygon of its corners would scale
+        return _fill_box(float(x) * sx, float(y) * sy, float(x + w) * sx, float(y + h) * sy, out)
+    if kind == "polygon":
         scale = np.array([out[1] / size[1], out[0] / size[0]])
         return _fill_polygon(np.asarray(value, np.float64) * scale, out)
     at_size = _read_mask(value, base_dir, trusted) if kind == "mask" else _decode_rle(value)
@@ -667,11 +668,11 @@ def _fill_polygon(points: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """
     height, width = size
     x0, y0 = points[:, 0:1], points[:, 1:2]  # [E, 1]: edge starts
-    x1, y1 = np.roll(x0, -1, axis=0), np.roll(y0, -1, axis=0)  # edge ends
+    x1, y1 = np.concatenate([x0[1:], x0[:1]]), np.concatenate([y0[1:], y0[:1]])  # edge ends
     edges = np.zeros((height, width + 1), np.int32)
-    # The work arrays are [E, rows]: a few rows at a time keeps them near 2**22 entries
-    # however many points the polygon has.
-    block = max(1, 2**22 // len(points))
+    # The work arrays are [E, rows] and [rows * (width + 1)]: a few rows at a time keeps
+    # them near 2**22 entries however many points the polygon has.
+    block = max(1, min(2**22 // len(points), 2**22 // (width + 1)))
     for top in range(0, height, block):
         yc = np.arange(top, min(top + block, height)) + 0.5  # row centres
         crosses = (y0 <= yc) != (y1 <= yc)  # [E, rows]; never true for a horizontal edge
@@ -683,10 +684,27 @@ def _fill_polygon(points: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         # Inside between crossing pairs; column j is in [a, b) when a <= j + 0.5 < b.
         starts = np.clip(np.ceil(xs[0::2] - 0.5), 0, width).astype(np.intp)
         ends = np.clip(np.ceil(xs[1::2] - 0.5), 0, width).astype(np.intp)
-        rows = np.broadcast_to(np.arange(top, top + len(yc)), starts.shape)
-        np.add.at(edges, (rows, starts), 1)
-        np.add.at(edges, (rows, ends), -1)
+        # +1 where a run starts, -1 where it ends, summed per cell (bincount: np.add.at is slow)
+        rows = len(yc)
+        cell = np.arange(rows)[None] * (width + 1)
+        cells = rows * (width + 1)
+        counts = np.bincount((starts + cell).ravel(), minlength=cells) - np.bincount(
+            (ends + cell).ravel(), minlength=cells
+        )
+        edges[top : top + rows] = counts.reshape(rows, width + 1)
     return np.cumsum(edges[:, :width], axis=1) > 0
+
+
+def _fill_box(left: float, top: float, right: float, bottom: float, size: tuple[int, int]) -> np.ndarray:
+    """`_fill_polygon` of the box with these edges, in O(height + width): the rows its two
+    vertical edges cross and the columns between their crossings, by the same comparisons."""
+    height, width = size
+    yc = np.arange(height) + 0.5
+    rows = (top <= yc) != (bottom <= yc)
+    start, end = (min(max(math.ceil(x - 0.5), 0), width) for x in (min(left, right), max(left, right)))
+    columns = np.zeros(width, bool)
+    columns[start:end] = True
+    return rows[:, None] & columns
 
 
 def _resize_nearest(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
