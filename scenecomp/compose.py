@@ -282,7 +282,7 @@ class Composer:
         return images[0] if single else images
 
     def render_iter(
-        self, layouts: Iterable, seeds=None, batch_size: int = 16, steps: bool = False
+        self, layouts: Iterable, seeds=None, batch_size: int = 16, steps: bool = False, masks: Iterable | None = None
     ) -> Iterator[Rendering]:
         """Render layouts lazily, ``batch_size`` (layout, seed) pairs at a time,
         yielding one `Rendering` per pair in input order (for each layout, each
@@ -290,29 +290,44 @@ class Composer:
         ``seeds`` is None (sample seed 0), an int or a list of ints. Layouts
         with fewer objects are padded with empty masks, which paint nothing.
         ``steps=True`` also returns every canvas x0..xT. Bad layouts raise
-        `LayoutError` naming the file and object.
+        `LayoutError` naming the file and object. ``masks``: for a caller that
+        rasterised them already, one entry per layout: its masks at this
+        composer's resolution (bool ``[N,R,R]``, ``layout.masks((R, R)) > 0.5``), or
+        None to rasterise them here.
         """
         seed_list = _seed_list(seeds)  # checked now, not at the first next()
         if not (isinstance(batch_size, numbers.Integral) and batch_size >= 1):
             raise CompositionError(f"batch_size must be a positive integer, got {batch_size!r}")
-        return self._render_stream(layouts, seed_list, int(batch_size), steps)
+        return self._render_stream(layouts, seed_list, int(batch_size), steps, masks)
 
-    def _render_stream(self, layouts, seed_list, batch_size, steps) -> Iterator[Rendering]:
+    def _render_stream(self, layouts, seed_list, batch_size, steps, masks) -> Iterator[Rendering]:
         pending = []
+        given = iter(masks) if masks is not None else None
         for index, layout in enumerate(layouts):
             layout = self._layout(layout)
+            m = self._given_masks(layout, next(given, None)) if given is not None else None
             for seed in seed_list:
-                pending.append((index, layout, seed))
+                pending.append((index, layout, seed, m))
                 if len(pending) == batch_size:
                     yield from self._render_batch(pending, steps)
                     pending = []
         if pending:
             yield from self._render_batch(pending, steps)
 
+    def _given_masks(self, layout: Layout, masks) -> np.ndarray | None:
+        """Masks a caller passed to `render_iter`, checked against the layout and this composer."""
+        expected = (len(layout.objects), self.resolution, self.resolution)
+        if masks is not None and not (
+            isinstance(masks, np.ndarray) and masks.dtype == bool and masks.shape == expected
+        ):
+            shown = f"{masks.dtype} {list(masks.shape)}" if isinstance(masks, np.ndarray) else type(masks).__name__
+            raise CompositionError(f"{layout.label}: masks must be a bool array {list(expected)}, got {shown}")
+        return masks
+
     def _render_batch(self, items, steps: bool) -> list[Rendering]:
         R, B = self.resolution, len(items)
-        seeded = [self.seeded(layout, seed) for _, layout, seed in items]
-        masks = [torch.from_numpy(layout.masks((R, R)) > 0.5) for _, layout, _ in items]
+        seeded = [self.seeded(layout, seed) for _, layout, seed, _ in items]
+        masks = [torch.from_numpy(layout.masks((R, R)) > 0.5 if m is None else m) for _, layout, _, m in items]
         K = max(len(m) for m in masks)
         zb = torch.stack([noise(s.background_seed, self.background_net.noise_dim) for s in seeded])
         zo = torch.zeros(B, K, self.foreground_net.z_dim)
@@ -325,7 +340,7 @@ class Composer:
             mk[b, : len(m), 0] = m
         canvases = self._paint_batch(zb, zo, mk, cats)
         out = []
-        for b, ((index, _, seed), s, m) in enumerate(zip(items, seeded, masks, strict=False)):
+        for b, ((index, _, seed, _), s, m) in enumerate(zip(items, seeded, masks, strict=False)):
             n = len(m)
             cpu = [
                 c[b].to("cpu", torch.float32, copy=True) for c in (canvases[: n + 1] if steps else canvases[n : n + 1])

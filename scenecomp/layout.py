@@ -59,6 +59,7 @@ MAX_POLYGON_POINTS = 10_000
 MAX_OBJECTS = 1000  # per layout: rendering holds a mask per object and batch entry
 MAX_COORDINATE = 1e9  # |x|, |y| of polygon and bbox values
 MAX_OUTLINE = 2**22  # pixels: a COCO polygon's outline length and coordinates (see _check_outline)
+MAX_KEPT_PIXELS = 2**22  # objects * height * width of the masks a layout keeps (`Layout.from_dict`): 4 MiB
 MAX_ECHO = 60  # characters of a user's string shown in a message
 
 
@@ -108,6 +109,10 @@ class Layout:
     # (id, file_name) of the COCO image this layout was made from; gives `name`
     # and error messages.
     _image: tuple | None = field(default=None, repr=False, compare=False)
+    # From `from_dict(..., keep_masks=True)`: the masks rasterised to check the shapes,
+    # (size, path, trusted, objects, bool [N,H,W]); `masks()` at that size returns them while the
+    # rest is unchanged, so a layout read to be rendered is rasterised once.
+    _kept: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         self.size = (int(self.size[0]), int(self.size[1]))
@@ -150,12 +155,14 @@ class Layout:
         return cls.from_dict(data, path, categories, trusted=trusted)
 
     @classmethod
-    def from_dict(cls, d, path=None, categories=None, *, trusted: bool = False) -> Layout:
+    def from_dict(cls, d, path=None, categories=None, *, trusted: bool = False, keep_masks: bool = False) -> Layout:
         """Validate a parsed layout file; ``path`` is where mask files are found
         relative to (the working directory when None) and what errors name.
         Only mask files inside that folder are read unless ``trusted``.
 
         Each shape must cover at least one pixel at the layout's own size.
+        ``keep_masks``: keep the masks rasterised for that check (up to `MAX_KEPT_PIXELS`),
+        for `masks` at the layout's size to return (a renderer reads each file once).
         """
         path = None if path is None else Path(path)
         if not isinstance(d, dict):
@@ -180,14 +187,16 @@ class Layout:
             raise LayoutError(f"{len(d['objects'])} objects; at most {MAX_OBJECTS} are accepted", path)
 
         base_dir = path.parent if path is not None else None
-        objects = []
+        keep_masks = keep_masks and len(d["objects"]) * size[0] * size[1] <= MAX_KEPT_PIXELS
+        objects, masks = [], []
         for i, raw in enumerate(d["objects"]):
             try:
                 obj = _parse_object(raw)
+                kind, value = next(iter(obj.shape.items()))  # checked by _parse_object
+                mask = _rasterize(kind, value, size, size, base_dir, trusted)
                 # An object that covers no pixel is a mistake (e.g. coordinates
                 # for another canvas), never something to skip silently.
-                if not rasterize(obj.shape, size, base_dir=base_dir, trusted=trusted).any():
-                    kind = next(iter(obj.shape))
+                if not mask.any():
                     raise LayoutError(
                         f"{kind} is empty after rasterisation at size {list(size)} "
                         "(wholly off the canvas, or degenerate)"
@@ -195,8 +204,13 @@ class Layout:
             except LayoutError as e:
                 raise LayoutError(e.problem, path, i) from None
             objects.append(obj)
+            if keep_masks:
+                masks.append(mask)
 
         layout = cls(size, objects, background_seed, path, trusted=trusted)
+        if keep_masks:
+            kept = np.stack(masks) if masks else np.zeros((0, *size), bool)
+            layout._kept = (size, layout.path, trusted, tuple(objects), kept)
         if categories is not None:
             layout.check_categories(categories)
         return layout
@@ -245,6 +259,15 @@ class Layout:
             out = self.size if size is None else _check_size(size, "masks size")
         except LayoutError as e:
             raise LayoutError(e.problem, self.path, image=self._image_label) from None
+        if self._kept is not None:
+            size, path, trusted, objects, kept = self._kept
+            if (
+                out == size == self.size
+                and (path, trusted) == (self.path, self.trusted)
+                and len(objects) == len(self.objects)
+                and all(a is b for a, b in zip(objects, self.objects, strict=True))
+            ):
+                return kept.astype(np.float32)
         base_dir = self.path.parent if self.path is not None else None
         result = np.zeros((len(self.objects), *out), np.float32)
         for i, obj in enumerate(self.objects):
@@ -305,28 +328,33 @@ def rasterize(
     try:
         size = _check_size(layout_size, "layout_size")
         out = size if out_size is None else _check_size(out_size, "out_size")
-        kind, value = _check_shape(shape)
-        if kind in ("polygon", "bbox"):
-            if kind == "bbox":
-                x, y, w, h = value
-                value = [[x, y], [x + w, y], [x + w, y + h], [x, y + h]]
-            scale = np.array([out[1] / size[1], out[0] / size[0]])
-            return _fill_polygon(np.asarray(value, np.float64) * scale, out)
-        at_size = _read_mask(value, base_dir, trusted) if kind == "mask" else _decode_rle(value)
-        return _resize_nearest(_resize_nearest(at_size, size), out)
+        return _rasterize(*_check_shape(shape), size, out, base_dir, trusted)
     except LayoutError as e:
         raise LayoutError(e.problem, path, index) from None
 
 
-def load_layouts(path, categories=None, *, trusted: bool = False) -> list[Layout]:
+def _rasterize(kind: str, value, size: tuple[int, int], out: tuple[int, int], base_dir, trusted: bool) -> np.ndarray:
+    """`rasterize` of a checked shape (`_check_shape`'s kind and value) between checked sizes."""
+    if kind == "bbox":
+        x, y, w, h = value
+        sx, sy = out[1] / size[1], out[0] / size[0]  # as the polygon of its corners would scale
+        return _fill_box(float(x) * sx, float(y) * sy, float(x + w) * sx, float(y + h) * sy, out)
+    if kind == "polygon":
+        scale = np.array([out[1] / size[1], out[0] / size[0]])
+        return _fill_polygon(np.asarray(value, np.float64) * scale, out)
+    at_size = _read_mask(value, base_dir, trusted) if kind == "mask" else _decode_rle(value)
+    return _resize_nearest(_resize_nearest(at_size, size), out)
+
+
+def load_layouts(path, categories=None, *, trusted: bool = False, keep_masks: bool = False) -> list[Layout]:
     """Layouts from one file: a layout file gives one, a COCO instances JSON
     (one with "images" and "annotations") gives one per image. ``trusted`` as
-    in `Layout.load`."""
+    in `Layout.load`, ``keep_masks`` as in `Layout.from_dict` (layout files only)."""
     path = Path(path)
     data = _read_json(path)
     if _is_coco(data):
         return CocoFile.from_dict(data, path).layouts(categories)
-    return [Layout.from_dict(data, path, categories, trusted=trusted)]
+    return [Layout.from_dict(data, path, categories, trusted=trusted, keep_masks=keep_masks)]
 
 
 def load_coco_layouts(path, categories=None) -> list[Layout]:
@@ -563,7 +591,9 @@ def _is_int(v) -> bool:
 
 def _is_number(v) -> bool:
     """A finite coordinate, small enough that scaling and differences stay finite."""
-    if not isinstance(v, numbers.Real) or isinstance(v, bool):
+    # JSON numbers are exactly int or float: they skip the abstract-class check, which costs
+    # most of the time of reading a polygon
+    if type(v) is not float and type(v) is not int and (not isinstance(v, numbers.Real) or isinstance(v, bool)):
         return False
     try:
         return math.isfinite(v) and abs(v) <= MAX_COORDINATE
@@ -573,6 +603,8 @@ def _is_number(v) -> bool:
 
 def _plain(v):
     """A JSON-ready Python number (numpy scalars in, int or float out)."""
+    if type(v) is float or type(v) is int:
+        return v
     return int(v) if isinstance(v, numbers.Integral) else float(v)
 
 
@@ -616,11 +648,11 @@ def _fill_polygon(points: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """
     height, width = size
     x0, y0 = points[:, 0:1], points[:, 1:2]  # [E, 1]: edge starts
-    x1, y1 = np.roll(x0, -1, axis=0), np.roll(y0, -1, axis=0)  # edge ends
+    x1, y1 = np.concatenate([x0[1:], x0[:1]]), np.concatenate([y0[1:], y0[:1]])  # edge ends
     edges = np.zeros((height, width + 1), np.int32)
-    # The work arrays are [E, rows]: a few rows at a time keeps them near 2**22 entries
-    # however many points the polygon has.
-    block = max(1, 2**22 // len(points))
+    # The work arrays are [E, rows] and [rows * (width + 1)]: a few rows at a time keeps
+    # them near 2**22 entries however many points the polygon has.
+    block = max(1, min(2**22 // len(points), 2**22 // (width + 1)))
     for top in range(0, height, block):
         yc = np.arange(top, min(top + block, height)) + 0.5  # row centres
         crosses = (y0 <= yc) != (y1 <= yc)  # [E, rows]; never true for a horizontal edge
@@ -632,10 +664,27 @@ def _fill_polygon(points: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         # Inside between crossing pairs; column j is in [a, b) when a <= j + 0.5 < b.
         starts = np.clip(np.ceil(xs[0::2] - 0.5), 0, width).astype(np.intp)
         ends = np.clip(np.ceil(xs[1::2] - 0.5), 0, width).astype(np.intp)
-        rows = np.broadcast_to(np.arange(top, top + len(yc)), starts.shape)
-        np.add.at(edges, (rows, starts), 1)
-        np.add.at(edges, (rows, ends), -1)
+        # +1 where a run starts, -1 where it ends, summed per cell (bincount: np.add.at is slow)
+        rows = len(yc)
+        cell = np.arange(rows)[None] * (width + 1)
+        cells = rows * (width + 1)
+        counts = np.bincount((starts + cell).ravel(), minlength=cells) - np.bincount(
+            (ends + cell).ravel(), minlength=cells
+        )
+        edges[top : top + rows] = counts.reshape(rows, width + 1)
     return np.cumsum(edges[:, :width], axis=1) > 0
+
+
+def _fill_box(left: float, top: float, right: float, bottom: float, size: tuple[int, int]) -> np.ndarray:
+    """`_fill_polygon` of the box with these edges, in O(height + width): the rows its two
+    vertical edges cross and the columns between their crossings, by the same comparisons."""
+    height, width = size
+    yc = np.arange(height) + 0.5
+    rows = (top <= yc) != (bottom <= yc)
+    start, end = (min(max(math.ceil(x - 0.5), 0), width) for x in (min(left, right), max(left, right)))
+    columns = np.zeros(width, bool)
+    columns[start:end] = True
+    return rows[:, None] & columns
 
 
 def _resize_nearest(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:

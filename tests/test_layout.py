@@ -143,6 +143,21 @@ def test_bbox_and_polygon_agree_at_any_scale():
         )
 
 
+coordinate = st.one_of(st.integers(-40, 80), st.floats(-40, 80, allow_nan=False).map(lambda v: round(v, 3)))
+side = st.one_of(st.integers(1, 60), st.floats(1e-3, 60).map(lambda v: round(v, 3) or 1e-3))
+canvas = st.tuples(st.integers(1, 64), st.integers(1, 64))
+
+
+@given(x=coordinate, y=coordinate, w=side, h=side, size=canvas, out=canvas)
+@settings(max_examples=300, deadline=None)
+def test_a_bbox_covers_the_pixels_of_the_polygon_of_its_corners(x, y, w, h, size, out):
+    """Boxes take a shortcut (rows and columns); it gives the pixels the polygon fill gives."""
+    corners = [[x, y], [x + w, y], [x + w, y + h], [x, y + h]]
+    np.testing.assert_array_equal(
+        rasterize({"bbox": [x, y, w, h]}, size, out), rasterize({"polygon": corners}, size, out)
+    )
+
+
 def test_polygon_triangle_pixels_and_scaling():
     tri = {"polygon": [[0, 0], [8, 0], [0, 8]]}
     m = rasterize(tri, (8, 8))

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+import scenecomp.layout
 import scenecomp.render as render
 import scenecomp.render.batching
 import scenecomp.render.cli
@@ -545,23 +546,61 @@ def test_absurd_batch_sizes_are_refused_before_rendering(bundle, tmp_path, capsy
     assert scenecomp.render.options.available_memory(torch.device("cpu")) > 0
 
 
-def test_a_layout_that_breaks_after_planning_costs_no_other_image(bundle, tmp_path, capsys, monkeypatch):
+def test_a_layout_that_breaks_after_planning_costs_no_other_image(composer, tmp_path):
+    """A full plan's jobs (what the multi-device path renders) name their files, which are read
+    again when rendered: a file that breaks in between fails its own layout only."""
     folder = tmp_path / "layouts"
     folder.mkdir()
     stems = valid_layouts(folder)
-    planned = render.plan
+    work = render.plan(sorted(folder.glob("*.json")), composer, [0], tmp_path / "out")
+    assert [job.name for job in work.jobs] == stems and all(job.layout is None for job in work.jobs)
+    (folder / "sun.png").unlink()  # maskpng.json loses its mask file while the run is going
+    results = render.render_jobs(composer, render.LayoutSource(), work.jobs, 4)
+    failed = {job.name: str(result) for job, result in results if isinstance(result, LayoutError)}
+    assert list(failed) == ["maskpng"] and "maskpng.json: object 0: mask file 'sun.png' not found" in failed["maskpng"]
 
-    def plan_then_delete_the_mask(*args, **kwargs):
-        work = planned(*args, **kwargs)
-        (folder / "sun.png").unlink()  # maskpng.json loses its mask file while the run is going
-        return work
 
-    monkeypatch.setattr(scenecomp.render.cli, "plan", plan_then_delete_the_mask)
+def test_each_layout_file_is_read_once_and_each_mask_rasterised_once(bundle, tmp_path, capsys, monkeypatch):
+    """Planning carries the layout and its masks to rendering, a batch at a time: a file is read
+    once, a shape rasterised once (at the model's size, the check of the file is that
+    rasterisation), and planning is never more than one batch ahead of the networks."""
+    folder = tmp_path / "layouts"
+    folder.mkdir()
+    square = np.zeros((R, R), np.uint8)
+    square[2:9, 3:12] = 255
+    Image.fromarray(square).save(folder / "square.png")
+    shapes = [{"bbox": [1, 2, 6, 5]}, {"polygon": [[2, 15], [8, 3], [14, 15]]}, {"mask": "square.png"}]
+    for i in range(10):
+        objects = [{"category": CATEGORIES[k % 3], **shapes[(i + k) % 3]} for k in range(1 + i % 3)]
+        write_json(folder / f"l{i:02d}.json", {"size": [R, R], "objects": objects})
+    events = []
+    read, rasterize, padded = scenecomp.layout._read_json, scenecomp.layout._rasterize, render.batching.render_padded
+
+    def counted_read(path):
+        events.append(("read", path.name))
+        return read(path)
+
+    def counted_rasterize(kind, value, *args):
+        events.append(("rasterize", kind))
+        return rasterize(kind, value, *args)
+
+    def counted_render(composer, layouts, *args, **kwargs):
+        events.append(("render", len(layouts)))
+        return padded(composer, layouts, *args, **kwargs)
+
+    monkeypatch.setattr(scenecomp.layout, "_read_json", counted_read)
+    monkeypatch.setattr(scenecomp.layout, "_rasterize", counted_rasterize)
+    monkeypatch.setattr(render.batching, "render_padded", counted_render)
     out = tmp_path / "out"
-    status, err = cli([folder, "--checkpoint", bundle, "--out", out, "--batch-size", "4"], capsys)
-    assert status == 1 and "maskpng.json: object 0: mask file 'sun.png' not found" in err
-    assert "3 images rendered, 1 layout failed" in err
-    assert sorted(p.name for p in out.glob("*.png")) == [f"{s}_s0000.png" for s in stems if s != "maskpng"]
+    status, err = cli([folder, "--checkpoint", bundle, "--out", out, "--seeds", "0-1", "--batch-size", "8"], capsys)
+    assert status == 0 and "20 images rendered" in err, err
+    reads = [name for kind, name in events if kind == "read"]
+    assert sorted(reads) == [f"l{i:02d}.json" for i in range(10)]  # each once
+    assert sum(kind == "rasterize" for kind, _ in events) == sum(1 + i % 3 for i in range(10))
+    for k, at in enumerate(i for i, (kind, _) in enumerate(events) if kind == "render"):
+        assert sum(kind == "read" for kind, _ in events[:at]) <= 4 * (k + 1)  # 8 jobs = 4 layouts x 2 seeds
+    for line in manifest(out):  # the images of the lines, as the file-reading path renders them
+        assert np.array_equal(quantise(render.reproduce(line)), pixels(out / line["image"]))
 
 
 def test_a_batch_that_raises_is_rendered_one_by_one(composer, tmp_path, monkeypatch):
@@ -570,10 +609,10 @@ def test_a_batch_that_raises_is_rendered_one_by_one(composer, tmp_path, monkeypa
     valid_layouts(folder)
     padded = render.render_padded
 
-    def fussy(composer, layouts, batch_size, steps=False):
+    def fussy(composer, layouts, batch_size, steps=False, masks=None):
         if any(layout.name == "poly" for layout in layouts):
             raise LayoutError("cannot be painted today", layouts[0].path)
-        return padded(composer, layouts, batch_size, steps)
+        return padded(composer, layouts, batch_size, steps, masks)
 
     monkeypatch.setattr(scenecomp.render.batching, "render_padded", fussy)
     jobs = [render.Job(str(folder / f"{s}.json"), 0, s, 0) for s in ("box", "poly", "rle")]

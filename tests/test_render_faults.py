@@ -16,6 +16,7 @@ import torch
 from filelock import FileLock
 from PIL import Image
 
+import scenecomp.render.outputs
 from conftest import make_tiny_nets
 from scenecomp.compose import bundle_dict, save_bundle
 from scenecomp.render.cli import LOCK
@@ -108,6 +109,46 @@ def test_a_disk_that_fills_up_stops_the_run_whole_and_the_run_resumes_after(bund
     assert set(lines_per_image(resumed)) == expected and set(lines_per_image(resumed).values()) == {1}
     for name in listed:  # kept, not rendered again
         assert (resumed / name).read_bytes() == (full / name).read_bytes()
+
+
+def test_a_fault_on_the_writer_thread_stops_the_run_whole_and_it_resumes(bundle, tmp_path, capsys, monkeypatch):
+    """Files are written on a writer thread while the networks paint: a full disk met there
+    still ends the run at once with exit 3, every image under its name whole and in the manifest,
+    no temporary file left; the same command then finishes, keeping what was written."""
+    folder, stems = layouts(tmp_path)
+    out = tmp_path / "out"
+    args = [folder, "--checkpoint", bundle, "--out", out, "--seeds", "0-3", "--batch-size", "8"]
+    real, threads = scenecomp.render.outputs.write_atomically, []
+
+    def filling_up(path, write):
+        threads.append(threading.current_thread())
+        if len(threads) < 6:
+            return real(path, write)
+
+        def half(tmp):
+            tmp.write_bytes(b"\x89PNG\r\n half an image")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp))
+
+        return real(path, half)
+
+    monkeypatch.setattr(scenecomp.render.outputs, "write_atomically", filling_up)
+    status, err = cli(args, capsys)
+    assert status == 3 and "no space left on the device" in err and "Traceback" not in err, err
+    assert threading.main_thread() not in threads and len(threads) == 6  # the writer stopped at the fault
+    pngs = {p.name for p in out.glob("*.png")}
+    assert len(pngs) == 5 and not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    lines = manifest(out)
+    assert {line["image"] for line in lines} == pngs and len(lines) == 5
+    for line in lines:
+        assert file_sha256(out / line["image"]) == line["image_sha256"]
+        Image.open(out / line["image"]).load()
+    kept = {name: (out / name).read_bytes() for name in pngs}
+
+    monkeypatch.setattr(scenecomp.render.outputs, "write_atomically", real)
+    status, err = cli(args, capsys)
+    assert status == 0 and "11 images rendered, 5 skipped" in err, err
+    assert set(lines_per_image(out)) == {f"{s}_s{seed:04d}.png" for s in stems for seed in range(4)}
+    assert all((out / name).read_bytes() == data for name, data in kept.items())
 
 
 def test_a_second_run_into_a_locked_folder_waits_then_skips_what_is_done(bundle, tmp_path):

@@ -28,6 +28,8 @@ SMOKE = {  # tiny settings: each runs in seconds on an idle 2-core machine
         "1",
         "--cli-layouts",
         "1",
+        "--cli-rounds",
+        "1",
         "--dtypes",
         "auto",
     ],

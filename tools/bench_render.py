@@ -4,7 +4,8 @@
     python tools/bench_render.py --checkpoint scenecomp/assets/composer.safetensors --cli-layouts 300
     python tools/bench_render.py --threads 1 --images 256 --profile
     python tools/bench_render.py --dtypes auto float32 bfloat16 --compile
-    python tools/bench_render.py --images 8 --single-images 2 --batch-size 8 --rounds 1 --cli-layouts 2  # smoke
+    python tools/bench_render.py --images 8 --single-images 2 --batch-size 8 --rounds 1 --cli-layouts 2 \
+        --cli-rounds 1  # smoke
 
 Reports, in one process:
 
@@ -20,10 +21,12 @@ Reports, in one process:
    matmul rates, and each dtype's speed as a ratio to the last one's;
 4. the scenecomp-render command line on ``--cli-layouts`` layout files written
    to a temporary folder (a bundle of the same networks; PNGs, manifest and
-   all) and on a tenth as many, dtypes taking turns: images/s, the ratio
-   between dtypes, the rate without start-up (the extra images over the extra
-   time), and the peak resident memory of each process (flat in the number of
-   layouts).
+   all) and on a tenth as many, dtypes taking turns, ``--cli-rounds`` times:
+   images/s and CPU seconds of each run, the ratio between dtypes (one per
+   round, as their median, min and max: dtypes of one round ran back to back,
+   so a machine busy with other work slows them alike), the rate without
+   start-up (the extra images over the extra time), and the peak resident
+   memory of each process (flat in the number of layouts).
 
 ``--compile`` adds a variant of the first dtype with both generators compiled
 (``torch.compile``, inductor) to the in-process figures, its compile time
@@ -124,8 +127,9 @@ def cli_run(layout_dir: Path, bundle: Path, out: Path, dtype: str, args) -> dict
         "import json, resource, subprocess, sys, time\n"
         "t = time.perf_counter()\n"
         f"r = subprocess.run({command!r}, capture_output=True, text=True)\n"
+        "u = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
         "print(json.dumps({'rc': r.returncode, 'seconds': time.perf_counter() - t, 'stderr': r.stderr[-2000:],"
-        " 'max_rss_kb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))\n"
+        " 'cpu_seconds': u.ru_utime + u.ru_stime, 'max_rss_kb': u.ru_maxrss}))\n"
     )
     result = json.loads(
         subprocess.run([sys.executable, "-c", wrapper], capture_output=True, text=True, check=True).stdout
@@ -166,6 +170,12 @@ def main(argv=None) -> None:
         type=int,
         default=300,
         help="layout files for the command-line runs (default 300; 0 skips them)",
+    )
+    parser.add_argument(
+        "--cli-rounds",
+        type=int,
+        default=3,
+        help="rounds of the command-line runs; the ratios are per round, their median printed (default 3)",
     )
     parser.add_argument(
         "--dtypes",
@@ -254,35 +264,58 @@ def main(argv=None) -> None:
                     ),
                 )
             counts = [args.cli_layouts // 10, args.cli_layouts] if args.cli_layouts >= 10 else [args.cli_layouts]
-            seconds = {}
-            for count in counts:  # dtypes take turns, small runs first
-                folder = tmp / f"layouts{count}"
-                folder.mkdir()
+            folders = {}
+            for count in counts:
+                folders[count] = tmp / f"layouts{count}"
+                folders[count].mkdir()
                 for i, layout in enumerate(random_layouts(count, args.objects, R, first.categories, seed=1)):
-                    layout.save(folder / f"layout{i:05d}.json")
-                for dtype in args.dtypes:
-                    r = cli_run(folder, bundle, tmp / f"out-{dtype}-{count}", dtype, args)
-                    seconds[dtype, count] = r["seconds"]
-                    rate = count / r["seconds"]
-                    print(
-                        f"scenecomp-render --dtype {dtype} on {count} layout files: {rate:.1f} images/s "
-                        f"({r['seconds']:.1f} s including start-up and PNG/manifest writing, "
-                        f"{peak.describe(rate * flops / 1e9)}), peak RSS {r['max_rss_kb'] / 1024:.0f} MiB"
-                    )
+                    layout.save(folders[count] / f"layout{i:05d}.json")
+            seconds = {}  # (dtype, count) -> wall seconds of each round
+            for round_ in range(args.cli_rounds):  # dtypes take turns, small runs first, round after round
+                for count in counts:
+                    for dtype in args.dtypes:
+                        r = cli_run(folders[count], bundle, tmp / f"out-{dtype}-{count}-{round_}", dtype, args)
+                        seconds.setdefault((dtype, count), []).append(r["seconds"])
+                        rate = count / r["seconds"]
+                        print(
+                            f"scenecomp-render --dtype {dtype} on {count} layout files: {rate:.1f} images/s "
+                            f"({r['seconds']:.1f} s including start-up and PNG/manifest writing, "
+                            f"{r['cpu_seconds']:.1f} s of CPU; {peak.describe(rate * flops / 1e9)}), "
+                            f"peak RSS {r['max_rss_kb'] / 1024:.0f} MiB"
+                        )
             ref, n = args.dtypes[-1], counts[-1]
-            print(
-                f"scenecomp-render on {n} layouts, speed vs --dtype {ref}: "
-                + ", ".join(f"{d} {seconds[ref, n] / seconds[d, n]:.2f}x" for d in args.dtypes if d != ref)
+
+            def spread(ratios: list[float]) -> str:
+                if len(ratios) == 1:
+                    return f"{ratios[0]:.2f}x"
+                return f"{statistics.median(ratios):.2f}x (min {min(ratios):.2f}x, max {max(ratios):.2f}x)"
+
+            rounds = f"median of {args.cli_rounds} rounds" if args.cli_rounds > 1 else "one round"
+            print(  # each round's dtypes ran back to back: a ratio per round, then their median
+                f"scenecomp-render on {n} layouts, speed vs --dtype {ref} ({rounds}): "
+                + ", ".join(
+                    f"{d} {spread([a / b for a, b in zip(seconds[ref, n], seconds[d, n], strict=True)])}"
+                    for d in args.dtypes
+                    if d != ref
+                )
             )
             if len(counts) == 2:  # the extra images over the extra time: start-up cancels out
                 steady = {
-                    d: (counts[1] - counts[0]) / (seconds[d, counts[1]] - seconds[d, counts[0]]) for d in args.dtypes
+                    d: [
+                        (counts[1] - counts[0]) / (big - small)
+                        for small, big in zip(seconds[d, counts[0]], seconds[d, counts[1]], strict=True)
+                    ]
+                    for d in args.dtypes
                 }
                 print(
-                    f"without start-up ({counts[0]} to {counts[1]} layouts): "
-                    + ", ".join(f"{d} {steady[d]:.1f} images/s" for d in args.dtypes)
+                    f"without start-up ({counts[0]} to {counts[1]} layouts, {rounds}): "
+                    + ", ".join(f"{d} {statistics.median(steady[d]):.1f} images/s" for d in args.dtypes)
                     + f"; vs --dtype {ref}: "
-                    + ", ".join(f"{d} {steady[d] / steady[ref]:.2f}x" for d in args.dtypes if d != ref)
+                    + ", ".join(
+                        f"{d} {spread([a / b for a, b in zip(steady[d], steady[ref], strict=True)])}"
+                        for d in args.dtypes
+                        if d != ref
+                    )
                 )
 
 

@@ -76,10 +76,21 @@ memory (about 3 MiB per image at 64x64, growing with the resolution squared)
 exceeds the memory available when the run starts is refused with exit 2,
 rather than risk an out-of-memory kill.
 
+Reading, rendering and writing
+------------------------------
+Each layout file is read, checked and rasterised once: layouts are planned a
+batch at a time, just before they render, and each goes to the networks with
+its masks, so memory stays flat in the number of layouts. The files of a
+batch (PNG encoding, checksums, renames, manifest lines) are written in order
+by one writer thread while the networks paint the next batch. When the folder
+holds images of another checkpoint (and no ``--overwrite``), and on several
+devices, every layout is planned before anything renders, and read again when
+it renders.
+
 Resuming, --overwrite and the manifest
 --------------------------------------
-Whether a (layout, seed) is already done is decided before anything is
-rendered: the manifest has a line for it whose ``layout_sha256`` is the
+Whether a (layout, seed) is already done is decided before it is rendered,
+from the manifest as the run found it: the manifest has a line for it whose ``layout_sha256`` is the
 layout's content now (its seeds, categories and masks at the model's
 resolution: an edited layout or mask file is rendered again), and the PNG
 (and the ``--steps`` strip) still has the SHA-256 the line records (a
@@ -107,8 +118,8 @@ Failures
 --------
 A layout that cannot be rendered (malformed JSON, unknown category, missing
 mask file, empty shape, an output name used by another input ...) is
-reported on stderr with its file, object index and reason, before rendering
-starts; every other layout still renders. So is a layout whose image comes
+reported on stderr with its file, object index and reason when planning
+reaches it; every other layout still renders. So is a layout whose image comes
 out with NaN or infinite values (nothing is written for it). The run ends with
 a summary and exits 1 if anything failed, 0 otherwise. Bad options (no such
 checkpoint, a file that is not a bundle, bad ``--seeds``, no inputs) exit 2

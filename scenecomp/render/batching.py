@@ -22,9 +22,11 @@ def call_size(count: int, batch_size: int, device: torch.device) -> int:
     return batch_size
 
 
-def render_padded(composer: Composer, layouts: list[Layout], batch_size: int, steps: bool = False) -> list[Rendering]:
+def render_padded(
+    composer: Composer, layouts: list[Layout], batch_size: int, steps: bool = False, masks: list | None = None
+) -> list[Rendering]:
     """`Composer.render_iter` on at most ``batch_size`` seeded layouts in one network
-    call of `call_size` images (padded with copies of the first layout).
+    call of `call_size` images (padded with copies of the first layout); ``masks`` as there.
 
     Float rounding in the networks depends on the batch shape (CPU and GPU
     kernels are chosen by it) but not on the other images in the batch, so
@@ -34,29 +36,33 @@ def render_padded(composer: Composer, layouts: list[Layout], batch_size: int, st
         return []
     size = call_size(len(layouts), batch_size, composer.device)
     padded = [*layouts, *[layouts[0]] * (size - len(layouts))]
-    return list(composer.render_iter(padded, batch_size=size, steps=steps))[: len(layouts)]
+    if masks is not None:
+        masks = [*masks, *[masks[0]] * (size - len(masks))]
+    return list(composer.render_iter(padded, batch_size=size, steps=steps, masks=masks))[: len(layouts)]
 
 
 def render_jobs(composer: Composer, source: LayoutSource, jobs, batch_size: int, steps: bool = False) -> list:
     """``(job, Rendering or LayoutError)`` for each of at most ``batch_size`` jobs, in
-    order, in one network call (`render_padded`). A layout that fails costs no
-    other layout its image: if the batch raises, its layouts are rendered one by one."""
+    order, in one network call (`render_padded`). A job carrying its layout and masks
+    from planning is rendered from them; any other is read from its file (``source``).
+    A layout that fails costs no other layout its image: if the batch raises, its
+    layouts are rendered one by one."""
     results: list = [None] * len(jobs)
     ready = []
     for i, job in enumerate(jobs):
         try:
-            ready.append((i, composer.seeded(source.get(job), job.seed)))
+            layout = source.get(job) if job.layout is None else job.layout
+            ready.append((i, composer.seeded(layout, job.seed), job.masks))
         except LayoutError as e:
             results[i] = e
     try:
-        for (i, _), rendering in zip(
-            ready, render_padded(composer, [layout for _, layout in ready], batch_size, steps), strict=True
-        ):
+        layouts, masks = [layout for _, layout, _ in ready], [m for _, _, m in ready]
+        for (i, _, _), rendering in zip(ready, render_padded(composer, layouts, batch_size, steps, masks), strict=True):
             results[i] = rendering
     except LayoutError:
-        for i, layout in ready:
+        for i, layout, m in ready:
             try:
-                results[i] = render_padded(composer, [layout], batch_size, steps)[0]
+                results[i] = render_padded(composer, [layout], batch_size, steps, [m])[0]
             except LayoutError as e:
                 results[i] = e
     for i, result in enumerate(results):

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -36,7 +38,7 @@ from scenecomp.render.options import (
     parse_device,
 )
 from scenecomp.render.outputs import Outputs
-from scenecomp.render.planning import Job, LayoutSource, plan
+from scenecomp.render.planning import Job, LayoutSource, Plan, plan, planned_jobs
 
 LOCK = ".scenecomp-render.lock"  # in --out: one run writes into a folder at a time
 
@@ -81,23 +83,27 @@ class Console:
 
 
 def render_single(
-    composer: Composer, jobs: list[Job], outputs: Outputs, batch_size: int, console: Console, steps: bool
+    composer: Composer, jobs: Iterable[Job], outputs: Outputs, batch_size: int, console: Console, steps: bool
 ) -> tuple[int, set]:
-    """Render ``jobs`` ``batch_size`` at a time on the composer's device; returns
-    (images written, labels of layouts that failed while rendering)."""
+    """Render ``jobs`` ``batch_size`` at a time on the composer's device, the files of each
+    batch written on the writer thread while the next one renders (`Outputs.submit`); returns
+    (images written, labels of layouts that failed while rendering). ``jobs`` may be planned
+    lazily (`planned_jobs`): each batch is then planned just before it renders."""
     source, rendered, failed = LayoutSource(), 0, set()
     device = str(composer.device)
-    bar = console.progress(len(jobs))
-    for start in range(0, len(jobs), batch_size):
-        for job, result in render_jobs(composer, source, jobs[start : start + batch_size], batch_size, steps):
+    bar = console.progress(len(jobs) if isinstance(jobs, list) else None)
+    jobs = iter(jobs)
+    while batch := list(itertools.islice(jobs, batch_size)):
+        for job, result in render_jobs(composer, source, batch, batch_size, steps):
             if isinstance(result, LayoutError):
                 if str(result) not in failed:
                     console.failed(str(result))
                 failed.add(str(result))
             else:
-                outputs.write(job, result, device)
+                outputs.submit(job, result, device)
                 rendered += 1
             bar.update(1)
+    outputs.finish()
     console.close()
     return rendered, failed
 
@@ -203,11 +209,7 @@ def _render(args, console, files, composer, out, sha256, meta, want_steps, train
         broken: list[str] = []
         lines = read_manifest(manifest, broken)
     done = {line["image"]: line for line in lines}  # the last line for an image is the valid one
-    work = plan(
-        files,
-        composer,
-        args.seeds,
-        out,
+    options = dict(
         overwrite=args.overwrite,
         steps=args.steps,
         layers=args.layers,
@@ -218,11 +220,16 @@ def _render(args, console, files, composer, out, sha256, meta, want_steps, train
         warn=console.warn,
         trusted=args.trusted_masks,
     )
-    if work.stale:
-        console.warn(
-            f"{len(work.stale)} image(s) in {out} no longer match their manifest lines (the PNG was changed or "
-            f"truncated, or its layout changed since; e.g. {work.stale[0]}): rendering them again"
-        )
+    if distributed or (not args.overwrite and any(line.get("checkpoint_sha256") != sha256 for line in done.values())):
+        # decided in full before anything renders: every process gets its share of the plan, or
+        # images another checkpoint rendered may be skipped, which refuses the run
+        work = plan(files, composer, args.seeds, out, **options)
+        jobs = work.jobs
+    else:  # planned a batch at a time, each layout read and rasterised once (memory flat in their number)
+        work = Plan()
+        jobs = planned_jobs(files, composer, args.seeds, out, work, **options)
+        first = next(jobs, None)  # none at all: no manifest is opened
+        jobs = [] if first is None else itertools.chain([first], jobs)
     error = None
     if work.foreign:
         error = UsageError(
@@ -233,29 +240,34 @@ def _render(args, console, files, composer, out, sha256, meta, want_steps, train
     if error and not external:
         raise error  # no other process is running yet
 
-    failed_layouts = len(work.failures)
+    failed_later = 0
     if distributed and (work.jobs or external):
         from scenecomp.render.distributed import render_distributed
 
         rendered, failed_later = render_distributed(
             trainer, composer, work.jobs, args, meta, console, want_steps, error
         )
-        failed_layouts += failed_later
-    elif not work.jobs:
+    elif not jobs:
         rendered = 0
     else:
         outputs = Outputs(
             out, manifest, meta, resolution=composer.resolution, steps=args.steps, layers=args.layers, ora=args.ora
         )
         try:
-            rendered, failed_later = render_single(composer, work.jobs, outputs, args.batch_size, console, want_steps)
+            rendered, failed = render_single(composer, jobs, outputs, args.batch_size, console, want_steps)
+            failed_later = len(failed)
         finally:
             outputs.close()
-        failed_layouts += len(failed_later)
-    if needs_compacting(lines, broken) or (rendered and any(f"{job.stem}.png" in done for job in work.jobs)):
+    if work.stale:
+        console.warn(
+            f"{len(work.stale)} image(s) in {out} no longer match their manifest lines (the PNG was changed or "
+            f"truncated, or its layout changed since; e.g. {work.stale[0]}): they were rendered again"
+        )
+    if needs_compacting(lines, broken) or (rendered and work.redone):
         with output_faults(out):  # one line per image again; half lines and duplicates dropped
             compact_manifest(manifest)
 
+    failed_layouts = len(work.failures) + failed_later
     seconds = time.perf_counter() - started
     parts = [f"{rendered} image{'s' if rendered != 1 else ''} rendered"]
     if work.skipped:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,10 @@ from scenecomp.render.manifest import holds
 @dataclass(frozen=True)
 class Job:
     """One image to render: the ``item``-th layout of ``path`` (0 for a layout
-    file; the image's position in a COCO file) with sample seed ``seed``."""
+    file; the image's position in a COCO file) with sample seed ``seed``.
+    `planned_jobs` hands it the layout as checked and its masks at the model's
+    resolution, so rendering reads nothing again; a job without them (`plan`)
+    names its file only."""
 
     path: str
     item: int
@@ -26,6 +31,8 @@ class Job:
     image_id: object = None
     trusted: bool = False  # --trusted-masks: mask files may lie outside the layout's folder
     key: str = ""  # `layout_key` of the layout when planned: a resumed run re-renders a changed layout
+    layout: Layout | None = field(default=None, compare=False, repr=False)
+    masks: np.ndarray | None = field(default=None, compare=False, repr=False)  # bool [N,R,R]
 
     @property
     def stem(self) -> str:
@@ -50,18 +57,34 @@ def output_stem(name: str, seed: int) -> str:
 
 @dataclass
 class Plan:
-    jobs: list[Job]
-    skipped: int
-    failures: list[str]  # one message per layout (or file) that cannot be rendered
-    foreign: list[str]  # done images that another checkpoint rendered
-    stale: list[str]  # images with a manifest line that no longer holds (file changed, or its layout did)
+    jobs: list[Job] = field(default_factory=list)
+    skipped: int = 0
+    failures: list[str] = field(default_factory=list)  # one message per layout (or file) that cannot be rendered
+    foreign: list[str] = field(default_factory=list)  # done images that another checkpoint rendered
+    stale: list[str] = field(
+        default_factory=list
+    )  # images whose manifest line no longer holds (file or layout changed)
+    redone: int = 0  # jobs for images that have a manifest line already (the manifest is compacted after)
 
 
-def plan(
+def plan(files, composer: Composer, seeds, out: Path, **options) -> Plan:
+    """Everything `planned_jobs` decides, decided before anything is rendered. The jobs
+    carry no layout (they name their file and position), so memory does not grow
+    with the layouts' content."""
+    work = Plan()
+    work.jobs = [
+        dataclasses.replace(job, layout=None, masks=None)
+        for job in planned_jobs(files, composer, seeds, out, work, **options)
+    ]
+    return work
+
+
+def planned_jobs(
     files,
     composer: Composer,
     seeds,
     out: Path,
+    work: Plan,
     *,
     overwrite=False,
     steps=False,
@@ -72,25 +95,24 @@ def plan(
     report=lambda message: None,
     warn=lambda message: None,
     trusted: bool = False,
-) -> Plan:
-    """Read and check every layout once, decide for each (layout, seed) whether it is
-    already done, and return what to render. ``done`` maps image names to their
-    manifest lines: an image is done when its line is for the same layout content
-    (`layout_key`) and the folder still holds what the line records (`holds`:
-    checksums of the PNGs). Layouts are not kept: a `Job` names its file and
-    position, so memory does not grow with the layouts' content."""
+) -> Iterator[Job]:
+    """The jobs to render, in input order, one file at a time: each layout is read,
+    checked and rasterised once, and its jobs carry it. ``work`` counts, as it goes,
+    what is skipped, failed (``report``), foreign or stale. ``done`` maps image
+    names to their manifest lines: an image is done when its line is for the same
+    layout content (`layout_key`) and the folder still holds what the line records
+    (`holds`: checksums of the PNGs)."""
     R = composer.resolution
     done = {} if done is None else done
-    jobs, failures, foreign, stale, skipped = [], [], [], [], 0
     names: dict[str, str] = {}
 
     def fail(message):
-        failures.append(message)
+        work.failures.append(message)
         report(message)
 
     for path in files:
         try:
-            layouts = load_layouts(path, trusted=trusted)
+            layouts = load_layouts(path, trusted=trusted, keep_masks=True)
         except LayoutError as e:
             fail(str(e))
             continue
@@ -118,20 +140,19 @@ def plan(
                 )
             key = layout_key(layout, masks)
             for seed in seeds:
-                job = Job(str(path), item, name, seed, layout.image_id, trusted, key)
+                job = Job(str(path), item, name, seed, layout.image_id, trusted, key, layout, masks)
                 line = done.get(f"{job.stem}.png")
                 if overwrite or line is None:
-                    jobs.append(job)
+                    pass
                 elif line.get("layout_sha256") != key or not holds(out, line):
-                    stale.append(f"{job.stem}.png")
-                    jobs.append(job)
-                elif not holds(out, line, steps, layers, ora):
-                    jobs.append(job)  # --steps, --layers or --ora asked for now
-                else:
-                    skipped += 1
+                    work.stale.append(f"{job.stem}.png")
+                elif holds(out, line, steps, layers, ora):  # else --steps, --layers or --ora is asked for now
+                    work.skipped += 1
                     if sha256 is not None and line.get("checkpoint_sha256") != sha256:
-                        foreign.append(f"{job.stem}.png")
-    return Plan(jobs, skipped, failures, foreign, stale)
+                        work.foreign.append(f"{job.stem}.png")
+                    continue
+                work.redone += line is not None
+                yield job
 
 
 class LayoutSource:
