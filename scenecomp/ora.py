@@ -80,15 +80,24 @@ def write_ora(path, steps: Sequence[Image.Image], masks: Sequence[np.ndarray], n
     thumbnail.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
 
     def write(tmp: Path) -> None:
-        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
-            z.writestr(zipfile.ZipInfo("mimetype"), MIMETYPE, compress_type=zipfile.ZIP_STORED)
-            z.writestr("stack.xml", xml)
-            for src, layer in zip(sources, layers, strict=False):
-                z.writestr(src, _png(layer), compress_type=zipfile.ZIP_STORED)  # PNG is compressed already
-            z.writestr("mergedimage.png", _png(merged), compress_type=zipfile.ZIP_STORED)
-            z.writestr("Thumbnails/thumbnail.png", _png(thumbnail), compress_type=zipfile.ZIP_STORED)
+        with zipfile.ZipFile(tmp, "w") as z:
+            z.writestr(_entry("mimetype"), MIMETYPE, compress_type=zipfile.ZIP_STORED)
+            z.writestr(_entry("stack.xml"), xml, compress_type=zipfile.ZIP_DEFLATED)
+            for name, data in [
+                *zip(sources, map(_png, layers), strict=True),
+                ("mergedimage.png", _png(merged)),
+                ("Thumbnails/thumbnail.png", _png(thumbnail)),
+            ]:
+                z.writestr(_entry(name), data, compress_type=zipfile.ZIP_STORED)  # PNG is compressed already
 
     return write_atomically(path, write)
+
+
+def _entry(name: str) -> zipfile.ZipInfo:
+    """A zip entry dated 1980-01-01 (zip's epoch), not by the clock, so the same scene gives the same bytes."""
+    entry = zipfile.ZipInfo(name)
+    entry.external_attr = 0o644 << 16  # rw-r--r-- when unpacked
+    return entry
 
 
 def _png(image: Image.Image) -> bytes:

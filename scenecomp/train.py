@@ -20,7 +20,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from scenecomp.atomic import build_folder_once
-from scenecomp.compose import BUNDLE_NAME, bundle_dict, save_bundle
+from scenecomp.bundle import BundleError
+from scenecomp.compose import BUNDLE_NAME, bundle_dict, load_bundle, save_bundle
 from scenecomp.data import DataError
 from scenecomp.datamodule import SceneDataModule
 from scenecomp.precision import training_precision
@@ -128,15 +129,38 @@ def build(cfg: DictConfig) -> tuple[SceneDataModule, SceneGAN, L.Trainer]:
     return datamodule, model, trainer
 
 
+# a bundle's networks -> the SceneGAN modules they start (the generator and its EMA copy)
+BUNDLE_MODULES = {
+    "background": ("g_bg", "g_bg_ema"),
+    "foreground": ("g_fg", "g_fg_ema"),
+    "baseline": ("g_base", "g_base_ema"),
+}
+
+
 def warm_start(model: SceneGAN, path: str) -> None:
     """Copy another run's weights into ``model`` wherever a name and shape match (new layers keep their
-    initialisation; optimisers, step and schedule start fresh, unlike ``ckpt_path``, which resumes)."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
-    except Exception as e:  # missing, truncated, refused by weights_only, not a Lightning checkpoint
-        raise ConfigError(
-            f"init_from: {path}: not a readable scenecomp-train checkpoint ({type(e).__name__}: {e})"
-        ) from None
+    initialisation; optimisers, step and schedule start fresh, unlike ``ckpt_path``, which resumes).
+    ``path`` is a Lightning checkpoint (every network) or a bundle such as the shipped
+    ``composer.safetensors`` (its generators start both the trained and the EMA copies; discriminators,
+    encoders and the plate inpainter start fresh)."""
+    if str(path).endswith(".safetensors"):
+        try:
+            networks = load_bundle(path)["networks"]
+        except BundleError as e:
+            raise ConfigError(f"init_from: {e}") from None
+        state = {
+            f"{module}.{key}": value.float() if value.is_floating_point() else value
+            for name, net in networks.items()
+            for module in BUNDLE_MODULES.get(name, ())
+            for key, value in net["state_dict"].items()
+        }
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+        except Exception as e:  # missing, truncated, refused by weights_only, not a Lightning checkpoint
+            raise ConfigError(
+                f"init_from: {path}: not a readable scenecomp-train checkpoint ({type(e).__name__}: {e})"
+            ) from None
     own = model.state_dict()
     taken = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not taken:

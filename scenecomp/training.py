@@ -108,6 +108,22 @@ def with_grain(z: torch.Tensor, noise_dim: int, generator: torch.Generator | Non
     return torch.cat([z, grain], 1)
 
 
+def without_grain(z: torch.Tensor, noise_dim: int) -> torch.Tensor:
+    """Style noise ``[B,z_dim]`` completed to a G_bg noise vector ``[B,noise_dim]`` with a zero grain map:
+    the reconstruction's image without grain, so its L1 never pulls the grain strengths down."""
+    return F.pad(z, (0, noise_dim - z.shape[1]))
+
+
+def pooled_l1(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, pool: int) -> torch.Tensor:
+    """L1 of ``[B,C,H,W]`` images average-pooled in ``pool``x``pool`` cells, over the cells wholly inside
+    ``mask [B,1,H,W]``. Pooled, it teaches the layout and colours (horizon, sky, ground) without pulling
+    grain and stars towards their blurred mean (those are the discriminator's to teach); masked to
+    the real pixels, it never teaches the inpainter's smooth fills (ghosts of the objects)."""
+    gap = F.avg_pool2d(a.float() - b.float(), pool)
+    whole = (F.avg_pool2d(mask.float(), pool) > 0.999).float()
+    return (gap.abs() * whole).sum() / (whole.sum() * a.shape[1]).clamp(min=1)
+
+
 def masked_l1(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean absolute difference of ``[B,C,H,W]`` images over the pixels where ``mask [B,1,H,W]`` is 1."""
     diff = (a.float() - b.float()).abs() * mask
@@ -178,14 +194,16 @@ class SceneGAN(L.LightningModule):
         plate_dilate: int = 1,
         bg_rec_pool: int = 1,
         bg_judged_on: str = "plates",
+        bg_rec_on: str = "plates",
         ema_decay: float = 0.999,
         min_visible: float = 0.003,
     ):
         super().__init__()
         if background_method not in BACKGROUND_METHODS:
             raise ValueError(f"background_method must be one of {list(BACKGROUND_METHODS)}, got {background_method!r}")
-        if bg_judged_on not in ("plates", "real"):
-            raise ValueError(f"bg_judged_on must be 'plates' or 'real', got {bg_judged_on!r}")
+        for name, value in (("bg_judged_on", bg_judged_on), ("bg_rec_on", bg_rec_on)):
+            if value not in ("plates", "real"):
+                raise ValueError(f"{name} must be 'plates' or 'real', got {value!r}")
         unknown = set(stages) - set(STAGES)
         if unknown or not stages:
             raise ValueError(f"stages must be a non-empty subset of {list(STAGES)}, got {list(stages)}")
@@ -381,8 +399,10 @@ class SceneGAN(L.LightningModule):
 
         The inpainter learns to fill object-shaped holes (another image's masks) where this image
         shows no object, by L1 against the real pixels; its EMA then paints the objects out of each
-        real image. G_bg learns those plates as a cVAE-GAN: the encoder's z reconstructs a plate
-        (L1 + KL, the fast teacher) while z from the prior is judged by D_bg, either against the
+        real image. G_bg learns those plates as a cVAE-GAN: the encoder's z of a plate reconstructs
+        it (`pooled_l1` + KL, the fast teacher): the whole plate with grain (``bg_rec_on="plates"``) or,
+        without grain, only its real pixels (``"real"``: L1 then teaches neither ghosts nor a grain
+        strength) while z from the prior is judged by D_bg, either against the
         plates (``bg_judged_on="plates"``) or against the real images outside their objects, G_bg's
         samples blanked by the same masks (``"real"``): the plates' filled holes are smooth, grainless
         ghosts of the objects, and a D that sees them teaches G_bg to paint them.
@@ -409,11 +429,13 @@ class SceneGAN(L.LightningModule):
         def g_loss():
             plate_l1 = masked_l1(self._fill(self.g_plate, x, hole), x, hole)
             mu, logvar = self.e_bg(plate)
-            rec = self.g_bg(with_grain(posterior_sample(mu, logvar), self.g_bg.noise_dim))
-            # compared after average pooling, L1 teaches the layout and colours (horizon, sky, ground)
-            # without pulling grain and stars towards their blurred mean: those are D_bg's to teach
-            gap = F.avg_pool2d(rec.float() - plate.float(), hp.bg_rec_pool)
-            rec_l1, kl = gap.abs().mean(), kl_divergence(mu, logvar)
+            z_rec = posterior_sample(mu, logvar)
+            if hp.bg_rec_on == "real":  # no grain, only real pixels: neither grain nor ghosts taught by L1
+                rec_l1 = pooled_l1(self.g_bg(without_grain(z_rec, self.g_bg.noise_dim)), x, 1 - taken, hp.bg_rec_pool)
+            else:  # the whole plate, with grain
+                rec = self.g_bg(with_grain(z_rec, self.g_bg.noise_dim))
+                rec_l1 = pooled_l1(rec, plate, torch.ones_like(taken), hp.bg_rec_pool)
+            kl = kl_divergence(mu, logvar)
             adv = self._g_loss(self.d_bg, real, judged(self.g_bg(z)))
             loss = plate_l1 + adv + hp.rec_weight * rec_l1 + hp.kl_weight * kl
             return loss, {

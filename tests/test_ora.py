@@ -109,6 +109,14 @@ def test_the_ora_zip_follows_the_openraster_spec(scene, tmp_path):
     assert max(thumb.size) <= 256
 
 
+def test_the_same_scene_gives_the_same_ora_bytes(scene, tmp_path):
+    first = scene.save_ora(tmp_path / "a.ora")
+    assert {entry.date_time for entry in zipfile.ZipFile(first).infolist()} == {
+        (1980, 1, 1, 0, 0, 0)
+    }  # not the clock's
+    assert scene.save_ora(tmp_path / "b.ora").read_bytes() == first.read_bytes()
+
+
 def test_layer_names_are_escaped_in_stack_xml_and_counts_must_match(tmp_path):
     step = Image.new("RGB", (4, 4), (10, 20, 30))
     mask = np.zeros((4, 4), bool)

@@ -16,8 +16,9 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import compose_config
+from scenecomp.compose import load_bundle
 from scenecomp.data import DataError
-from scenecomp.train import CONF, build, run
+from scenecomp.train import CONF, ConfigError, build, run, warm_start
 from scenecomp.training import SceneGAN
 
 CATEGORIES = ["tree", "house", "sun", "cloud", "rock"]
@@ -173,6 +174,7 @@ def test_threads_sets_the_threads_of_the_process(tiny_config, tmp_path):
         ("data.resolution=48", "power of two"),
         ("data.train=does/not/exist.json", "does/not/exist.json"),
         ("model.bg_judged_on=ghosts", "bg_judged_on"),
+        ("model.bg_rec_on=ghosts", "bg_rec_on"),
         ("init_from=does/not/exist.ckpt", "does/not/exist.ckpt"),
     ],
 )
@@ -253,6 +255,22 @@ def test_vae_losses_have_their_known_values():
     assert dilate(dot, 1).sum().item() == 9 and torch.equal(dilate(dot, 0), dot)
 
 
+def test_the_background_reconstruction_sees_neither_grain_nor_the_filled_holes():
+    from scenecomp.training import pooled_l1, without_grain
+
+    z = torch.randn(2, 4)
+    full = without_grain(z, 4 + 16)
+    assert torch.equal(full[:, :4], z) and not full[:, 4:].any()  # the grain map is zero
+    a, b = torch.zeros(1, 3, 4, 4), torch.zeros(1, 3, 4, 4)
+    b[..., :2, :2] = torch.tensor([[1.0, -1.0], [-1.0, 1.0]])  # grain: averages out in its 2x2 cell
+    b[..., 2:, :] = 3.0  # cells partly covered by objects: not compared
+    mask = torch.ones(1, 1, 4, 4)
+    mask[..., 3, 0] = mask[..., 3, 3] = 0
+    assert pooled_l1(a, b, mask, 2).item() == 0
+    b[..., :2, 2:] = 2.0  # a wholly visible cell that differs: its mean gap, over the two whole cells
+    assert pooled_l1(a, b, mask, 2).item() == pytest.approx(1.0)
+
+
 def test_plates_keep_every_pixel_outside_the_dilated_objects(tiny_config):
     cfg = tiny_config()
     datamodule, model, trainer = build(cfg)
@@ -331,3 +349,17 @@ def test_a_warm_start_copies_the_matching_weights_and_keeps_new_layers_initial(t
     assert model.d_bg.trunk.stem.parametrizations.weight.original.shape[1] == 4  # image + mask: trained afresh
     trainer.fit(model, datamodule=datamodule)
     assert model.batches_done == cfg.steps
+
+
+def test_a_warm_start_from_a_bundle_starts_both_generator_copies(tiny_config, tmp_path):
+    first = tiny_config("steps=2", f"out={tmp_path / 'first'}")
+    (bundle,) = run(first)
+    saved = load_bundle(bundle)["networks"]
+    cfg = tiny_config("model.stages=[background]", f"init_from={bundle}", f"out={tmp_path / 'warm'}")
+    _, model, _ = build(cfg)
+    for module in (model.g_bg, model.g_bg_ema):
+        own = module.state_dict()
+        assert own.keys() == saved["background"]["state_dict"].keys()
+        assert all(torch.equal(own[k], v.float()) for k, v in saved["background"]["state_dict"].items())
+    with pytest.raises(ConfigError, match="no such file"):
+        warm_start(model, str(tmp_path / "missing.safetensors"))

@@ -46,6 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -228,7 +229,9 @@ def main(argv=None) -> None:
         for name, composer in variants.items():
             batched[name].append(images_per_second(composer, layouts[: args.images], args.batch_size))
             single[name].append(images_per_second(composer, layouts[: args.single_images], 1))
-    peak = Peak(statistics.median(p.fp32 for p in peaks), statistics.median(p.bf16 for p in peaks))
+    peak = replace(
+        peaks[0], fp32=statistics.median(p.fp32 for p in peaks), bf16=statistics.median(p.bf16 for p in peaks)
+    )
     print(f"{peak} (median of {args.rounds} rounds)")
     rates = {name: statistics.median(batched[name]) for name in variants}
     for name in variants:

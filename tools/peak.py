@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
+from scenecomp.precision import cpu_has_fast_bf16
+
 
 def matmul_gflops(device: torch.device, dtype: torch.dtype, n: int = 2048, seconds: float = 1.0) -> float:
     """Median rate of ``a @ b`` for n x n matrices (2n^3 FLOPs each) over about ``seconds``."""
@@ -35,20 +37,29 @@ def matmul_gflops(device: torch.device, dtype: torch.dtype, n: int = 2048, secon
     return statistics.median(rates)
 
 
+# bf16 matmul side on a CPU without native bf16: about 1 GFLOP/s there, so one 2048^2 product takes 10+ s
+EMULATED_N = 256
+
+
 @dataclass
 class Peak:
     fp32: float
     bf16: float
+    n: int = 2048
+    bf16_n: int = 2048  # smaller where bf16 is emulated (no AVX512-BF16 or AMX): the rate is what it is at any size
 
     @classmethod
     def measure(cls, device="cpu", n: int = 2048, seconds: float = 1.0) -> Peak:
         device = torch.device(device)
-        return cls(matmul_gflops(device, torch.float32, n, seconds), matmul_gflops(device, torch.bfloat16, n, seconds))
+        bf16_n = n if device.type != "cpu" or cpu_has_fast_bf16() else min(n, EMULATED_N)
+        fp32 = matmul_gflops(device, torch.float32, n, seconds)
+        return cls(fp32, matmul_gflops(device, torch.bfloat16, bf16_n, seconds), n, bf16_n)
 
     def __str__(self) -> str:
+        emulated = "" if self.bf16_n == self.n else f" at {self.bf16_n}^2, emulated: this CPU has no native bf16"
         return (
-            f"matmul 2048^2 in this process: fp32 {self.fp32:.1f} GFLOP/s, bf16 {self.bf16:.1f} GFLOP/s "
-            f"({self.bf16 / self.fp32:.1f}x)"
+            f"matmul {self.n}^2 in this process: fp32 {self.fp32:.1f} GFLOP/s, bf16 {self.bf16:.1f} GFLOP/s "
+            f"({self.bf16 / self.fp32:.1f}x{emulated})"
         )
 
     def describe(self, gflops: float) -> str:
@@ -63,10 +74,7 @@ def main(argv=None) -> None:
     ap.add_argument("--n", type=int, default=2048, help="matrix side (default 2048)")
     ap.add_argument("--seconds", type=float, default=1.0, help="timing per dtype (default 1)")
     args = ap.parse_args(argv)
-    peak = Peak.measure(args.device, args.n, args.seconds)
-    print(
-        f"matmul {args.n}^2: fp32 {peak.fp32:.1f} GFLOP/s, bf16 {peak.bf16:.1f} GFLOP/s ({peak.bf16 / peak.fp32:.1f}x)"
-    )
+    print(Peak.measure(args.device, args.n, args.seconds))
 
 
 if __name__ == "__main__":
