@@ -431,11 +431,10 @@ class SceneGAN(L.LightningModule):
             mu, logvar = self.e_bg(plate)
             z_rec = posterior_sample(mu, logvar)
             if hp.bg_rec_on == "real":  # no grain, only real pixels: neither grain nor ghosts taught by L1
-                rec_l1 = pooled_l1(self.g_bg(without_grain(z_rec, self.g_bg.noise_dim)), x, 1 - taken, hp.bg_rec_pool)
+                rec, target, seen = self.g_bg(without_grain(z_rec, self.g_bg.noise_dim)), x, 1 - taken
             else:  # the whole plate, with grain
-                rec = self.g_bg(with_grain(z_rec, self.g_bg.noise_dim))
-                rec_l1 = pooled_l1(rec, plate, torch.ones_like(taken), hp.bg_rec_pool)
-            kl = kl_divergence(mu, logvar)
+                rec, target, seen = self.g_bg(with_grain(z_rec, self.g_bg.noise_dim)), plate, torch.ones_like(taken)
+            rec_l1, kl = pooled_l1(rec, target, seen, hp.bg_rec_pool), kl_divergence(mu, logvar)
             adv = self._g_loss(self.d_bg, real, judged(self.g_bg(z)))
             loss = plate_l1 + adv + hp.rec_weight * rec_l1 + hp.kl_weight * kl
             return loss, {

@@ -111,9 +111,8 @@ def test_the_ora_zip_follows_the_openraster_spec(scene, tmp_path):
 
 def test_the_same_scene_gives_the_same_ora_bytes(scene, tmp_path):
     first = scene.save_ora(tmp_path / "a.ora")
-    assert {entry.date_time for entry in zipfile.ZipFile(first).infolist()} == {
-        (1980, 1, 1, 0, 0, 0)
-    }  # not the clock's
+    dates = {entry.date_time for entry in zipfile.ZipFile(first).infolist()}
+    assert dates == {(1980, 1, 1, 0, 0, 0)}  # zip's epoch, not the clock's
     assert scene.save_ora(tmp_path / "b.ora").read_bytes() == first.read_bytes()
 
 

@@ -355,11 +355,15 @@ def test_a_warm_start_from_a_bundle_starts_both_generator_copies(tiny_config, tm
     first = tiny_config("steps=2", f"out={tmp_path / 'first'}")
     (bundle,) = run(first)
     saved = load_bundle(bundle)["networks"]
-    cfg = tiny_config("model.stages=[background]", f"init_from={bundle}", f"out={tmp_path / 'warm'}")
-    _, model, _ = build(cfg)
+    cfg = tiny_config(
+        "model.stages=[background]", "model.bg_rec_on=real", f"init_from={bundle}", f"out={tmp_path / 'warm'}"
+    )
+    datamodule, model, trainer = build(cfg)
     for module in (model.g_bg, model.g_bg_ema):
         own = module.state_dict()
         assert own.keys() == saved["background"]["state_dict"].keys()
         assert all(torch.equal(own[k], v.float()) for k, v in saved["background"]["state_dict"].items())
     with pytest.raises(ConfigError, match="no such file"):
         warm_start(model, str(tmp_path / "missing.safetensors"))
+    trainer.fit(model, datamodule=datamodule)  # and trains on, its L1 on the real pixels only
+    assert model.batches_done == cfg.steps and torch.isfinite(trainer.callback_metrics["bg/rec_l1"])
