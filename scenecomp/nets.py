@@ -376,6 +376,15 @@ class AppearanceEncoder(nn.Module):
 # ----------------------------------------------------------------------------- discriminators
 
 
+def with_detail(x: torch.Tensor) -> torch.Tensor:
+    """``[B,C,H,W]`` -> ``[B,2C,H,W]``: the image and its high-pass residual (image less its 3x3 mean, x4).
+    A small or spectral-normed CNN given only the image learns colours and layouts long before it
+    notices grain (the fine noise of a real ground is a few grey levels): the residual puts that
+    amplitude in front of it."""
+    blur = F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3, 1)
+    return torch.cat([x, 4 * (x - blur)], 1)
+
+
 def _sn_conv(cin: int, cout: int, k: int = 3, stride: int = 1) -> nn.Module:
     return spectral_norm(nn.Conv2d(cin, cout, k, stride=stride, padding=(k - 1) // 2 if stride == 1 else 1))
 
@@ -418,7 +427,8 @@ class GlobalDiscriminator(nn.Module):
     """Scores a whole image together with its layout.
 
     ``forward(image [B,3,H,W], layout [B,C,H,W]) -> (score [B], features)``;
-    the features serve feature matching.
+    the features serve feature matching. ``detail`` also shows it the image's high-pass
+    residual (`with_detail`), so that it judges the amplitude of grain.
     """
 
     def __init__(
@@ -428,6 +438,7 @@ class GlobalDiscriminator(nn.Module):
         channels: int = 32,
         max_channels: int = 256,
         mbstd: bool = True,
+        detail: bool = False,
     ):
         super().__init__()
         self.init_kwargs = dict(
@@ -436,15 +447,16 @@ class GlobalDiscriminator(nn.Module):
             channels=channels,
             max_channels=max_channels,
             mbstd=mbstd,
+            detail=detail,
         )
-        self.mbstd = mbstd
-        self.trunk = DownStack(3 + num_categories, resolution, channels, max_channels)
+        self.mbstd, self.detail = mbstd, detail
+        self.trunk = DownStack(3 * (1 + detail) + num_categories, resolution, channels, max_channels)
         c = self.trunk.out_channels
         self.head = nn.Sequential(_sn_conv(c + int(mbstd), c), nn.LeakyReLU(0.2))
         self.fc = spectral_norm(nn.Linear(c * 16, 1))
 
     def forward(self, image: torch.Tensor, layout: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        feats = self.trunk(torch.cat([image, layout], dim=1))
+        feats = self.trunk(torch.cat([with_detail(image) if self.detail else image, layout], dim=1))
         x = minibatch_stddev(feats[-1]) if self.mbstd else feats[-1]
         x = self.head(x)
         return self.fc(x.flatten(1)).squeeze(1), feats

@@ -14,6 +14,7 @@ from scenecomp.nets import (
     composite,
     crop_objects,
     layout_map,
+    with_detail,
 )
 
 
@@ -148,3 +149,22 @@ def test_reflect_padding_draws_no_frame_and_old_kwargs_still_build():
     assert torch.allclose(flat, flat[..., 4:5, 4:5].expand_as(flat), atol=1e-6)
     with pytest.raises(ValueError, match="padding_mode"):
         LayoutGenerator(padding_mode="circular!")
+
+
+def test_detail_discriminator_is_shown_the_grain():
+    torch.manual_seed(0)
+    ramp = torch.linspace(-0.5, 0.5, 16).view(1, 1, 1, 16).expand(2, 3, 16, 16)
+    grain = 0.03 * torch.randn(2, 3, 16, 16)
+    # the residual ignores smooth light (a ramp is its own 3x3 mean inside the frame) and keeps the grain
+    assert with_detail(ramp)[:, 3:, :, 1:-1].abs().max() < 1e-6
+    residual = with_detail(ramp + grain)[:, 3:, :, 1:-1]
+    assert 0.08 < residual.std() < 0.14  # 4 x 0.03 x sqrt(8/9): amplitude kept, not normalised away
+    d = GlobalDiscriminator(num_categories=2, resolution=16, channels=4, max_channels=8, detail=True)
+    assert d.init_kwargs["detail"] and d.trunk.stem.in_channels == 3 + 3 + 2
+    assert "detail" in GlobalDiscriminator(num_categories=2, resolution=16, channels=4, max_channels=8).init_kwargs
+    seg = torch.zeros(2, 2, 16, 16)
+    with torch.no_grad():  # so the score moves with the grain even where the image channels hardly do
+        stem = d.trunk.stem
+        stem.parametrizations.weight.original[:, :3].zero_()
+        stem.parametrizations.weight.original[:, 5:].zero_()
+        assert not torch.allclose(d(ramp, seg)[0], d(ramp + grain, seg)[0], atol=1e-4)

@@ -16,22 +16,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from scenecomp.images import to_float
+from scenecomp.nets import with_detail
 
 EPOCHS = 15
 MIN_STEPS = 100  # small sets still get enough steps to learn an obvious difference
 BATCH_SIZE = 32
 
 
-def _with_detail(x: torch.Tensor) -> torch.Tensor:
-    """``[B,C,H,W]`` -> ``[B,2C,H,W]``: the image and its high-pass residual (image less its 3x3 mean, x4).
-    Without it the small CNN memorises the training images' colours and layouts before it finds
-    grain, streaks or grid artefacts (in a test with faint grain it stayed at chance)."""
-    blur = F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3, 1)
-    return torch.cat([x, 4 * (x - blur)], 1)
-
-
 def _classifier(channels: int) -> nn.Module:
-    """Three strided convolutions over the image and its detail (`_with_detail`), global mean and max
+    """Three strided convolutions over the image and its detail (`with_detail`: without it the small CNN memorises
+    the training images' colours and layouts before it finds grain, streaks or grid artefacts), global mean and max
     pooling, one logit: small enough to train on 500 + 500 images of 64x64 in seconds on one core."""
     torch.manual_seed(0)  # its initial weights are part of the test; the caller forks the RNG
 
@@ -49,7 +43,7 @@ def _classifier(channels: int) -> nn.Module:
             self.head = nn.Linear(128, 1)
 
         def forward(self, x):
-            h = self.trunk(_with_detail(x))
+            h = self.trunk(with_detail(x))
             return self.head(torch.cat([h.mean((2, 3)), h.amax((2, 3))], 1))[:, 0]
 
     return Net()
