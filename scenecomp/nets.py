@@ -205,6 +205,10 @@ class LayoutGenerator(nn.Module):
     conv of the last features that starts at ``rgb_grain`` everywhere: a zero strength gets no
     gradient (the noise averages out), so the output grain starts on and D decides where it belongs
     (measured on Shapes: D_bg turned it down everywhere, docs/RESULTS.md; off in the shipped model).
+    ``const_input`` starts from a learned ``[C,4,4]`` constant instead of a linear map of the noise
+    (StyleGAN): the noise then acts through the styles (per channel, everywhere alike) and the
+    per-pixel noise only, so a sample gets no independent 4x4 grid of its own, which paints soft
+    blobs where a scene has none (a Shapes sky is the same along every row).
     """
 
     def __init__(
@@ -219,6 +223,7 @@ class LayoutGenerator(nn.Module):
         padding_mode: str = "zeros",
         pixel_noise: bool = False,
         rgb_grain: float = 0.0,
+        const_input: bool = False,
     ):
         super().__init__()
         if rgb_grain and not pixel_noise:
@@ -240,11 +245,21 @@ class LayoutGenerator(nn.Module):
         )
         if rgb_grain:  # absent from older bundles' kwargs, which then build unchanged
             self.init_kwargs["rgb_grain"] = rgb_grain
-        self.z_dim, self.num_categories, self.resolution = z_dim, num_categories, resolution
+        if const_input:
+            self.init_kwargs["const_input"] = True
+        self.z_dim, self.num_categories, self.resolution, self.const_input = (
+            z_dim,
+            num_categories,
+            resolution,
+            const_input,
+        )
         self.noise_dim = z_dim + (resolution**2 if pixel_noise else 0)
         n = _levels(resolution, 4)
         widths = [min(channels * 2 ** (n - i), max_channels) for i in range(n + 1)]  # 4x4 ... res
-        self.fc = nn.Linear(z_dim, widths[0] * 16)
+        if const_input:
+            self.const = nn.Parameter(torch.randn(1, widths[0], 4, 4))
+        else:
+            self.fc = nn.Linear(z_dim, widths[0] * 16)
         self.mapping = nn.Sequential(
             nn.Linear(z_dim, style_dim), nn.LeakyReLU(0.2), nn.Linear(style_dim, style_dim), nn.LeakyReLU(0.2)
         )
@@ -267,7 +282,8 @@ class LayoutGenerator(nn.Module):
         z = z[:, : self.z_dim]
         if layout is None:
             layout = z.new_zeros(B, self.num_categories, 4, 4)  # empty map: head B
-        x, w = self.fc(z).view(B, -1, 4, 4), self.mapping(z)
+        x = self.const.expand(B, -1, -1, -1) if self.const_input else self.fc(z).view(B, -1, 4, 4)
+        w = self.mapping(z)
         for block in self.blocks:
             x = block(x, layout, w, grain)
         x = F.leaky_relu(pixel_norm(x), 0.2)

@@ -205,7 +205,13 @@ def run(cfg: DictConfig) -> list[Path]:
         torch.set_num_threads(cfg.threads)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule, model, trainer = build(cfg)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    ckpt_path = cfg.ckpt_path
+    if ckpt_path == "last":  # the run folder's own checkpoint, if an earlier start of this run left one
+        last = Path(cfg.out) / "checkpoints" / "last.ckpt"
+        ckpt_path = str(last) if last.is_file() else None
+        if ckpt_path and trainer.is_global_zero:
+            print(f"resuming from {last} (ckpt_path=last; ckpt_path=null starts afresh)")
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     if not trainer.is_global_zero:
         return []
     written = write_bundles(model, Path(cfg.out))

@@ -16,7 +16,9 @@ Stages (any subset, trained side by side on every batch; the paper trains them s
   with its own global discriminator: the comparison the paper makes.
 
 Each stage has a generator and a discriminator optimiser, so Lightning's
-``global_step`` advances by two per stage per batch. See docs/ARCHITECTURE.md.
+``global_step`` advances by two per stage per batch. ``stage_steps`` ends a stage early
+(``{foreground: 2250}``: G_fg trains for the first 2250 batches, then only the background
+goes on), so one run can give each stage its own length. See docs/ARCHITECTURE.md.
 """
 
 from __future__ import annotations
@@ -197,6 +199,7 @@ class SceneGAN(L.LightningModule):
         bg_rec_on: str = "plates",
         ema_decay: float = 0.999,
         min_visible: float = 0.003,
+        stage_steps: dict | None = None,
     ):
         super().__init__()
         if background_method not in BACKGROUND_METHODS:
@@ -207,6 +210,10 @@ class SceneGAN(L.LightningModule):
         unknown = set(stages) - set(STAGES)
         if unknown or not stages:
             raise ValueError(f"stages must be a non-empty subset of {list(STAGES)}, got {list(stages)}")
+        for stage, limit in (stage_steps or {}).items():
+            # a stage this run does not train may keep its count (experiment=shapes64 model=spade_baseline)
+            if stage not in STAGES or not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+                raise ValueError(f"stage_steps: {stage}: {limit!r}; give a stage of {list(STAGES)} a batch count >= 1")
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.categories, self.resolution, self.z_dim = list(categories), resolution, z_dim
@@ -520,6 +527,13 @@ class SceneGAN(L.LightningModule):
         logs = {}
         for stage in self.stages:
             g_opt, d_opt = next(opts), next(opts)
+            if self.batches_done >= (self.hparams.stage_steps or {}).get(stage, float("inf")):
+                # a stage that has had its batches stays as it is (its EMA too), but its optimisers still
+                # count their steps (without gradients nothing moves): global_step stays two per stage per batch
+                for opt in (g_opt, d_opt):
+                    opt.zero_grad(set_to_none=True)  # the last update's gradients would move it again
+                    opt.step()
+                continue
             if stage == "background" and self.hparams.background_method == "plates":
                 logs |= self._plates_background_stage(g_opt, d_opt, x, union)
             elif stage == "background" and self.hparams.background_method == "masked":

@@ -168,3 +168,22 @@ def test_detail_discriminator_is_shown_the_grain():
         stem.parametrizations.weight.original[:, :3].zero_()
         stem.parametrizations.weight.original[:, 5:].zero_()
         assert not torch.allclose(d(ramp, seg)[0], d(ramp + grain, seg)[0], atol=1e-4)
+
+
+def test_const_input_gives_no_sample_a_grid_of_its_own():
+    torch.manual_seed(0)
+    kw = dict(z_dim=8, num_categories=2, resolution=16, channels=4, max_channels=8, padding_mode="reflect")
+    g = LayoutGenerator(**kw, const_input=True)
+    assert g.init_kwargs["const_input"] and "const_input" not in LayoutGenerator(**kw).init_kwargs
+    assert not hasattr(g, "fc") and g.const.shape == (1, 8, 4, 4)
+    # with a constant that is the same along every row, only the styles act (per channel, everywhere
+    # alike), so every sample is the same along every row too: no sample paints a blob of its own
+    with torch.no_grad():
+        g.const.copy_(torch.randn(1, 8, 4, 1).expand(1, 8, 4, 4))
+        rows = g(torch.randn(3, 8))
+    assert torch.allclose(rows, rows[..., :1].expand_as(rows), atol=1e-5)
+    assert (rows[0] - rows[1]).abs().mean() > 1e-3  # while the noise still sets each sample's look
+    old = LayoutGenerator(**kw)  # the linear start gives each sample its own 4x4 grid
+    with torch.no_grad():
+        blobs = old(torch.randn(3, 8))
+    assert not torch.allclose(blobs, blobs[..., :1].expand_as(blobs), atol=1e-3)

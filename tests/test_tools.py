@@ -90,15 +90,41 @@ def test_background_stats_compares_a_model_with_real_backgrounds(bundle, tmp_pat
     )
     assert res.returncode == 0, res.stderr[-3000:]
     lines = res.stdout.splitlines()
-    assert [line.split(" n=")[0].strip() for line in lines] == [
+    assert [line.split(" n=")[0].strip() for line in lines[:4]] == [
         "real, first half",
         "real, second half",
         "real",
         "composer.safetensors",
     ]
-    assert all(" n=   12" in line for line in lines[2:]), lines
-    shares = [[float(line.split(k)[1].split()[0]) for k in (" day ", " dusk ", " night ")] for line in lines]
+    assert all(" n=   12" in line for line in lines[2:4]), lines
+    shares = [[float(line.split(k)[1].split()[0]) for k in (" day ", " dusk ", " night ")] for line in lines[:4]]
     assert all(abs(sum(s) - 1) <= 0.015 for s in shares)  # every sky counted once (shares printed to 2 places)
+    assert lines[4:] == ["detections: not measured (features.safetensors sees 64x64 images)"]  # the shipped detector
+    # a detector of the model's size (untrained: its detections are arbitrary, their bookkeeping is not)
+    import torch
+
+    from scenecomp.eval.features import FeatureNet, save_features
+
+    categories = ["tree", "house", "sun"]
+    torch.manual_seed(0)
+    net = FeatureNet(num_categories=3, resolution=16, crop_size=8, channels=4)
+    save_features(tmp_path / "f16.safetensors", net, categories)
+    res = subprocess.run(
+        [sys.executable, str(TOOLS / "background_stats.py"), "--checkpoint", str(bundle)]
+        + ["--real", str(tmp_path / "backgrounds"), "-n", "12", "--features", str(tmp_path / "f16.safetensors")],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    found = [line for line in res.stdout.splitlines() if "detected as:" in line]
+    assert [line.split()[0] for line in found] == ["real", "composer.safetensors"]
+    for line in found:
+        purity = float(line.split("purity ")[1].split()[0])
+        detected = [float(line.split(f" {c} ")[1].split()[0]) for c in categories]
+        # an image with any detection is impure: 1 - sum <= purity <= 1 - max
+        assert 1 - sum(detected) - 1e-3 <= purity <= 1 - max(detected) + 1e-3, line
     (tmp_path / "empty").mkdir()
     for real, message in ((tmp_path / "empty", "no PNG backgrounds"), (tmp_path, "138x104, the model paints 16x16")):
         res = subprocess.run(

@@ -367,3 +367,49 @@ def test_a_warm_start_from_a_bundle_starts_both_generator_copies(tiny_config, tm
         warm_start(model, str(tmp_path / "missing.safetensors"))
     trainer.fit(model, datamodule=datamodule)  # and trains on, its L1 on the real pixels only
     assert model.batches_done == cfg.steps and torch.isfinite(trainer.callback_metrics["bg/rec_l1"])
+
+
+def test_a_stage_with_its_own_batch_count_stops_there_while_the_others_train_on(tiny_config):
+    cfg = tiny_config("steps=4", "model.stage_steps={foreground: 2}")
+    datamodule, model, trainer = build(cfg)
+    seen = []
+
+    class Snapshot(L.Callback):
+        def on_train_batch_end(self, trainer, module, *args):
+            nets = ("g_fg", "g_fg_ema", "d_obj", "e_fg", "g_bg", "g_bg_ema")
+            seen.append({n: {k: v.clone() for k, v in getattr(module, n).state_dict().items()} for n in nets})
+
+    trainer.callbacks.append(Snapshot())
+    trainer.fit(model, datamodule=datamodule)
+    assert trainer.global_step == 4 * 4 and model.batches_done == 4  # the stopped stage still counts its steps
+
+    def same(a, b):
+        return all(torch.equal(a[k], b[k]) for k in a)
+
+    assert not same(seen[0]["g_fg"], seen[1]["g_fg"])  # batch 2 is still G_fg's
+    for name in ("g_fg", "g_fg_ema", "d_obj", "e_fg"):  # then the foreground stage is left as it is
+        assert same(seen[1][name], seen[3][name]), name
+    for name in ("g_bg", "g_bg_ema"):
+        assert not same(seen[1][name], seen[3][name]), name
+    with pytest.raises(ValueError, match="stage_steps: foregrund"):
+        SceneGAN(categories=CATEGORIES, resolution=32, stage_steps={"foregrund": 2})
+    with pytest.raises(ValueError, match="stage_steps: foreground: 0"):
+        SceneGAN(categories=CATEGORIES, resolution=32, stage_steps={"foreground": 0})
+
+
+def test_the_same_command_in_the_same_folder_resumes_the_run(tiny_config, capsys):
+    cfg = tiny_config("steps=3")
+    run(cfg)
+    last = Path(cfg.out) / "checkpoints" / "last.ckpt"
+    assert "resuming" not in capsys.readouterr().out
+    # mark the checkpoint: a run that resumes from it (and has no batch left) writes the mark into its bundle
+    state = torch.load(last, map_location="cpu", weights_only=True)
+    key = next(k for k in state["state_dict"] if k.startswith("g_fg_ema.") and k.endswith("weight"))
+    state["state_dict"][key] = torch.zeros_like(state["state_dict"][key])
+    torch.save(state, last)
+    (bundle,) = run(tiny_config("steps=3"))
+    assert f"resuming from {last}" in capsys.readouterr().out
+    saved = load_bundle(bundle)["networks"]["foreground"]["state_dict"][key[len("g_fg_ema.") :]]
+    assert not saved.any()
+    (bundle,) = run(tiny_config("steps=3", "ckpt_path=null"))  # null: afresh, whatever the folder holds
+    assert load_bundle(bundle)["networks"]["foreground"]["state_dict"][key[len("g_fg_ema.") :]].any()

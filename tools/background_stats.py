@@ -12,7 +12,11 @@ then prints for each side, with the real set split in two halves as the floor:
 - grain: the standard deviation of horizontal pixel differences in the bottom quarter (ground)
   and the top eighth (sky): Shapes grains its ground and leaves its sky smooth;
 - horizon: the median of each image's largest row-to-row jump of mean brightness (a sharp
-  horizon is one large jump, a soft one several small ones).
+  horizon is one large jump, a soft one several small ones);
+- purity, and what spoils it: the share of backgrounds in which the evaluation's feature network
+  (``--features``, the shipped in-domain one) detects no object, and the share detected as each
+  category (a pale blob in the sky reads as a cloud, a dark smudge or coarse grain on the ground
+  as a rock); printed when the network's resolution is the model's.
 
 The two-sample test of ``scenecomp-eval`` says *whether* backgrounds can be told apart; this
 says *by what*. Standard errors of the shares are sqrt(p(1-p)/n).
@@ -24,9 +28,12 @@ import argparse
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from scenecomp.compose import Composer
+from scenecomp.eval.features import DEFAULT_FEATURES, load_features
+from scenecomp.eval.metrics import background_purity
 
 
 def read_real(folder: Path, count: int, resolution: int) -> np.ndarray:
@@ -64,11 +71,23 @@ def row(name: str, n: int, s: dict[str, float]) -> str:
     )
 
 
+def detections(net, images: np.ndarray, categories: list[str]) -> str:
+    """Purity and the share detected as each category of ``images [N,H,W,3]`` in [0,255]."""
+    x = torch.from_numpy(images).permute(0, 3, 1, 2) / 127.5 - 1
+    with torch.no_grad():
+        probs = torch.cat([torch.sigmoid(net.presence_logits(b)) for b in x.split(100)])
+    shares = " ".join(f"{c} {float(s):.3f}" for c, s in zip(categories, (probs >= 0.5).double().mean(0), strict=True))
+    return f"purity {background_purity(probs):.3f}  detected as: {shares}"
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", required=True, help="a composer bundle (or a run folder holding one)")
     ap.add_argument("--real", type=Path, default=Path("data/shapes64/test/backgrounds"))
     ap.add_argument("-n", type=int, default=400, help="backgrounds on each side (default 400)")
+    ap.add_argument(
+        "--features", type=Path, default=DEFAULT_FEATURES, help="the object detector (default: the shipped)"
+    )
     args = ap.parse_args(argv)
     composer = Composer.from_checkpoint(args.checkpoint)
     real = read_real(args.real, args.n, composer.resolution)
@@ -78,6 +97,12 @@ def main(argv=None) -> None:
     print(row("real, second half", len(real) - half, statistics(real[half:])))
     print(row("real", len(real), statistics(real)))
     print(row(Path(args.checkpoint).name, len(fake), statistics(fake)))
+    net = load_features(args.features)
+    if net.resolution != composer.resolution:
+        print(f"detections: not measured ({args.features.name} sees {net.resolution}x{net.resolution} images)")
+        return
+    print(f"{'real':28s} {detections(net, real, net.categories)}")
+    print(f"{Path(args.checkpoint).name:28s} {detections(net, fake, net.categories)}")
 
 
 if __name__ == "__main__":
