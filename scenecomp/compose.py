@@ -14,7 +14,8 @@ Each piece of noise comes from its own CPU generator,
 ``torch.randn(n, generator=torch.Generator().manual_seed(seed))``, moved to
 the composer's device afterwards (``n`` is G_fg's ``z_dim`` for an object and
 G_bg's ``noise_dim`` for the background: its style vector, then its per-pixel
-grain), so a seed gives the same noise at any batch size and on any device.
+grain, then, where G_bg carries a style prior, one entry that picks the prior's
+component: `LayoutGenerator.latent`), so a seed gives the same noise at any batch size and on any device.
 Seeds are integers in [0, 2**32). Where none is given:
 
 - the background seed is the layout's ``background_seed`` if set, else the
@@ -357,7 +358,7 @@ class Composer:
         return paint_layers(
             self.background_net,
             self.foreground_net,
-            None if zb is None else zb.to(dev, dt),
+            None if zb is None else self.background_net.latent(zb).to(dev, dt),  # the noise as drawn, in float32
             zo.to(dev, dt),
             masks.to(dev, dt),
             cats.to(dev),

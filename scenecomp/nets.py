@@ -117,10 +117,20 @@ class Modulated(nn.Module):
     map and per channel by a style vector from the noise (which is how the noise sets a
     scene's light and colours at every scale)."""
 
-    def __init__(self, cin: int, cout: int, cond: int, style: int, hidden: int = 16, padding_mode: str = "zeros"):
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        cond: int,
+        style: int,
+        hidden: int = 16,
+        padding_mode: str = "zeros",
+        cond_padding: str = "zeros",
+    ):
         super().__init__()
-        # the 3x3 conv sees object edges; 1x1 heads keep the cost low at full resolution
-        self.shared = nn.Sequential(nn.Conv2d(cond, hidden, 3, padding=1), nn.ReLU())
+        # the 3x3 conv sees object edges; 1x1 heads keep the cost low at full resolution. A height
+        # channel in the map needs cond_padding="replicate": zeros would mark the left and right edges
+        self.shared = nn.Sequential(nn.Conv2d(cond, hidden, 3, padding=1, padding_mode=cond_padding), nn.ReLU())
         self.gamma = nn.Conv2d(hidden, cin, 1)
         self.beta = nn.Conv2d(hidden, cin, 1)
         self.style = FiLM(style, cin)
@@ -163,10 +173,11 @@ class LayoutBlock(nn.Module):
         upsample: str = "nearest",
         padding_mode: str = "zeros",
         pixel_noise: bool = False,
+        cond_padding: str = "zeros",
     ):
         super().__init__()
-        self.conv1 = Modulated(cin, cout, cond, style, padding_mode=padding_mode)
-        self.conv2 = Modulated(cout, cout, cond, style, padding_mode=padding_mode)
+        self.conv1 = Modulated(cin, cout, cond, style, padding_mode=padding_mode, cond_padding=cond_padding)
+        self.conv2 = Modulated(cout, cout, cond, style, padding_mode=padding_mode, cond_padding=cond_padding)
         self.skip = nn.Conv2d(cin, cout, 1, bias=False)
         self.noise1, self.noise2 = (NoiseInjection(cout), NoiseInjection(cout)) if pixel_noise else (None, None)
         self.upsample = upsample
@@ -190,7 +201,7 @@ class LayoutBlock(nn.Module):
 class LayoutGenerator(nn.Module):
     """Noise and an optional semantic map -> image; the background generator and the single-shot baseline.
 
-    ``forward(z [B,noise_dim], layout [B,C,H,W] or None) -> [B,3,H,W]``. The noise vector holds
+    ``forward(z [B,latent_dim], layout [B,C,H,W] or None) -> [B,3,H,W]``. The latent holds
     ``z_dim`` style entries and, with ``pixel_noise``, then ``resolution**2`` entries of per-pixel
     grain (a ``[H,W]`` map in row-major order), so one seed still gives one vector.
     As the background generator it is the paper's one trunk with two heads:
@@ -209,6 +220,18 @@ class LayoutGenerator(nn.Module):
     (StyleGAN): the noise then acts through the styles (per channel, everywhere alike) and the
     per-pixel noise only, so a sample gets no independent 4x4 grid of its own, which paints soft
     blobs where a scene has none (a Shapes sky is the same along every row).
+    ``row_coord`` adds each pixel's height in the image (-1 top, 1 bottom) to the conditioning map
+    (CoordConv): with reflect padding a convolution cannot tell where in the image it is, so sky
+    above, ground below and a sharp horizon at a row the style picks (``beta(w) + beta(y)``, then a
+    nonlinearity) must otherwise be built out of the 4x4 start. Height only: a scene is not the
+    same from top to bottom, but it is from left to right.
+
+    ``forward`` takes a *latent* ``[B,latent_dim]`` (style, then grain). A noise vector
+    ``[B,noise_dim]`` becomes one through `latent`: unchanged, unless the generator carries a style
+    prior (``prior_size`` > 0, set after training by `set_prior`): then the style is drawn from the
+    mixture of ``prior_size`` Gaussians it holds (a cVAE-GAN's encoder posteriors of real images: the
+    aggregate posterior, where the generator learned to paint), the component picked by one more
+    entry at the end of the noise vector.
     """
 
     def __init__(
@@ -224,6 +247,8 @@ class LayoutGenerator(nn.Module):
         pixel_noise: bool = False,
         rgb_grain: float = 0.0,
         const_input: bool = False,
+        row_coord: bool = False,
+        prior_size: int = 0,
     ):
         super().__init__()
         if rgb_grain and not pixel_noise:
@@ -247,13 +272,17 @@ class LayoutGenerator(nn.Module):
             self.init_kwargs["rgb_grain"] = rgb_grain
         if const_input:
             self.init_kwargs["const_input"] = True
-        self.z_dim, self.num_categories, self.resolution, self.const_input = (
+        if row_coord:
+            self.init_kwargs["row_coord"] = True
+        self.z_dim, self.num_categories, self.resolution, self.const_input, self.row_coord = (
             z_dim,
             num_categories,
             resolution,
             const_input,
+            row_coord,
         )
-        self.noise_dim = z_dim + (resolution**2 if pixel_noise else 0)
+        self.latent_dim = z_dim + (resolution**2 if pixel_noise else 0)
+        self.set_prior(torch.zeros(prior_size, z_dim), torch.zeros(prior_size, z_dim))
         n = _levels(resolution, 4)
         widths = [min(channels * 2 ** (n - i), max_channels) for i in range(n + 1)]  # 4x4 ... res
         if const_input:
@@ -264,7 +293,16 @@ class LayoutGenerator(nn.Module):
             nn.Linear(z_dim, style_dim), nn.LeakyReLU(0.2), nn.Linear(style_dim, style_dim), nn.LeakyReLU(0.2)
         )
         self.blocks = nn.ModuleList(
-            LayoutBlock(widths[i], widths[i + 1], num_categories, style_dim, upsample, padding_mode, pixel_noise)
+            LayoutBlock(
+                widths[i],
+                widths[i + 1],
+                num_categories + row_coord,
+                style_dim,
+                upsample,
+                padding_mode,
+                pixel_noise,
+                cond_padding="replicate" if row_coord else "zeros",
+            )
             for i in range(n)
         )
         self.to_rgb = nn.Conv2d(widths[-1], 3, 3, padding=1, padding_mode=padding_mode)
@@ -274,14 +312,49 @@ class LayoutGenerator(nn.Module):
             nn.init.zeros_(self.rgb_grain.weight)
             nn.init.constant_(self.rgb_grain.bias, rgb_grain)
 
+    def set_prior(self, mu: torch.Tensor, logvar: torch.Tensor) -> None:
+        """Draw styles from the mixture of the Gaussians ``mu``, ``logvar`` ``[M,z_dim]`` (equal weights)
+        from now on; ``M = 0``: the standard normal. The noise vector grows by one entry (the pick)."""
+        if mu.shape != logvar.shape or mu.dim() != 2 or mu.shape[1] != self.z_dim:
+            raise ValueError(f"a prior is two [M,{self.z_dim}] tensors, got {list(mu.shape)} and {list(logvar.shape)}")
+        self.prior_size = len(mu)
+        keep = self.prior_size > 0  # an empty prior stays out of the state dict: older bundles load strictly
+        self.register_buffer("prior_mu", mu.detach().float().clone(), persistent=keep)
+        self.register_buffer("prior_logvar", logvar.detach().float().clone(), persistent=keep)
+        self.init_kwargs.pop("prior_size", None)
+        if self.prior_size:  # absent from the kwargs of a generator without one (older bundles build unchanged)
+            self.init_kwargs["prior_size"] = self.prior_size
+        self.noise_dim = self.latent_dim + (1 if self.prior_size else 0)
+
+    def latent(self, noise: torch.Tensor) -> torch.Tensor:
+        """Standard normal noise ``[B,noise_dim]`` -> the latent ``[B,latent_dim]`` that `forward` takes,
+        float32 on the generator's device. Pass the noise as drawn (float32): the component is picked
+        from it before any cast, so a seed picks the same component in every precision."""
+        if noise.dim() != 2 or noise.shape[1] != self.noise_dim:
+            raise ValueError(f"noise must be [B,{self.noise_dim}], got {list(noise.shape)}")
+        device = self.prior_mu.device
+        if not self.prior_size:
+            return noise.to(device, torch.float32)
+        pick = torch.special.ndtr(noise[:, -1].double())  # uniform in (0, 1)
+        k = (pick * self.prior_size).long().clamp(max=self.prior_size - 1).to(device)
+        eps = noise[:, : self.z_dim].to(device, torch.float32)
+        mu, logvar = self.prior_mu.float()[k], self.prior_logvar.float()[k]
+        style = mu + (0.5 * logvar).exp() * eps
+        return torch.cat([style, noise[:, self.z_dim : self.latent_dim].to(device, torch.float32)], dim=1)
+
     def forward(self, z: torch.Tensor, layout: torch.Tensor | None = None) -> torch.Tensor:
         B, R = z.shape[0], self.resolution
-        if z.shape[1] != self.noise_dim:
-            raise ValueError(f"noise must be [B,{self.noise_dim}], got {list(z.shape)}")
-        grain = z[:, self.z_dim :].reshape(B, 1, R, R) if self.noise_dim > self.z_dim else None
+        if z.shape[1] != self.latent_dim:
+            raise ValueError(f"latent must be [B,{self.latent_dim}], got {list(z.shape)}")
+        grain = z[:, self.z_dim :].reshape(B, 1, R, R) if self.latent_dim > self.z_dim else None
         z = z[:, : self.z_dim]
-        if layout is None:
-            layout = z.new_zeros(B, self.num_categories, 4, 4)  # empty map: head B
+        if layout is None:  # head B: an empty map (at full resolution when the height joins it)
+            side = R if self.row_coord else 4
+            layout = z.new_zeros(B, self.num_categories, side, side)
+        if self.row_coord:
+            H = layout.shape[-2]
+            rows = torch.linspace(-1, 1, H, device=z.device, dtype=layout.dtype)
+            layout = torch.cat([layout, rows.view(1, 1, H, 1).expand(B, 1, H, layout.shape[-1])], dim=1)
         x = self.const.expand(B, -1, -1, -1) if self.const_input else self.fc(z).view(B, -1, 4, 4)
         w = self.mapping(z)
         for block in self.blocks:

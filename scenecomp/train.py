@@ -163,11 +163,28 @@ def warm_start(model: SceneGAN, path: str) -> None:
             ) from None
     own = model.state_dict()
     taken = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    taken |= {
+        k: grown_inputs(v, own[k]) for k, v in state.items() if k in own and k not in taken and k.endswith("weight")
+    }
+    taken = {k: v for k, v in taken.items() if v is not None}
     if not taken:
         raise ConfigError(f"init_from: {path}: no weight matches this model (another architecture or stages)")
     model.load_state_dict(taken, strict=False)
     fresh = sorted({".".join(k.split(".")[:2]) for k in own if k not in taken})
     print(f"init_from {path}: {len(taken)} of {len(own)} tensors copied; initial weights kept in {fresh or 'none'}")
+
+
+def grown_inputs(weight: torch.Tensor, like: torch.Tensor) -> torch.Tensor | None:
+    """``weight`` of a layer that has since gained input channels (``[O,I,...]`` -> ``like``'s ``[O,I+k,...]``),
+    with zeros for the new inputs, so the warm-started network computes what it did until training
+    teaches it to use them (e.g. ``row_coord``); None for any other change of shape."""
+    if weight.dim() < 2 or like.dim() != weight.dim() or like.shape[1] <= weight.shape[1]:
+        return None
+    if like.shape[:1] != weight.shape[:1] or like.shape[2:] != weight.shape[2:]:
+        return None
+    out = torch.zeros_like(like)
+    out[:, : weight.shape[1]] = weight
+    return out
 
 
 def write_bundles(model: SceneGAN, out: Path, half: bool = False) -> list[Path]:
@@ -214,6 +231,9 @@ def run(cfg: DictConfig) -> list[Path]:
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     if not trainer.is_global_zero:
         return []
+    if model.hparams.background_prior and hasattr(model, "e_bg"):
+        used = model.fit_background_prior(datamodule.train_set, model.hparams.background_prior)
+        print(f"background prior: the encoder's posteriors of {used} training plates")
     written = write_bundles(model, Path(cfg.out))
     for path in written:
         print(f"wrote {path}")

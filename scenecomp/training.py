@@ -100,20 +100,20 @@ def posterior_sample(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return mu + torch.randn_like(mu) * (0.5 * logvar).exp()
 
 
-def with_grain(z: torch.Tensor, noise_dim: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Style noise ``[B,z_dim]`` completed to a G_bg noise vector ``[B,noise_dim]`` with fresh per-pixel grain
+def with_grain(z: torch.Tensor, latent_dim: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A style ``[B,z_dim]`` completed to a G_bg latent ``[B,latent_dim]`` with fresh per-pixel grain
     (drawn from ``generator`` if given, which must live on ``z``'s device)."""
-    extra = noise_dim - z.shape[1]
+    extra = latent_dim - z.shape[1]
     if not extra:
         return z
     grain = torch.randn(z.shape[0], extra, generator=generator, device=z.device, dtype=z.dtype)
     return torch.cat([z, grain], 1)
 
 
-def without_grain(z: torch.Tensor, noise_dim: int) -> torch.Tensor:
-    """Style noise ``[B,z_dim]`` completed to a G_bg noise vector ``[B,noise_dim]`` with a zero grain map:
+def without_grain(z: torch.Tensor, latent_dim: int) -> torch.Tensor:
+    """A style ``[B,z_dim]`` completed to a G_bg latent ``[B,latent_dim]`` with a zero grain map:
     the reconstruction's image without grain, so its L1 never pulls the grain strengths down."""
-    return F.pad(z, (0, noise_dim - z.shape[1]))
+    return F.pad(z, (0, latent_dim - z.shape[1]))
 
 
 def pooled_l1(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, pool: int) -> torch.Tensor:
@@ -200,8 +200,14 @@ class SceneGAN(L.LightningModule):
         ema_decay: float = 0.999,
         min_visible: float = 0.003,
         stage_steps: dict | None = None,
+        background_prior: int = 0,
+        bg_adv_posterior: float = 0.0,
     ):
         super().__init__()
+        if not isinstance(background_prior, int) or isinstance(background_prior, bool) or background_prior < 0:
+            raise ValueError(f"background_prior: a number of real images >= 0, got {background_prior!r}")
+        if not 0.0 <= bg_adv_posterior <= 1.0:
+            raise ValueError(f"bg_adv_posterior: a share in [0, 1], got {bg_adv_posterior!r}")
         if background_method not in BACKGROUND_METHODS:
             raise ValueError(f"background_method must be one of {list(BACKGROUND_METHODS)}, got {background_method!r}")
         for name, value in (("bg_judged_on", bg_judged_on), ("bg_rec_on", bg_rec_on)):
@@ -346,7 +352,7 @@ class SceneGAN(L.LightningModule):
         return loss
 
     def _layout_stage(self, g, d, ema, g_opt, d_opt, x, seg, union, prefix, agreement_weight):
-        z = torch.randn(x.shape[0], g.noise_dim, device=x.device)
+        z = torch.randn(x.shape[0], g.latent_dim, device=x.device)
 
         def d_loss():
             with torch.no_grad():
@@ -375,7 +381,7 @@ class SceneGAN(L.LightningModule):
         move from batch to batch, every pixel gets judged as background, and
         no background-only image is ever needed.
         """
-        z = torch.randn(x.shape[0], self.g_bg.noise_dim, device=x.device)
+        z = torch.randn(x.shape[0], self.g_bg.latent_dim, device=x.device)
         keep = 1 - union
 
         def d_loss():
@@ -400,6 +406,27 @@ class SceneGAN(L.LightningModule):
         """Real images with their (dilated) objects painted out by the EMA background inpainter: ``[B,3,H,W]``."""
         hole = dilate(union, self.hparams.plate_dilate)
         return composite(x, self._fill(self.g_plate_ema, x, hole), hole)
+
+    @torch.no_grad()
+    def fit_background_prior(self, dataset, size: int = 2048, batch_size: int = 64) -> int:
+        """Give the EMA G_bg its style prior (`LayoutGenerator.set_prior`): the encoder's posteriors of
+        the plates of the first ``size`` images of ``dataset`` (a `SceneDataset`; in order, so the same
+        data give the same prior). G_bg learned to paint where the encoder puts real plates; the
+        standard normal also reaches between those codes, where it paints blends of day and dusk skies
+        and blobs (docs/RESULTS.md). Returns the number of images used (fewer if the set is smaller)."""
+        if not hasattr(self, "e_bg"):
+            raise ValueError("a background prior needs the plates method's encoder (background_method: plates)")
+        mus, logvars = [], []
+        device = self.g_bg_ema.prior_mu.device
+        for start in range(0, min(size, len(dataset)), batch_size):
+            items = [dataset[i] for i in range(start, min(start + batch_size, size, len(dataset)))]
+            x = torch.stack([it["image"] for it in items]).to(device)
+            masks = torch.stack([it["masks"] * it["valid"][:, None, None, None] for it in items]).to(device)
+            mu, logvar = self.e_bg(self.plates(x, masks.amax(1)))
+            mus.append(mu.float())
+            logvars.append(logvar.float())
+        self.g_bg_ema.set_prior(torch.cat(mus), torch.cat(logvars))
+        return self.g_bg_ema.prior_size
 
     def _plates_background_stage(self, g_opt, d_opt, x, union):
         """Background from clean plates, with no background-only data.
@@ -426,7 +453,12 @@ class SceneGAN(L.LightningModule):
         else:
             empty = x.new_zeros(B, 0, *x.shape[2:])
             real, judged = (plate, empty), (lambda img: (img, empty))
-        z = torch.randn(B, self.g_bg.noise_dim, device=x.device)
+        z = torch.randn(B, self.g_bg.latent_dim, device=x.device)
+        n = round(hp.bg_adv_posterior * B)
+        if n:  # these judged samples paint the encoder's codes of this batch's plates (fresh grain): the
+            # region the bundle's prior draws from (`fit_background_prior`) is taught sharpness too
+            with torch.no_grad():
+                z[:n, : self.z_dim] = posterior_sample(*self.e_bg(plate[:n])).to(z.dtype)
 
         def d_loss():
             with torch.no_grad():
@@ -438,9 +470,9 @@ class SceneGAN(L.LightningModule):
             mu, logvar = self.e_bg(plate)
             z_rec = posterior_sample(mu, logvar)
             if hp.bg_rec_on == "real":  # no grain, only real pixels: neither grain nor ghosts taught by L1
-                rec, target, seen = self.g_bg(without_grain(z_rec, self.g_bg.noise_dim)), x, 1 - taken
+                rec, target, seen = self.g_bg(without_grain(z_rec, self.g_bg.latent_dim)), x, 1 - taken
             else:  # the whole plate, with grain
-                rec, target, seen = self.g_bg(with_grain(z_rec, self.g_bg.noise_dim)), plate, torch.ones_like(taken)
+                rec, target, seen = self.g_bg(with_grain(z_rec, self.g_bg.latent_dim)), plate, torch.ones_like(taken)
             rec_l1, kl = pooled_l1(rec, target, seen, hp.bg_rec_pool), kl_divergence(mu, logvar)
             adv = self._g_loss(self.d_bg, real, judged(self.g_bg(z)))
             loss = plate_l1 + adv + hp.rec_weight * rec_l1 + hp.kl_weight * kl
@@ -481,7 +513,7 @@ class SceneGAN(L.LightningModule):
         if hasattr(self, "g_bg_ema") and hp.generated_canvas > 0:
             use = torch.rand(n, device=x.device) < hp.generated_canvas
             with torch.no_grad():
-                generated = self.g_bg_ema(torch.randn(n, self.g_bg_ema.noise_dim, device=x.device)).to(x.dtype)
+                generated = self.g_bg_ema(torch.randn(n, self.g_bg_ema.latent_dim, device=x.device)).to(x.dtype)
             canvas = torch.where(use[:, None, None, None], generated, x)
         S = self.d_obj.crop_size
 
@@ -578,7 +610,7 @@ class SceneGAN(L.LightningModule):
         zk = torch.randn(B, K, self.z_dim, generator=gen).to(x.device)
 
         def zb(net):  # the layout generator's noise: z, then per-pixel grain if it takes any (drawn on the CPU)
-            return with_grain(z.cpu(), net.noise_dim, gen).to(x.device)
+            return with_grain(z.cpu(), net.latent_dim, gen).to(x.device)
 
         seg = layout_map(masks, cats, len(self.categories))
         rows = [x]

@@ -187,3 +187,61 @@ def test_const_input_gives_no_sample_a_grid_of_its_own():
     with torch.no_grad():
         blobs = old(torch.randn(3, 8))
     assert not torch.allclose(blobs, blobs[..., :1].expand_as(blobs), atol=1e-3)
+
+
+def test_row_coord_tells_the_generator_the_height_and_nothing_else():
+    torch.manual_seed(0)
+    kw = dict(z_dim=8, num_categories=2, resolution=16, channels=4, max_channels=8, padding_mode="reflect")
+    g = LayoutGenerator(**kw, const_input=True, row_coord=True)
+    assert g.init_kwargs["row_coord"] and "row_coord" not in LayoutGenerator(**kw).init_kwargs
+    assert all(m.shared[0].in_channels == 2 + 1 for b in g.blocks for m in (b.conv1, b.conv2))
+    flat = LayoutGenerator(**kw, const_input=True)  # the same network without the height channel
+    for net in (g, flat):
+        with torch.no_grad():
+            net.const.fill_(0.3)  # a start the same everywhere: any structure must come from the map
+            for m in (m for b in net.blocks for m in (b.conv1, b.conv2)):
+                m.shared[0].weight.normal_()
+    z = torch.randn(3, 8)
+    with torch.no_grad():
+        rows, blank = g(z), flat(z)
+        layout = torch.zeros(3, 2, 16, 16)
+        layout[:, 1, 4:8, 4:8] = 1
+        scene = g(z, layout)  # head A: the layout map and the height side by side
+    # reflect padding gives a plain generator no idea where it is: a flat start stays flat
+    assert torch.allclose(blank, blank[..., :1, :1].expand_as(blank), atol=1e-6)
+    # with the height it paints top and bottom differently, but the same along every row, up to the
+    # left and right edges (replicate padding of the map: no frame)
+    assert torch.allclose(rows, rows[..., :1].expand_as(rows), atol=1e-6)
+    assert (rows[..., 0, :] - rows[..., -1, :]).abs().mean() > 1e-2
+    assert scene.shape == (3, 3, 16, 16) and not torch.allclose(scene, rows)
+
+
+def test_a_style_prior_draws_each_style_from_one_of_its_gaussians():
+    torch.manual_seed(0)
+    kw = dict(z_dim=4, num_categories=2, resolution=8, channels=4, max_channels=8, pixel_noise=True)
+    g = LayoutGenerator(**kw)
+    noise = torch.randn(3, g.noise_dim)
+    assert g.noise_dim == g.latent_dim == 4 + 64 and torch.equal(g.latent(noise), noise)
+    assert "prior_size" not in g.init_kwargs and "prior_mu" not in g.state_dict()  # old bundles load strictly
+    mu = torch.arange(5.0)[:, None].expand(5, 4) * 10  # component k: every style entry 10k
+    g.set_prior(mu, torch.full((5, 4), -30.0))  # (almost) no spread: a style is its component's mean
+    assert g.init_kwargs["prior_size"] == 5 and g.noise_dim == g.latent_dim + 1
+    noise = torch.randn(4000, g.noise_dim)
+    latent = g.latent(noise)
+    k = (latent[:, 0] / 10).round()
+    assert torch.allclose(latent[:, :4], k[:, None].expand(-1, 4) * 10, atol=1e-4)
+    assert torch.equal(latent[:, 4:], noise[:, 4:-1])  # the grain is the noise's, the pick is dropped
+    counts = torch.bincount(k.long(), minlength=5)
+    assert counts.min() > 700 and counts.max() < 900  # the last entry picks every component equally often
+    assert torch.equal(k, (torch.special.ndtr(noise[:, -1].double()) * 5).floor())
+    with torch.no_grad():
+        assert g(latent[:2]).shape == (2, 3, 8, 8)
+    # the pick comes from the noise as drawn, so a bfloat16 generator picks the same components
+    assert torch.equal((g.to(torch.bfloat16).latent(noise)[:, 0] / 10).round(), k)
+    rebuilt = LayoutGenerator(**g.init_kwargs)  # as a bundle rebuilds it: the kwargs size the buffers
+    rebuilt.load_state_dict(g.float().state_dict())
+    assert torch.equal(rebuilt.latent(noise), latent)
+    with pytest.raises(ValueError, match=r"\[M,4\]"):
+        g.set_prior(torch.zeros(3, 5), torch.zeros(3, 5))
+    with pytest.raises(ValueError, match=r"noise must be \[B,69\]"):
+        g.latent(torch.randn(2, 68))

@@ -16,9 +16,9 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import compose_config
-from scenecomp.compose import load_bundle
+from scenecomp.compose import Composer, build_network, load_bundle
 from scenecomp.data import DataError
-from scenecomp.train import CONF, ConfigError, build, run, warm_start
+from scenecomp.train import CONF, ConfigError, build, grown_inputs, run, warm_start
 from scenecomp.training import SceneGAN
 
 CATEGORIES = ["tree", "house", "sun", "cloud", "rock"]
@@ -66,7 +66,8 @@ assert data["format"] == "scenecomp-bundle" and data["categories"] == {CATEGORIE
 from scenecomp.compose import build_network
 g_bg, g_fg = build_network(data, "background"), build_network(data, "foreground")
 assert g_bg.resolution == 32 and g_fg.z_dim == 16
-img = g_bg(torch.randn(1, g_bg.noise_dim))
+img = g_bg(g_bg.latent(torch.randn(1, g_bg.noise_dim)))
+assert g_bg.prior_size == 64  # the style prior: every plate of the tiny training set
 assert img.shape == (1, 3, 32, 32)
 assert "hydra" not in sys.modules and "lightning" not in sys.modules, [m for m in sys.modules if m.startswith(("hydra", "lightning"))]
 print("ok")
@@ -175,6 +176,8 @@ def test_threads_sets_the_threads_of_the_process(tiny_config, tmp_path):
         ("data.train=does/not/exist.json", "does/not/exist.json"),
         ("model.bg_judged_on=ghosts", "bg_judged_on"),
         ("model.bg_rec_on=ghosts", "bg_rec_on"),
+        ("model.background_prior=-1", "background_prior"),
+        ("model.bg_adv_posterior=2", "bg_adv_posterior"),
         ("init_from=does/not/exist.ckpt", "does/not/exist.ckpt"),
     ],
 )
@@ -359,14 +362,54 @@ def test_a_warm_start_from_a_bundle_starts_both_generator_copies(tiny_config, tm
         "model.stages=[background]", "model.bg_rec_on=real", f"init_from={bundle}", f"out={tmp_path / 'warm'}"
     )
     datamodule, model, trainer = build(cfg)
+    weights = {k: v for k, v in saved["background"]["state_dict"].items() if not k.startswith("prior_")}
+    assert len(weights) == len(saved["background"]["state_dict"]) - 2
     for module in (model.g_bg, model.g_bg_ema):
-        own = module.state_dict()
-        assert own.keys() == saved["background"]["state_dict"].keys()
-        assert all(torch.equal(own[k], v.float()) for k, v in saved["background"]["state_dict"].items())
+        own = module.state_dict()  # the bundle's style prior is not carried: a run fits its own at the end
+        assert own.keys() == weights.keys() and module.prior_size == 0
+        assert all(torch.equal(own[k], v.float()) for k, v in weights.items())
     with pytest.raises(ConfigError, match="no such file"):
         warm_start(model, str(tmp_path / "missing.safetensors"))
     trainer.fit(model, datamodule=datamodule)  # and trains on, its L1 on the real pixels only
     assert model.batches_done == cfg.steps and torch.isfinite(trainer.callback_metrics["bg/rec_l1"])
+
+
+def test_a_warm_start_into_layers_with_new_inputs_paints_what_it_painted(tiny_config, tmp_path):
+    first = tiny_config("steps=2", f"out={tmp_path / 'first'}")
+    (bundle,) = run(first)
+    data = load_bundle(bundle)
+    old = build_network(data, "background")
+    cfg = tiny_config("model.stages=[background]", "model.background.row_coord=true", f"init_from={bundle}")
+    _, model, _ = build(cfg)
+    shared = model.g_bg.blocks[0].conv1.shared[0].weight  # one more input (the height) than in the bundle
+    saved = data["networks"]["background"]["state_dict"]["blocks.0.conv1.shared.0.weight"]
+    assert shared.shape[1] == saved.shape[1] + 1 and not shared[:, -1].any()
+    assert torch.equal(shared[:, :-1], saved.float())
+    z = torch.randn(2, model.g_bg.noise_dim)
+    with torch.no_grad():  # the new input starts at zero weight: the same images until training moves it
+        old = old.to(memory_format=torch.channels_last)  # as build() lays out the model: the same kernels
+        assert torch.equal(model.g_bg_ema.eval()(z), old(z))
+    assert grown_inputs(torch.ones(4, 2, 3, 3), torch.zeros(5, 3, 3, 3)) is None  # more outputs: not grown
+
+
+def test_a_run_gives_its_bundle_the_encoders_posteriors_of_training_plates_as_background_prior(tiny_config):
+    # half of D_bg's samples painted from the encoder's codes; 64 training images, fewer than asked for
+    cfg = tiny_config("steps=2", "model.bg_adv_posterior=0.5", "model.background_prior=100")
+    (bundle,) = run(cfg)
+    background = load_bundle(bundle)["networks"]["background"]
+    assert background["kwargs"]["prior_size"] == 64 and background["state_dict"]["prior_mu"].shape == (64, 16)
+    # the prior is the checkpoint's encoder applied to the plates of the first images, in order: refitting
+    # the checkpoint's model on the same data gives the same tensors
+    state = torch.load(Path(cfg.out) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    model = SceneGAN(**state["hyper_parameters"])
+    model.load_state_dict(state["state_dict"])
+    datamodule, _, _ = build(cfg)
+    datamodule.setup("fit")
+    assert model.fit_background_prior(datamodule.train_set, 10) == 10
+    assert torch.allclose(model.g_bg_ema.prior_mu, background["state_dict"]["prior_mu"][:10], atol=1e-5)
+    composer = Composer.from_checkpoint(bundle)
+    assert composer.background_net.noise_dim == composer.background_net.latent_dim + 1
+    assert torch.equal(composer.background(seed=3).image, composer.background(seed=3).image)
 
 
 def test_a_stage_with_its_own_batch_count_stops_there_while_the_others_train_on(tiny_config):

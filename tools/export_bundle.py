@@ -6,6 +6,12 @@
     python tools/export_bundle.py runs/shapes64/composer.safetensors --background-from runs/bgmasked/checkpoints/last.ckpt \
         --out runs/combined/composer.safetensors      # another run's G_bg with this bundle's G_fg
     python tools/export_bundle.py old/composer.pt --half --out new/composer.safetensors  # convert an old pickled bundle
+    python tools/export_bundle.py runs/shapes64/composer.safetensors --background-from runs/bg9/checkpoints/last.ckpt \
+        --prior-data data/shapes64/train --out runs/combined/composer.safetensors   # and fit G_bg's style prior
+
+``--prior-data`` (with a ``.ckpt`` source or ``--background-from``) fits the checkpoint's G_bg its
+style prior as ``scenecomp-train`` does at the end of a run (``model.background_prior`` images of
+that training set, 2048 for a checkpoint that does not say).
 
 A ``.ckpt`` (Lightning checkpoint of ``scenecomp-train``) gives the EMA
 generators of every stage it trained: ``OUT/composer.safetensors`` and/or
@@ -26,13 +32,19 @@ import torch
 from scenecomp.compose import bundle_dict, load_bundle, save_bundle
 
 
-def load_run(path: Path):
-    """The SceneGAN of a ``scenecomp-train`` checkpoint (plain data: loads with ``weights_only=True``)."""
+def load_run(path: Path, prior_data: Path | None = None):
+    """The SceneGAN of a ``scenecomp-train`` checkpoint (plain data: loads with ``weights_only=True``),
+    its EMA G_bg given its style prior from ``prior_data`` (a training set) if given."""
+    from scenecomp.data import SceneDataset
     from scenecomp.training import SceneGAN
 
     state = torch.load(path, map_location="cpu", weights_only=True)
     model = SceneGAN(**state["hyper_parameters"])
     model.load_state_dict(state["state_dict"])
+    if prior_data is not None:
+        dataset = SceneDataset(prior_data, categories=model.categories, resolution=model.resolution)
+        used = model.fit_background_prior(dataset, model.hparams.background_prior or 2048)
+        print(f"background prior: the encoder's posteriors of {used} plates of {prior_data}")
     return model
 
 
@@ -57,19 +69,22 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True, help="bundle path (from a bundle) or folder (from a .ckpt)")
     ap.add_argument("--half", action="store_true", help="store weights as float16")
     ap.add_argument("--background-from", type=Path, help="a .ckpt whose EMA G_bg replaces the bundle's")
+    ap.add_argument("--prior-data", type=Path, help="a training set: fit the checkpoint's G_bg its style prior on it")
     args = ap.parse_args()
+    if args.prior_data and not (args.source.suffix == ".ckpt" or args.background_from):
+        ap.error("--prior-data needs a checkpoint: a .ckpt source or --background-from")
     if args.source.suffix == ".ckpt":
         from scenecomp.train import write_bundles
 
         args.out.mkdir(parents=True, exist_ok=True)
-        written = write_bundles(load_run(args.source), args.out, half=args.half)
+        written = write_bundles(load_run(args.source, args.prior_data), args.out, half=args.half)
     else:
         from scenecomp.compose import NETWORKS, build_network
 
         data = load_bundle_or_pickle(args.source)
         nets = {name: build_network(data, name, args.source) for name in data["networks"] if name in NETWORKS}
         if args.background_from:
-            nets["background"] = load_run(args.background_from).g_bg_ema
+            nets["background"] = load_run(args.background_from, args.prior_data).g_bg_ema
         save_bundle(args.out, bundle_dict(data["categories"], half=args.half, **nets))
         written = [args.out]
     for path in written:

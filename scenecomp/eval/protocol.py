@@ -101,7 +101,9 @@ class SingleShot:
                 cats[b, : len(lay.objects)] = torch.tensor([index[o.category] for o in lay.objects], dtype=torch.long)
             z = torch.stack([noise(lay.background_seed, self.noise_dim) for lay in chunk])
             with torch.inference_mode():
-                images = self.net(z.to(device), layout_map(masks.to(device), cats.to(device), len(self.categories)))
+                images = self.net(
+                    self.net.latent(z), layout_map(masks.to(device), cats.to(device), len(self.categories))
+                )
             for image in images.float().cpu():
                 yield _Image(image)
 
