@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torch.utils.data import default_collate
 
 from scenecomp.compose import paint_layers
 from scenecomp.images import to_array
@@ -417,12 +418,11 @@ class SceneGAN(L.LightningModule):
         if not hasattr(self, "e_bg"):
             raise ValueError("a background prior needs the plates method's encoder (background_method: plates)")
         mus, logvars = [], []
-        device = self.g_bg_ema.prior_mu.device
-        for start in range(0, min(size, len(dataset)), batch_size):
-            items = [dataset[i] for i in range(start, min(start + batch_size, size, len(dataset)))]
-            x = torch.stack([it["image"] for it in items]).to(device)
-            masks = torch.stack([it["masks"] * it["valid"][:, None, None, None] for it in items]).to(device)
-            mu, logvar = self.e_bg(self.plates(x, masks.amax(1)))
+        device, stop = self.g_bg_ema.prior_mu.device, min(size, len(dataset))
+        for start in range(0, stop, batch_size):
+            batch = default_collate([dataset[i] for i in range(start, min(start + batch_size, stop))])
+            masks = batch["masks"] * batch["valid"][:, :, None, None, None]  # as in training_step
+            mu, logvar = self.e_bg(self.plates(batch["image"].to(device), masks.amax(1).to(device)))
             mus.append(mu.float())
             logvars.append(logvar.float())
         self.g_bg_ema.set_prior(torch.cat(mus), torch.cat(logvars))
