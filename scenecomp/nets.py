@@ -474,8 +474,15 @@ def with_detail(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([x, 4 * (x - blur)], 1)
 
 
-def _sn_conv(cin: int, cout: int, k: int = 3, stride: int = 1) -> nn.Module:
-    return spectral_norm(nn.Conv2d(cin, cout, k, stride=stride, padding=(k - 1) // 2 if stride == 1 else 1))
+def _disc_conv(cin: int, cout: int, k: int = 3, stride: int = 1, spectral: bool = True) -> nn.Module:
+    conv = nn.Conv2d(cin, cout, k, stride=stride, padding=(k - 1) // 2 if stride == 1 else 1)
+    if spectral:
+        return spectral_norm(conv)
+    # without spectral norm nothing rescales the weights: PyTorch's default init shrinks the signal
+    # about 3x a layer, so a deep D starts with a constant score and no input gradient (measured)
+    nn.init.kaiming_normal_(conv.weight, a=0.2)
+    nn.init.zeros_(conv.bias)
+    return conv
 
 
 def minibatch_stddev(x: torch.Tensor, group: int = 4) -> torch.Tensor:
@@ -487,18 +494,19 @@ def minibatch_stddev(x: torch.Tensor, group: int = 4) -> torch.Tensor:
 
 
 class DownStack(nn.Module):
-    """Spectral-norm conv stack halving the resolution down to 4x4; returns every stage's features."""
+    """Conv stack (spectral-normed unless ``spectral=False``) halving the resolution down to 4x4;
+    returns every stage's features."""
 
-    def __init__(self, cin: int, resolution: int, channels: int, max_channels: int):
+    def __init__(self, cin: int, resolution: int, channels: int, max_channels: int, spectral: bool = True):
         super().__init__()
         n = _levels(resolution, 4)
         widths = [min(channels * 2**i, max_channels) for i in range(n + 1)]
-        self.stem = _sn_conv(cin, widths[0])
+        self.stem = _disc_conv(cin, widths[0], spectral=spectral)
         self.blocks = nn.ModuleList(
             nn.Sequential(
-                _sn_conv(widths[i], widths[i]),
+                _disc_conv(widths[i], widths[i], spectral=spectral),
                 nn.LeakyReLU(0.2),
-                _sn_conv(widths[i], widths[i + 1], 4, stride=2),
+                _disc_conv(widths[i], widths[i + 1], 4, stride=2, spectral=spectral),
                 nn.LeakyReLU(0.2),
             )
             for i in range(n)
@@ -517,7 +525,10 @@ class GlobalDiscriminator(nn.Module):
 
     ``forward(image [B,3,H,W], layout [B,C,H,W]) -> (score [B], features)``;
     the features serve feature matching. ``detail`` also shows it the image's high-pass
-    residual (`with_detail`), so that it judges the amplitude of grain.
+    residual (`with_detail`), so that it judges the amplitude of grain. ``spectral=False`` drops
+    spectral normalisation (StyleGAN2's discriminator: R1 alone keeps it in check, ``r1_gamma``):
+    a small spectral-normed D outputs scores near zero and sat at chance for ~800 batches against a
+    warm G_bg (docs/RESULTS.md).
     """
 
     def __init__(
@@ -528,6 +539,7 @@ class GlobalDiscriminator(nn.Module):
         max_channels: int = 256,
         mbstd: bool = True,
         detail: bool = False,
+        spectral: bool = True,
     ):
         super().__init__()
         self.init_kwargs = dict(
@@ -537,12 +549,14 @@ class GlobalDiscriminator(nn.Module):
             max_channels=max_channels,
             mbstd=mbstd,
             detail=detail,
+            spectral=spectral,
         )
         self.mbstd, self.detail = mbstd, detail
-        self.trunk = DownStack(3 * (1 + detail) + num_categories, resolution, channels, max_channels)
+        self.trunk = DownStack(3 * (1 + detail) + num_categories, resolution, channels, max_channels, spectral)
         c = self.trunk.out_channels
-        self.head = nn.Sequential(_sn_conv(c + int(mbstd), c), nn.LeakyReLU(0.2))
-        self.fc = spectral_norm(nn.Linear(c * 16, 1))
+        self.head = nn.Sequential(_disc_conv(c + int(mbstd), c, spectral=spectral), nn.LeakyReLU(0.2))
+        fc = nn.Linear(c * 16, 1)
+        self.fc = spectral_norm(fc) if spectral else fc
 
     def forward(self, image: torch.Tensor, layout: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         feats = self.trunk(torch.cat([with_detail(image) if self.detail else image, layout], dim=1))

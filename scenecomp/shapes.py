@@ -40,10 +40,10 @@ from scenecomp.atomic import new_folder, write_atomically
 CATEGORIES = ("tree", "house", "sun", "cloud", "rock")
 SKY = frozenset({"sun", "cloud"})
 LIGHTS = ("day", "dusk", "night")
+LIGHT_SHARES = (0.5, 0.25, 0.25)  # how often each light is drawn: the mix every split has in expectation
 
 _CATEGORY_IDS = {name: i + 1 for i, name in enumerate(CATEGORIES)}
 _CATEGORY_P = np.array([0.26, 0.20, 0.10, 0.18, 0.26])  # tree house sun cloud rock
-_LIGHT_P = np.array([0.5, 0.25, 0.25])
 _MIN_SIZE = 16
 _SHIFT = 4  # cv2 sub-pixel bits
 _ONE = 1 << _SHIFT
@@ -473,7 +473,7 @@ def make_scene(rng: np.random.Generator, size: int = 64) -> Scene:
     if size < _MIN_SIZE:
         raise ValueError(f"size must be at least {_MIN_SIZE}, got {size}")
     min_px = min_object_pixels(size)
-    light = LIGHTS[int(rng.choice(3, p=_LIGHT_P))]
+    light = LIGHTS[int(rng.choice(3, p=LIGHT_SHARES))]
     horizon = int(round(size * rng.uniform(0.35, 0.65)))
     mult, add = _lighting(rng, light)
     albedo = _background(rng, size, horizon, light)

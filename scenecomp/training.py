@@ -120,7 +120,9 @@ def without_grain(z: torch.Tensor, latent_dim: int) -> torch.Tensor:
 def pooled_l1(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, pool: int) -> torch.Tensor:
     """L1 of ``[B,C,H,W]`` images average-pooled in ``pool``x``pool`` cells, over the cells wholly inside
     ``mask [B,1,H,W]``. Pooled, it teaches the layout and colours (horizon, sky, ground) without pulling
-    grain and stars towards their blurred mean (those are the discriminator's to teach); masked to
+    grain and stars towards their blurred mean (those are the discriminator's to teach), but it is
+    blind to how sharp an edge is within a cell (a horizon blurred over a cell's rows has the same
+    average), so a reconstruction without grain against real pixels uses ``pool=1``; masked to
     the real pixels, it never teaches the inpainter's smooth fills (ghosts of the objects)."""
     gap = F.avg_pool2d(a.float() - b.float(), pool)
     whole = (F.avg_pool2d(mask.float(), pool) > 0.999).float()

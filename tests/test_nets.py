@@ -151,6 +151,30 @@ def test_reflect_padding_draws_no_frame_and_old_kwargs_still_build():
         LayoutGenerator(padding_mode="circular!")
 
 
+def test_global_discriminator_without_spectral_norm_is_plain_convolutions():
+    torch.manual_seed(0)
+    kw = dict(num_categories=2, resolution=16, channels=4, max_channels=8)
+    plain, normed = GlobalDiscriminator(**kw, spectral=False), GlobalDiscriminator(**kw)
+    assert plain.init_kwargs["spectral"] is False and normed.init_kwargs["spectral"] is True
+    assert not any("parametrizations" in k for k in plain.state_dict())
+    assert sum("parametrizations" in k for k in normed.state_dict()) > 0
+    # its weights act unscaled: doubling them doubles the last layer's pre-activation and changes the
+    # score, where spectral norm would divide the scale out again
+    x, seg = torch.randn(2, 3, 16, 16), torch.zeros(2, 2, 16, 16)
+    with torch.no_grad():
+        # initialised for LeakyReLU: features keep their scale through the stack (PyTorch's default
+        # init would shrink them ~3x a layer, leaving a constant score and no gradient to learn from:
+        # feature stds 0.28, 0.09, 0.04 over these three stages)
+        assert all(0.2 < f.std() < 5 for f in plain(torch.randn(8, 3, 16, 16), torch.zeros(8, 2, 16, 16))[1])
+        before = plain(x, seg)[0]
+        plain.fc.weight.mul_(2)
+        assert torch.allclose(plain(x, seg)[0] - plain.fc.bias, 2 * (before - plain.fc.bias), atol=1e-5)
+        normed.eval()  # no power iteration: the same normalised weight before and after
+        before = normed(x, seg)[0]
+        normed.fc.parametrizations.weight.original.mul_(2)
+        assert torch.allclose(normed(x, seg)[0], before, atol=1e-5)
+
+
 def test_detail_discriminator_is_shown_the_grain():
     torch.manual_seed(0)
     ramp = torch.linspace(-0.5, 0.5, 16).view(1, 1, 1, 16).expand(2, 3, 16, 16)

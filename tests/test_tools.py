@@ -99,7 +99,11 @@ def test_background_stats_compares_a_model_with_real_backgrounds(bundle, tmp_pat
     assert all(" n=   12" in line for line in lines[2:4]), lines
     shares = [[float(line.split(k)[1].split()[0]) for k in (" day ", " dusk ", " night ")] for line in lines[:4]]
     assert all(abs(sum(s) - 1) <= 0.015 for s in shares)  # every sky counted once (shares printed to 2 places)
-    assert lines[4:] == ["detections: not measured (features.safetensors sees 64x64 images)"]  # the shipped detector
+    # the mix the data set draws from, with the standard error of a sample of -n
+    assert (
+        lines[4].split() == "Shapes draws day 0.50 dusk 0.25 night 0.25 (a sample of 12 varies by se <= 0.144)".split()
+    )
+    assert lines[5:] == ["detections: not measured (features.safetensors sees 64x64 images)"]  # the shipped detector
     # a detector of the model's size (untrained: its detections are arbitrary, their bookkeeping is not)
     import torch
 

@@ -334,7 +334,9 @@ def test_a_compiled_run_writes_a_checkpoint_and_bundle_that_load_without_compile
 
 
 def test_a_warm_start_copies_the_matching_weights_and_keeps_new_layers_initial(tiny_config, tmp_path):
-    first = tiny_config("steps=2", f"out={tmp_path / 'first'}", "model.background.pixel_noise=false")
+    first = tiny_config(
+        "steps=2", f"out={tmp_path / 'first'}", "model.background.pixel_noise=false", "model.background.rgb_grain=0"
+    )
     run(first)
     ckpt = Path(first.out) / "checkpoints" / "last.ckpt"
     saved = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
@@ -349,7 +351,8 @@ def test_a_warm_start_copies_the_matching_weights_and_keeps_new_layers_initial(t
     assert any(k.startswith("g_plate_ema.") for k in copied) and any(k.startswith("g_bg_ema.blocks") for k in copied)
     noise = [k for k in own if "noise" in k]
     assert noise and all(k not in saved and not own[k].any() for k in noise)  # zero strength: grain starts silent
-    assert model.d_bg.trunk.stem.parametrizations.weight.original.shape[1] == 4  # image + mask: trained afresh
+    stem = model.d_bg.trunk.stem.parametrizations.weight.original
+    assert stem.shape[1] == 3 + 3 + 1  # image, its detail, mask: trained afresh
     trainer.fit(model, datamodule=datamodule)
     assert model.batches_done == cfg.steps
 
@@ -410,6 +413,17 @@ def test_a_run_gives_its_bundle_the_encoders_posteriors_of_training_plates_as_ba
     composer = Composer.from_checkpoint(bundle)
     assert composer.background_net.noise_dim == composer.background_net.latent_dim + 1
     assert torch.equal(composer.background(seed=3).image, composer.background(seed=3).image)
+
+
+def test_a_background_run_trains_a_discriminator_without_spectral_norm_under_r1(tiny_config):
+    cfg = tiny_config("steps=2", "model.stages=[background]", "model.global_disc.spectral=false", "model.r1_gamma=1")
+    run(cfg)
+    state = torch.load(Path(cfg.out) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    keys = [k for k in state["state_dict"] if k.startswith("d_bg.")]
+    assert keys and not any("parametrizations" in k for k in keys)
+    assert state["hyper_parameters"]["global_disc"]["spectral"] is False
+    model = SceneGAN(**state["hyper_parameters"])
+    model.load_state_dict(state["state_dict"])  # the checkpoint rebuilds the same plain D
 
 
 def test_a_stage_with_its_own_batch_count_stops_there_while_the_others_train_on(tiny_config):

@@ -8,7 +8,10 @@ as many real object-free backgrounds (Shapes' ``backgrounds/`` folder, kept for 
 then prints for each side, with the real set split in two halves as the floor:
 
 - light: the share of day / dusk / night skies, told by the mean brightness of the top four rows
-  (Shapes' night skies are below 50 of 255, dusk skies 50-110, day skies above);
+  (Shapes' night skies are below 50 of 255, dusk skies 50-110, day skies above), and beside them
+  the mix Shapes draws from (``shapes.LIGHT_SHARES``, the training split's mix in expectation): a
+  model that learned the training split should match that, within the standard error at ``-n``, not
+  the sampled real set's own shares;
 - grain: the standard deviation of horizontal pixel differences in the bottom quarter (ground)
   and the top eighth (sky): Shapes grains its ground and leaves its sky smooth;
 - horizon: the median of each image's largest row-to-row jump of mean brightness (a sharp
@@ -34,6 +37,7 @@ from PIL import Image
 from scenecomp.compose import Composer
 from scenecomp.eval.features import DEFAULT_FEATURES, load_features
 from scenecomp.eval.metrics import background_purity
+from scenecomp.shapes import LIGHT_SHARES, LIGHTS
 
 
 def read_real(folder: Path, count: int, resolution: int) -> np.ndarray:
@@ -97,6 +101,9 @@ def main(argv=None) -> None:
     print(row("real, second half", len(real) - half, statistics(real[half:])))
     print(row("real", len(real), statistics(real)))
     print(row(Path(args.checkpoint).name, len(fake), statistics(fake)))
+    se = max(np.sqrt(p * (1 - p) / args.n) for p in LIGHT_SHARES)
+    drawn = "  ".join(f"{name} {p:.2f}" for name, p in zip(LIGHTS, LIGHT_SHARES, strict=True))
+    print(f"{'Shapes draws':28s} {drawn} (a sample of {args.n} varies by se <= {se:.3f})")
     net = load_features(args.features)
     if net.resolution != composer.resolution:
         print(f"detections: not measured ({args.features.name} sees {net.resolution}x{net.resolution} images)")
