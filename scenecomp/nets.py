@@ -99,6 +99,11 @@ def pixel_norm(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     return x * (x.pow(2).mean(dim=1, keepdim=True) + eps).rsqrt()
 
 
+def _mapping(z_dim: int, style: int) -> nn.Module:
+    """The noise's mapping to a style vector (StyleGAN's, two layers)."""
+    return nn.Sequential(nn.Linear(z_dim, style), nn.LeakyReLU(0.2), nn.Linear(style, style), nn.LeakyReLU(0.2))
+
+
 class FiLM(nn.Module):
     """Per-channel scale and shift from a style vector."""
 
@@ -158,6 +163,96 @@ class NoiseInjection(nn.Module):
         if factor > 1:
             grain = F.avg_pool2d(grain, factor) * factor
         return x + self.strength * grain
+
+
+class PixelSynthesis(nn.Module):
+    """Paints every pixel on its own from its position, the noise there and a style (CIPS, Anokhin et
+    al. 2021; FiLM-conditioned as in pi-GAN): a per-pixel MLP (1x1 convolutions), no upsampling.
+
+    ``forward(w [B,style], grain [B,1,H,W], layout [B,C,H,W] or None) -> [B,3,H,W]`` (before the tanh).
+    Each pixel sees its position along ``axes`` ("y": its height only; "yx": height and width), raw and
+    as sines and cosines at ``frequencies`` octaves, the grain map there (for what needs a nonlinear
+    function of it, such as stars) and the layout's categories there. Why: a convolutional generator grown from a 4x4 grid must build a
+    straight, sharp horizon and a sky that is the same along each row out of its grid, and on Shapes
+    it painted soft, tilted horizons and grain in the sky (docs/RESULTS.md); here a horizon is a step
+    in y and grain a gated copy of the input noise. With ``axes="y"`` the generator is horizontally
+    stationary by construction (what varies along a row comes from the noise: a landscape's sky and
+    ground look alike at every x, and its objects are G_fg's); with "yx" it must learn that. Texture
+    comes from the output grain (``to_grain``): the grain map and its means over 2, 4, 8 and 16-pixel
+    cells (fine grain, blotches, smooth texture, all from the one seeded map), each added to the image
+    scaled per pixel and channel by the last features, starting at ``rgb_grain`` on the finest scale (a
+    zero strength gets no gradient: the noise averages out). The coarse maps stay out of the MLP:
+    given to it, they were painted as blotches of colour on the ground (measured, docs/RESULTS.md).
+    """
+
+    def __init__(
+        self,
+        cond: int,
+        style: int,
+        resolution: int,
+        width: int = 128,
+        depth: int = 6,
+        frequencies: int = 6,
+        rgb_grain: float = 0.03,
+        axes: str = "yx",
+    ):
+        super().__init__()
+        if axes not in ("y", "yx"):
+            raise ValueError(f"axes must be 'y' or 'yx', got {axes!r}")
+        self.cond, self.frequencies, self.axes = cond, frequencies, axes
+        self.scales = [s for s in (1, 2, 4, 8, 16) if s <= resolution // 4]
+        position = len(axes) * (1 + 2 * frequencies)
+        self.inp = nn.Conv2d(position + 1 + cond, width, 1)  # the fine grain only: see the class docstring
+        self.layers = nn.ModuleList(nn.Conv2d(width, width, 1) for _ in range(depth))
+        self.films = nn.ModuleList(FiLM(style, width) for _ in range(depth))
+        for layer in (self.inp, *self.layers):  # keeps the signal's scale through a deep leaky-ReLU MLP
+            nn.init.kaiming_normal_(layer.weight, a=0.2)
+            nn.init.zeros_(layer.bias)
+        with torch.no_grad():  # start smooth: octave k's weights scaled by 2^-k, the noise's at zero (measured:
+            # at full scale the MLP painted blobs of colour from the coarse noise for hundreds of
+            # batches, docs/RESULTS.md); training grows what the images need
+            octave = (2.0 ** -torch.arange(frequencies)).repeat(2 * len(axes))  # sines, cosines; per axis
+            self.inp.weight[:, len(axes) : position] *= octave[:, None, None]
+            self.inp.weight[:, position] = 0
+        self.to_rgb = nn.Conv2d(width, 3, 1)
+        self.to_grain = nn.Conv2d(width, 3 * len(self.scales), 1)
+        nn.init.zeros_(self.to_grain.weight)
+        with torch.no_grad():
+            self.to_grain.bias.zero_()
+            self.to_grain.bias[:3] = rgb_grain
+
+    def position(self, H: int, W: int, device) -> torch.Tensor:
+        """``[1,A(1+2F),H,W]``: y (and x) in (-1,1) at pixel centres, then their sines, then their cosines
+        at F octaves (each axis's octaves together)."""
+        ys = torch.linspace(-1 + 1 / H, 1 - 1 / H, H, device=device)
+        xs = torch.linspace(-1 + 1 / W, 1 - 1 / W, W, device=device)
+        yx = torch.stack(torch.meshgrid(ys, xs, indexing="ij"))[: len(self.axes)]  # [A,H,W]
+        octaves = math.pi * 2.0 ** torch.arange(self.frequencies, device=device)
+        angles = (yx[:, None] * octaves[None, :, None, None]).flatten(0, 1)  # [A*F,H,W]
+        return torch.cat([yx, angles.sin(), angles.cos()])[None]
+
+    def noise_maps(self, grain: torch.Tensor) -> torch.Tensor:
+        """``[B,1,H,W]`` unit Gaussian -> ``[B,len(scales),H,W]``: its means over s x s cells, rescaled to unit
+        variance and spread back over the cells' pixels (bilinear, so a blotch has no edges)."""
+        maps = [grain]
+        for s in self.scales[1:]:
+            cells = F.avg_pool2d(grain, s) * s
+            maps.append(F.interpolate(cells, size=grain.shape[-2:], mode="bilinear", align_corners=False))
+        return torch.cat(maps, 1)
+
+    def forward(self, w: torch.Tensor, grain: torch.Tensor, layout: torch.Tensor | None) -> torch.Tensor:
+        B, _, H, W = grain.shape
+        noise = self.noise_maps(grain)
+        if layout is None:
+            layout = grain.new_zeros(B, self.cond, H, W)
+        layout = F.interpolate(layout.to(grain.dtype), size=(H, W), mode="nearest")
+        position = self.position(H, W, grain.device).to(grain.dtype).expand(B, -1, -1, -1)
+        x = torch.cat([position, grain, layout], 1).contiguous(memory_format=torch.channels_last)
+        h = F.leaky_relu(self.inp(x), 0.2)
+        for layer, film in zip(self.layers, self.films, strict=True):
+            h = F.leaky_relu(film(pixel_norm(layer(h)), w), 0.2)
+        gains = self.to_grain(h).unflatten(1, (len(self.scales), 3))  # [B,S,3,H,W]
+        return self.to_rgb(h) + (gains * noise[:, :, None]).sum(1)
 
 
 class LayoutBlock(nn.Module):
@@ -249,8 +344,20 @@ class LayoutGenerator(nn.Module):
         const_input: bool = False,
         row_coord: bool = False,
         prior_size: int = 0,
+        synthesis: str = "conv",
+        mlp_width: int = 128,
+        mlp_depth: int = 6,
+        mlp_axes: str = "yx",
     ):
         super().__init__()
+        if synthesis not in ("conv", "pixels"):
+            raise ValueError(f"synthesis must be 'conv' or 'pixels', got {synthesis!r}")
+        if synthesis == "pixels" and not pixel_noise:
+            raise ValueError(
+                "synthesis='pixels' needs pixel_noise=True (its grain and texture come from the noise map)"
+            )
+        if synthesis == "pixels" and (const_input or row_coord):
+            raise ValueError("const_input and row_coord shape the convolutional trunk; synthesis='pixels' has none")
         if rgb_grain and not pixel_noise:
             raise ValueError("rgb_grain needs pixel_noise=True (the grain map is the noise vector's tail)")
         if upsample not in ("nearest", "bilinear"):
@@ -274,6 +381,8 @@ class LayoutGenerator(nn.Module):
             self.init_kwargs["const_input"] = True
         if row_coord:
             self.init_kwargs["row_coord"] = True
+        if synthesis != "conv":
+            self.init_kwargs |= dict(synthesis=synthesis, mlp_width=mlp_width, mlp_depth=mlp_depth, mlp_axes=mlp_axes)
         self.z_dim, self.num_categories, self.resolution, self.const_input, self.row_coord = (
             z_dim,
             num_categories,
@@ -283,15 +392,20 @@ class LayoutGenerator(nn.Module):
         )
         self.latent_dim = z_dim + (resolution**2 if pixel_noise else 0)
         self.set_prior(torch.zeros(prior_size, z_dim), torch.zeros(prior_size, z_dim))
+        self.pixels = None
+        if synthesis == "pixels":  # the per-pixel MLP replaces the convolutional trunk
+            self.mapping = _mapping(z_dim, style_dim)
+            self.pixels = PixelSynthesis(
+                num_categories, style_dim, resolution, mlp_width, mlp_depth, rgb_grain=rgb_grain, axes=mlp_axes
+            )
+            return
         n = _levels(resolution, 4)
         widths = [min(channels * 2 ** (n - i), max_channels) for i in range(n + 1)]  # 4x4 ... res
         if const_input:
             self.const = nn.Parameter(torch.randn(1, widths[0], 4, 4))
         else:
             self.fc = nn.Linear(z_dim, widths[0] * 16)
-        self.mapping = nn.Sequential(
-            nn.Linear(z_dim, style_dim), nn.LeakyReLU(0.2), nn.Linear(style_dim, style_dim), nn.LeakyReLU(0.2)
-        )
+        self.mapping = _mapping(z_dim, style_dim)
         self.blocks = nn.ModuleList(
             LayoutBlock(
                 widths[i],
@@ -348,6 +462,8 @@ class LayoutGenerator(nn.Module):
             raise ValueError(f"latent must be [B,{self.latent_dim}], got {list(z.shape)}")
         grain = z[:, self.z_dim :].reshape(B, 1, R, R) if self.latent_dim > self.z_dim else None
         z = z[:, : self.z_dim]
+        if self.pixels is not None:
+            return torch.tanh(self.pixels(self.mapping(z), grain, layout))
         if layout is None:  # head B: an empty map (at full resolution when the height joins it)
             side = R if self.row_coord else 4
             layout = z.new_zeros(B, self.num_categories, side, side)

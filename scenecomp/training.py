@@ -129,6 +129,34 @@ def pooled_l1(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, pool: int) -
     return (gap.abs() * whole).sum() / (whole.sum() * a.shape[1]).clamp(min=1)
 
 
+def _blur(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Mean over ``size`` x ``size`` windows (edges replicated), as two 1-D passes: 2k, not k², reads a pixel."""
+    x = F.pad(x, [size // 2] * 4, mode="replicate")
+    return F.avg_pool2d(F.avg_pool2d(x, (size, 1), 1), (1, size), 1)
+
+
+def texture_stats(x: torch.Tensor, cell: int = 8) -> torch.Tensor:
+    """Local texture of ``[B,3,H,W]`` images: ``[B,12,H/cell,W/cell]``, per cell the RMS of three detail bands
+    (the image less its 3x3 mean, that mean less the 9x9 one, that less the 25x25 one: grain, speckle,
+    blotches), per channel and of their channel sum (which tells grain that brightens all channels
+    together from grain of colour)."""
+    means = [x, _blur(x, 3), _blur(x, 9), _blur(x, 25)]
+    bands = [b for fine, coarse in zip(means, means[1:]) for b in (fine - coarse, (fine - coarse).sum(1, keepdim=True))]
+    return F.avg_pool2d(torch.cat(bands, 1).pow(2), cell).add(1e-8).sqrt()
+
+
+def texture_l1(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, cell: int = 8) -> torch.Tensor:
+    """L1 of `texture_stats` of ``[B,3,H,W]`` images over the cells whose 25x25 surroundings lie wholly
+    inside ``mask [B,1,H,W]``. The texture's teacher, as `pooled_l1` is the mean's: grain is random, so an L1
+    of pixels pulls it towards none, while its local amplitude (and where it is absent: a smooth sky)
+    can be matched sample by sample."""
+    outside = F.max_pool2d(1 - mask.float(), (25, 1), stride=1, padding=(12, 0))
+    inside = 1 - F.max_pool2d(outside, (1, 25), stride=1, padding=(0, 12))
+    whole = (F.avg_pool2d(inside, cell) > 0.999).float()
+    gap = (texture_stats(a.float(), cell) - texture_stats(b.float(), cell)).abs() * whole
+    return gap.sum() / (whole.sum() * gap.shape[1]).clamp(min=1)
+
+
 def masked_l1(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean absolute difference of ``[B,C,H,W]`` images over the pixels where ``mask [B,1,H,W]`` is 1."""
     diff = (a.float() - b.float()).abs() * mask
@@ -205,6 +233,7 @@ class SceneGAN(L.LightningModule):
         stage_steps: dict | None = None,
         background_prior: int = 0,
         bg_adv_posterior: float = 0.0,
+        bg_texture_weight: float = 0.0,
     ):
         super().__init__()
         if not isinstance(background_prior, int) or isinstance(background_prior, bool) or background_prior < 0:
@@ -478,12 +507,18 @@ class SceneGAN(L.LightningModule):
             rec_l1, kl = pooled_l1(rec, target, seen, hp.bg_rec_pool), kl_divergence(mu, logvar)
             adv = self._g_loss(self.d_bg, real, judged(self.g_bg(z)))
             loss = plate_l1 + adv + hp.rec_weight * rec_l1 + hp.kl_weight * kl
-            return loss, {
+            logs = {
                 "plate/l1": plate_l1.detach(),
                 "bg/g": adv.detach(),
                 "bg/rec_l1": rec_l1.detach(),
                 "bg/kl": kl.detach(),
             }
+            if hp.bg_texture_weight > 0:  # the same reconstruction with grain: its local texture against the real one
+                grained = self.g_bg(with_grain(z_rec, self.g_bg.latent_dim))
+                texture = texture_l1(grained, x, 1 - taken)
+                loss = loss + hp.bg_texture_weight * texture
+                logs["bg/texture"] = texture.detach()
+            return loss, logs
 
         logs = self._step(g_opt, d_opt, d_loss, g_loss)
         ema_update(self.g_bg_ema, self.g_bg, hp.ema_decay, self.batches_done)

@@ -269,3 +269,67 @@ def test_a_style_prior_draws_each_style_from_one_of_its_gaussians():
         g.set_prior(torch.zeros(3, 5), torch.zeros(3, 5))
     with pytest.raises(ValueError, match=r"noise must be \[B,69\]"):
         g.latent(torch.randn(2, 68))
+
+
+def test_pixel_synthesis_paints_each_pixel_from_what_lies_there():
+    torch.manual_seed(0)
+    kw = dict(z_dim=8, num_categories=2, resolution=16, pixel_noise=True, synthesis="pixels", mlp_width=16, mlp_depth=2)
+    g = LayoutGenerator(**kw, rgb_grain=0.05).eval()
+    assert g.init_kwargs | kw == g.init_kwargs and not hasattr(g, "blocks")
+    rebuilt = LayoutGenerator(**g.init_kwargs)  # what a bundle does: the kwargs alone rebuild it
+    rebuilt.load_state_dict(g.state_dict())
+    z = torch.randn(3, g.noise_dim)
+    with torch.no_grad():
+        image = g(z)
+        assert image.shape == (3, 3, 16, 16) and image.abs().max() <= 1 and torch.equal(rebuilt.eval()(z), image)
+        # no convolution mixes neighbours: a layout changed inside a box changes no pixel outside it
+        layout = torch.zeros(3, 2, 16, 16)
+        changed = layout.clone()
+        changed[:, 1, 4:9, 6:12] = 1
+        a, b = g(z, layout), g(z, changed)
+    inside = changed[:, 1:].bool().expand_as(a)
+    assert torch.equal(a[~inside], b[~inside]) and (a[inside] - b[inside]).abs().mean() > 1e-3
+    assert torch.equal(g(z, None), a)  # head B is the empty layout
+    # the grain is the noise vector's tail, and the output grain starts on: another map, another grain
+    regrained = torch.cat([z[:, :8], torch.randn(3, 16 * 16)], 1)
+    with torch.no_grad():
+        assert 0.0 < (g(regrained) - image).abs().mean() < 0.5
+
+
+def test_pixel_synthesis_can_paint_a_sky_the_same_along_every_row():
+    torch.manual_seed(0)
+    g = LayoutGenerator(z_dim=8, num_categories=2, resolution=16, pixel_noise=True, synthesis="pixels", mlp_width=16)
+    px = g.pixels
+    F_ = px.frequencies
+    x_inputs = [1, *range(2 + F_, 2 + 2 * F_), *range(2 + 3 * F_, 2 + 4 * F_)]  # x, its sines and its cosines
+    noise_inputs = [2 + 4 * F_]
+    with torch.no_grad():  # blind the first layer to x and to the noise, and turn the output grain off
+        px.inp.weight[:, x_inputs + noise_inputs] = 0
+        px.to_grain.bias.zero_()
+        rows = g(torch.randn(3, g.noise_dim))
+    # then every row is one colour, to the last bit (no padding, no grid, no upsampling), while the
+    # rows still differ from top to bottom and the samples from each other
+    assert torch.equal(rows, rows[..., :1].expand_as(rows))
+    assert (rows[..., 0, 0] - rows[..., -1, 0]).abs().mean() > 1e-3
+    assert (rows[0] - rows[1]).abs().mean() > 1e-3
+    # with axes="y" it is horizontally stationary by construction: it starts row-constant with the noise
+    # off (the noise's inputs start at zero), and only the noise can ever make a row vary
+    kw = dict(z_dim=8, num_categories=2, resolution=16, pixel_noise=True, synthesis="pixels", mlp_width=16)
+    stationary = LayoutGenerator(**kw, mlp_axes="y", rgb_grain=0.0)
+    # its inputs: y, 6 sines and 6 cosines of it, the grain, 2 categories
+    assert stationary.init_kwargs["mlp_axes"] == "y" and stationary.pixels.inp.in_channels == 13 + 1 + 2
+    with torch.no_grad():
+        rows = stationary(torch.randn(3, stationary.noise_dim))
+        assert torch.equal(rows, rows[..., :1].expand_as(rows))
+        stationary.pixels.inp.weight.normal_()  # whatever it learns, a flat noise map gives flat rows
+        flat = torch.cat([torch.randn(3, 8), torch.full((3, 256), 0.7)], 1)
+        rows = stationary(flat)
+    assert torch.allclose(rows, rows[..., :1].expand_as(rows), atol=1e-6)  # (bilinear spreading rounds)
+    with pytest.raises(ValueError, match="axes"):
+        LayoutGenerator(**kw, mlp_axes="x")
+    with pytest.raises(ValueError, match="pixel_noise"):
+        LayoutGenerator(z_dim=8, resolution=16, synthesis="pixels")
+    with pytest.raises(ValueError, match="convolutional trunk"):
+        LayoutGenerator(z_dim=8, resolution=16, pixel_noise=True, synthesis="pixels", const_input=True)
+    with pytest.raises(ValueError, match="synthesis"):
+        LayoutGenerator(z_dim=8, resolution=16, synthesis="diffusion")
