@@ -141,7 +141,8 @@ def texture_stats(x: torch.Tensor, cell: int = 8) -> torch.Tensor:
     blotches), per channel and of their channel sum (which tells grain that brightens all channels
     together from grain of colour)."""
     means = [x, _blur(x, 3), _blur(x, 9), _blur(x, 25)]
-    bands = [b for fine, coarse in zip(means, means[1:]) for b in (fine - coarse, (fine - coarse).sum(1, keepdim=True))]
+    details = [fine - coarse for fine, coarse in zip(means[:-1], means[1:], strict=True)]
+    bands = [b for d in details for b in (d, d.sum(1, keepdim=True))]
     return F.avg_pool2d(torch.cat(bands, 1).pow(2), cell).add(1e-8).sqrt()
 
 
