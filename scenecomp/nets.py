@@ -170,19 +170,21 @@ class PixelSynthesis(nn.Module):
     al. 2021; FiLM-conditioned as in pi-GAN): a per-pixel MLP (1x1 convolutions), no upsampling.
 
     ``forward(w [B,style], grain [B,1,H,W], layout [B,C,H,W] or None) -> [B,3,H,W]`` (before the tanh).
-    Each pixel sees its position along ``axes`` ("y": its height only; "yx": height and width), raw and
-    as sines and cosines at ``frequencies`` octaves, the grain map there (for what needs a nonlinear
-    function of it, such as stars) and the layout's categories there. Why: a convolutional generator grown from a 4x4 grid must build a
-    straight, sharp horizon and a sky that is the same along each row out of its grid, and on Shapes
-    it painted soft, tilted horizons and grain in the sky (docs/RESULTS.md); here a horizon is a step
-    in y and grain a gated copy of the input noise. With ``axes="y"`` the generator is horizontally
-    stationary by construction (what varies along a row comes from the noise: a landscape's sky and
-    ground look alike at every x, and its objects are G_fg's); with "yx" it must learn that. Texture
-    comes from the output grain (``to_grain``): the grain map and its means over 2, 4, 8 and 16-pixel
-    cells (fine grain, blotches, smooth texture, all from the one seeded map), each added to the image
-    scaled per pixel and channel by the last features, starting at ``rgb_grain`` on the finest scale (a
-    zero strength gets no gradient: the noise averages out). The coarse maps stay out of the MLP:
-    given to it, they were painted as blotches of colour on the ground (measured, docs/RESULTS.md).
+    Each pixel sees its position along ``axes`` ("y": its height only; "yx": height and width), raw
+    and as sines and cosines at ``frequencies`` octaves, the grain map there (for what needs a
+    nonlinear function of it, such as stars) and the layout's categories there. Why: a convolutional
+    generator grown from a 4x4 grid must build a straight, sharp horizon and a sky that is the same
+    along each row out of its grid, and on Shapes it painted soft, tilted horizons and grain in the
+    sky; here a horizon is a step in y. With ``axes="y"`` the generator is horizontally stationary by
+    construction (what varies along a row comes from the noise: a landscape's sky and ground look
+    alike at every x, and its objects are G_fg's); with "yx" it must learn that. Texture comes from
+    the output grain (``to_grain``): the grain map and its means over 2, 4, 8 and 16-pixel cells (fine
+    grain, blotches, smooth texture, all from the one seeded map), each added to the image scaled per
+    pixel and channel by the last features, starting at ``rgb_grain`` on the finest scale (a zero
+    strength gets no gradient: the noise averages out). Measured on Shapes (docs/RESULTS.md, "A
+    per-pixel G_bg"): straighter, sharper horizons and less sky grain than the conv trunk within
+    ~1,400 batches from scratch, but blotches of colour on the ground, first from the coarse maps
+    given to the MLP (why it now sees the fine grain only), then through the output grain's gains.
     """
 
     def __init__(
@@ -311,6 +313,10 @@ class LayoutGenerator(nn.Module):
     conv of the last features that starts at ``rgb_grain`` everywhere: a zero strength gets no
     gradient (the noise averages out), so the output grain starts on and D decides where it belongs
     (measured on Shapes: D_bg turned it down everywhere, docs/RESULTS.md; off in the shipped model).
+    ``synthesis="pixels"`` replaces the convolutional trunk (and with it ``channels``,
+    ``max_channels``, ``upsample``, ``padding_mode``) by a per-pixel MLP, `PixelSynthesis`
+    (``mlp_width``, ``mlp_depth``, ``mlp_axes``; needs ``pixel_noise``, ``rgb_grain`` is its output
+    grain's start); measured, not shipped.
     ``const_input`` starts from a learned ``[C,4,4]`` constant instead of a linear map of the noise
     (StyleGAN): the noise then acts through the styles (per channel, everywhere alike) and the
     per-pixel noise only, so a sample gets no independent 4x4 grid of its own, which paints soft

@@ -239,6 +239,8 @@ class SceneGAN(L.LightningModule):
         super().__init__()
         if not isinstance(background_prior, int) or isinstance(background_prior, bool) or background_prior < 0:
             raise ValueError(f"background_prior: a number of real images >= 0, got {background_prior!r}")
+        if not bg_texture_weight >= 0:
+            raise ValueError(f"bg_texture_weight: a weight >= 0, got {bg_texture_weight!r}")
         if not 0.0 <= bg_adv_posterior <= 1.0:
             raise ValueError(f"bg_adv_posterior: a share in [0, 1], got {bg_adv_posterior!r}")
         if background_method not in BACKGROUND_METHODS:

@@ -178,6 +178,8 @@ def test_threads_sets_the_threads_of_the_process(tiny_config, tmp_path):
         ("model.bg_rec_on=ghosts", "bg_rec_on"),
         ("model.background_prior=-1", "background_prior"),
         ("model.bg_adv_posterior=2", "bg_adv_posterior"),
+        ("model.bg_texture_weight=-1", "bg_texture_weight"),
+        ("model.background.synthesis=diffusion", "synthesis"),
         ("init_from=does/not/exist.ckpt", "does/not/exist.ckpt"),
     ],
 )
