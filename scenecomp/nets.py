@@ -165,26 +165,34 @@ class NoiseInjection(nn.Module):
         return x + self.strength * grain
 
 
+GLOW_SIGMA = 2.5  # PixelSynthesis: grain beyond this lights a point (0.6% of pixels, ~25 in a 64x64 image)
+GLOW_GAIN = 4.0  # and its colour's scale: Adam moves a weight by about lr a step, so a light needs a larger unit
+
+
 class PixelSynthesis(nn.Module):
     """Paints every pixel on its own from its position, the noise there and a style (CIPS, Anokhin et
     al. 2021; FiLM-conditioned as in pi-GAN): a per-pixel MLP (1x1 convolutions), no upsampling.
 
-    ``forward(w [B,style], grain [B,1,H,W], layout [B,C,H,W] or None) -> [B,3,H,W]`` (before the tanh).
+    ``forward(w [B,style], grain [B,1,H,W], layout [B,C,H,W] or None) -> [B,3,H,W]`` in [-1,1].
     Each pixel sees its position along ``axes`` ("y": its height only; "yx": height and width), raw
     and as sines and cosines at ``frequencies`` octaves, the grain map there (for what needs a
-    nonlinear function of it, such as stars) and the layout's categories there. Why: a convolutional
+    nonlinear function of it) and the layout's categories there. Why: a convolutional
     generator grown from a 4x4 grid must build a straight, sharp horizon and a sky that is the same
     along each row out of its grid, and on Shapes it painted soft, tilted horizons and grain in the
     sky; here a horizon is a step in y. With ``axes="y"`` the generator is horizontally stationary by
     construction (what varies along a row comes from the noise: a landscape's sky and ground look
-    alike at every x, and its objects are G_fg's); with "yx" it must learn that. Texture comes from
-    the output grain (``to_grain``): the grain map and its means over 2, 4, 8 and 16-pixel cells (fine
-    grain, blotches, smooth texture, all from the one seeded map), each added to the image scaled per
-    pixel and channel by the last features, starting at ``rgb_grain`` on the finest scale (a zero
-    strength gets no gradient: the noise averages out). Measured on Shapes (docs/RESULTS.md, "A
-    per-pixel G_bg"): straighter, sharper horizons and less sky grain than the conv trunk within
-    ~1,400 batches from scratch, but blotches of colour on the ground, first from the coarse maps
-    given to the MLP (why it now sees the fine grain only), then through the output grain's gains.
+    alike at every x, and its objects are G_fg's); with "yx" it must learn that. Texture is a
+    brightness grain: the image's colour (in [0,1]) times ``1 + sum_k gain_k * texture_k``, where each
+    texture is the grain map filtered by a learned filter half the image wide (unit norm: a filter of
+    white noise makes any stationary texture, fine grain to blotches, whatever its spectrum or its
+    direction) and each gain a per-pixel scalar from the last features (texture where the scene has
+    it, none in a clean sky), starting at ``rgb_grain`` (a zero gain gets no gradient: the noise averages
+    out). Why brightness: a Shapes ground, like most natural texture, varies in brightness with its
+    colour kept; measured, per-channel gains painted blotches of colour (docs/RESULTS.md, "A per-pixel
+    G_bg"). The MLP sees the fine grain only (coarse noise maps fed to it painted blotches too).
+    Points of light (a night's stars, emissive in Shapes) are added, not multiplied: ``to_glow``'s
+    per-pixel colour (never negative: unclamped, it painted dark dots read as rocks) where the grain lies
+    beyond ``GLOW_SIGMA`` (measured: without it the MLP imitated stars by grain over the whole night sky).
     """
 
     def __init__(
@@ -197,12 +205,12 @@ class PixelSynthesis(nn.Module):
         frequencies: int = 6,
         rgb_grain: float = 0.03,
         axes: str = "yx",
+        textures: int = 2,
     ):
         super().__init__()
         if axes not in ("y", "yx"):
             raise ValueError(f"axes must be 'y' or 'yx', got {axes!r}")
         self.cond, self.frequencies, self.axes = cond, frequencies, axes
-        self.scales = [s for s in (1, 2, 4, 8, 16) if s <= resolution // 4]
         position = len(axes) * (1 + 2 * frequencies)
         self.inp = nn.Conv2d(position + 1 + cond, width, 1)  # the fine grain only: see the class docstring
         self.layers = nn.ModuleList(nn.Conv2d(width, width, 1) for _ in range(depth))
@@ -217,11 +225,20 @@ class PixelSynthesis(nn.Module):
             self.inp.weight[:, len(axes) : position] *= octave[:, None, None]
             self.inp.weight[:, position] = 0
         self.to_rgb = nn.Conv2d(width, 3, 1)
-        self.to_grain = nn.Conv2d(width, 3 * len(self.scales), 1)
+        # filters start as a point (fine grain), then Gaussians of sigma 4, 16, ... pixels (blotches)
+        kernel = 2 * (resolution // 4) + 1  # half the image wide: blotches up to a quarter of it
+        r = (torch.arange(kernel, dtype=torch.float32) - kernel // 2).pow(2)
+        d2 = r[:, None] + r[None, :]
+        starts = [(d2 == 0).float()] + [(-d2 / (2 * 16.0**k)).exp() for k in range(1, textures)]
+        self.kernels = nn.Parameter(torch.stack(starts)[:, None])  # [K,1,kernel,kernel]
+        self.to_grain = nn.Conv2d(width, textures, 1)
         nn.init.zeros_(self.to_grain.weight)
-        with torch.no_grad():
-            self.to_grain.bias.zero_()
-            self.to_grain.bias[:3] = rgb_grain
+        nn.init.constant_(self.to_grain.bias, rgb_grain)
+        # points of light (stars): added where the grain's tail lies beyond 2.5 sigma (0.6% of pixels), in a
+        # colour per pixel from the last features; starts off, and still gets a gradient (the map is >= 0)
+        self.to_glow = nn.Conv2d(width, 3, 1)
+        nn.init.zeros_(self.to_glow.weight)
+        nn.init.zeros_(self.to_glow.bias)
 
     def position(self, H: int, W: int, device) -> torch.Tensor:
         """``[1,A(1+2F),H,W]``: y (and x) in (-1,1) at pixel centres, then their sines, then their cosines
@@ -233,18 +250,15 @@ class PixelSynthesis(nn.Module):
         angles = (yx[:, None] * octaves[None, :, None, None]).flatten(0, 1)  # [A*F,H,W]
         return torch.cat([yx, angles.sin(), angles.cos()])[None]
 
-    def noise_maps(self, grain: torch.Tensor) -> torch.Tensor:
-        """``[B,1,H,W]`` unit Gaussian -> ``[B,len(scales),H,W]``: its means over s x s cells, rescaled to unit
-        variance and spread back over the cells' pixels (bilinear, so a blotch has no edges)."""
-        maps = [grain]
-        for s in self.scales[1:]:
-            cells = F.avg_pool2d(grain, s) * s
-            maps.append(F.interpolate(cells, size=grain.shape[-2:], mode="bilinear", align_corners=False))
-        return torch.cat(maps, 1)
+    def texture_maps(self, grain: torch.Tensor) -> torch.Tensor:
+        """``[B,1,H,W]`` unit Gaussian -> ``[B,K,H,W]``: filtered by the unit-norm kernels (so each texture is
+        unit variance too; edges reflected)."""
+        k = self.kernels / self.kernels.flatten(1).norm(dim=1).clamp(min=1e-8)[:, None, None, None]
+        pad = self.kernels.shape[-1] // 2
+        return F.conv2d(F.pad(grain, [pad] * 4, mode="reflect"), k.to(grain.dtype))
 
     def forward(self, w: torch.Tensor, grain: torch.Tensor, layout: torch.Tensor | None) -> torch.Tensor:
         B, _, H, W = grain.shape
-        noise = self.noise_maps(grain)
         if layout is None:
             layout = grain.new_zeros(B, self.cond, H, W)
         layout = F.interpolate(layout.to(grain.dtype), size=(H, W), mode="nearest")
@@ -253,8 +267,10 @@ class PixelSynthesis(nn.Module):
         h = F.leaky_relu(self.inp(x), 0.2)
         for layer, film in zip(self.layers, self.films, strict=True):
             h = F.leaky_relu(film(pixel_norm(layer(h)), w), 0.2)
-        gains = self.to_grain(h).unflatten(1, (len(self.scales), 3))  # [B,S,3,H,W]
-        return self.to_rgb(h) + (gains * noise[:, :, None]).sum(1)
+        colour = torch.tanh(self.to_rgb(h)) * 0.5 + 0.5  # [B,3,H,W] in [0,1]
+        brightness = 1 + (self.to_grain(h) * self.texture_maps(grain)).sum(1, keepdim=True)  # [B,1,H,W]
+        glow = self.to_glow(h).clamp(min=0) * (grain > GLOW_SIGMA).to(h.dtype) * GLOW_GAIN  # [B,3,H,W], light only adds
+        return (colour * brightness + glow).clamp(0, 1) * 2 - 1
 
 
 class LayoutBlock(nn.Module):
@@ -469,7 +485,7 @@ class LayoutGenerator(nn.Module):
         grain = z[:, self.z_dim :].reshape(B, 1, R, R) if self.latent_dim > self.z_dim else None
         z = z[:, : self.z_dim]
         if self.pixels is not None:
-            return torch.tanh(self.pixels(self.mapping(z), grain, layout))
+            return self.pixels(self.mapping(z), grain, layout)
         if layout is None:  # head B: an empty map (at full resolution when the height joins it)
             side = R if self.row_coord else 4
             layout = z.new_zeros(B, self.num_categories, side, side)

@@ -638,7 +638,8 @@ class SceneGAN(L.LightningModule):
     def preview_grid(self) -> np.ndarray:
         """Rows of fixed-seed samples from the EMA generators, uint8 ``[H',W',3]``.
 
-        Rows: real images; background head A and head B (background stage);
+        Rows: real images; background head A, or the clean plates and G_bg painting their encoder codes;
+        head B from N(0, I) (background stage);
         one object repainted in a real image (foreground stage); a full
         composition, background then each object (both stages); baseline.
         """
@@ -658,7 +659,12 @@ class SceneGAN(L.LightningModule):
             if self.hparams.background_method == "two_head":
                 rows.append(self.g_bg_ema(zb(self.g_bg_ema), seg))
             if self.hparams.background_method == "plates":
-                rows.append(self.plates(x, masks.amax(1)))
+                plate = self.plates(x, masks.amax(1))
+                rows.append(plate)
+                # the encoder's codes of these plates (means, fresh grain): where the bundle's style prior
+                # draws from, so this row shows what users get better than N(0, I) does
+                style = self.e_bg(plate)[0].cpu()
+                rows.append(self.g_bg_ema(with_grain(style, self.g_bg_ema.latent_dim, gen).to(x.device)))
             rows.append(self.g_bg_ema(zb(self.g_bg_ema)))
         if "foreground" in self.stages:
             top = masks.flatten(2).amax(2).cumsum(1).argmax(1)  # each image's last real object: never covered

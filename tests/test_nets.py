@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from scenecomp.nets import (
+    GLOW_SIGMA,
     ForegroundGenerator,
     GlobalDiscriminator,
     LayoutGenerator,
@@ -294,6 +295,21 @@ def test_pixel_synthesis_paints_each_pixel_from_what_lies_there():
     regrained = torch.cat([z[:, :8], torch.randn(3, 16 * 16)], 1)
     with torch.no_grad():
         assert 0.0 < (g(regrained) - image).abs().mean() < 0.5
+        # and the texture is brightness: the MLP starts blind to the grain, so another grain map scales
+        # each pixel's three channels (in [0,1]) by one factor, its colour kept (where none is clipped)
+        other = g(regrained)
+    ratio = (other + 1) / (image + 1)
+    unclipped = ((other.abs() < 1) & (image.abs() < 1)).all(1, keepdim=True).expand_as(ratio)
+    assert ratio.std() > 1e-3 and unclipped.float().mean() > 0.9
+    assert torch.allclose(ratio[unclipped], ratio[:, :1].expand_as(ratio)[unclipped], rtol=1e-4)
+    # points of light start off, and once on they light exactly the pixels where the grain passes GLOW_SIGMA
+    with torch.no_grad():
+        g.pixels.to_glow.bias.fill_(0.5)
+        lit = g(regrained)
+    grain = regrained[:, 8:].view(3, 1, 16, 16).expand_as(lit)
+    points = grain > GLOW_SIGMA
+    assert points.any() and torch.equal(lit[~points], other[~points]) and (lit[points] >= other[points]).all()
+    assert (lit - other)[points].mean() > 0.3
 
 
 def test_pixel_synthesis_can_paint_a_sky_the_same_along_every_row():
@@ -324,7 +340,7 @@ def test_pixel_synthesis_can_paint_a_sky_the_same_along_every_row():
         stationary.pixels.inp.weight.normal_()  # whatever it learns, a flat noise map gives flat rows
         flat = torch.cat([torch.randn(3, 8), torch.full((3, 256), 0.7)], 1)
         rows = stationary(flat)
-    assert torch.allclose(rows, rows[..., :1].expand_as(rows), atol=1e-6)  # (bilinear spreading rounds)
+    assert torch.allclose(rows, rows[..., :1].expand_as(rows), atol=1e-6)  # (the texture filters round)
     with pytest.raises(ValueError, match="axes"):
         LayoutGenerator(**kw, mlp_axes="x")
     with pytest.raises(ValueError, match="pixel_noise"):

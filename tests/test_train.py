@@ -14,6 +14,7 @@ import lightning as L
 import pytest
 import torch
 from omegaconf import OmegaConf
+from PIL import Image
 
 from conftest import compose_config
 from scenecomp.compose import Composer, build_network, load_bundle
@@ -57,6 +58,8 @@ def test_tiny_experiment_writes_a_bundle_that_loads_without_hydra_or_lightning(t
     out = Path(cfg.out)
     assert written == [out / "composer.safetensors"]
     assert sorted(p.name for p in (out / "previews").glob("*.png"))[-1] == "step_0000006.png"
+    with Image.open(out / "previews" / "step_0000006.png") as preview:  # real, plates, G_bg of their codes and of
+        assert preview.height == 6 * 32 * 2  # N(0, I), an object repainted, a whole composition (shown 2x)
     assert (out / "checkpoints" / "last.ckpt").exists() and (out / "metrics.csv").exists()
     code = f"""
 import sys, torch
