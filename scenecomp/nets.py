@@ -234,8 +234,8 @@ class PixelSynthesis(nn.Module):
         self.to_grain = nn.Conv2d(width, textures, 1)
         nn.init.zeros_(self.to_grain.weight)
         nn.init.constant_(self.to_grain.bias, rgb_grain)
-        # points of light (stars): added where the grain's tail lies beyond 2.5 sigma (0.6% of pixels), in a
-        # colour per pixel from the last features; starts off, and still gets a gradient (the map is >= 0)
+        # points of light (stars): added where the grain lies beyond GLOW_SIGMA, in a colour per pixel from
+        # the last features; starts off, and still gets a gradient (the map is >= 0)
         self.to_glow = nn.Conv2d(width, 3, 1)
         nn.init.zeros_(self.to_glow.weight)
         nn.init.zeros_(self.to_glow.bias)

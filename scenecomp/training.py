@@ -151,8 +151,7 @@ def texture_l1(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, cell: int =
     inside ``mask [B,1,H,W]``. The texture's teacher, as `pooled_l1` is the mean's: grain is random, so an L1
     of pixels pulls it towards none, while its local amplitude (and where it is absent: a smooth sky)
     can be matched sample by sample."""
-    outside = F.max_pool2d(1 - mask.float(), (25, 1), stride=1, padding=(12, 0))
-    inside = 1 - F.max_pool2d(outside, (1, 25), stride=1, padding=(0, 12))
+    inside = 1 - dilate(1 - mask.float(), 12)
     whole = (F.avg_pool2d(inside, cell) > 0.999).float()
     gap = (texture_stats(a.float(), cell) - texture_stats(b.float(), cell)).abs() * whole
     return gap.sum() / (whole.sum() * gap.shape[1]).clamp(min=1)
@@ -165,8 +164,13 @@ def masked_l1(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Ten
 
 
 def dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
-    """Grow ``[B,1,H,W]`` binary masks by ``radius`` pixels (a square structuring element)."""
-    return F.max_pool2d(mask, 2 * radius + 1, stride=1, padding=radius) if radius > 0 else mask
+    """Grow ``[B,1,H,W]`` binary masks by ``radius`` pixels (a square structuring element), as two 1-D
+    passes (a square's maximum is its rows' maximum of its columns' maxima)."""
+    if radius <= 0:
+        return mask
+    k = 2 * radius + 1
+    mask = F.max_pool2d(mask, (k, 1), stride=1, padding=(radius, 0))
+    return F.max_pool2d(mask, (1, k), stride=1, padding=(0, radius))
 
 
 def agreement(head_b: torch.Tensor, head_a: torch.Tensor, outside: torch.Tensor) -> torch.Tensor:
@@ -650,8 +654,10 @@ class SceneGAN(L.LightningModule):
         z = torch.randn(B, self.z_dim, generator=gen).to(x.device)
         zk = torch.randn(B, K, self.z_dim, generator=gen).to(x.device)
 
-        def zb(net):  # the layout generator's noise: z, then per-pixel grain if it takes any (drawn on the CPU)
-            return with_grain(z.cpu(), net.latent_dim, gen).to(x.device)
+        def zb(
+            net, style=z
+        ):  # the layout generator's noise: a style, then per-pixel grain if it takes any (drawn on the CPU)
+            return with_grain(style.cpu(), net.latent_dim, gen).to(x.device)
 
         seg = layout_map(masks, cats, len(self.categories))
         rows = [x]
@@ -663,8 +669,7 @@ class SceneGAN(L.LightningModule):
                 rows.append(plate)
                 # the encoder's codes of these plates (means, fresh grain): where the bundle's style prior
                 # draws from, so this row shows what users get better than N(0, I) does
-                style = self.e_bg(plate)[0].cpu()
-                rows.append(self.g_bg_ema(with_grain(style, self.g_bg_ema.latent_dim, gen).to(x.device)))
+                rows.append(self.g_bg_ema(zb(self.g_bg_ema, self.e_bg(plate)[0])))
             rows.append(self.g_bg_ema(zb(self.g_bg_ema)))
         if "foreground" in self.stages:
             top = masks.flatten(2).amax(2).cumsum(1).argmax(1)  # each image's last real object: never covered
