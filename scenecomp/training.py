@@ -129,19 +129,25 @@ def pooled_l1(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, pool: int) -
     return (gap.abs() * whole).sum() / (whole.sum() * a.shape[1]).clamp(min=1)
 
 
-def _blur(x: torch.Tensor, size: int) -> torch.Tensor:
-    """Mean over ``size`` x ``size`` windows (edges replicated), as two 1-D passes: 2k, not k², reads a pixel."""
-    x = F.pad(x, [size // 2] * 4, mode="replicate")
-    return F.avg_pool2d(F.avg_pool2d(x, (size, 1), 1), (1, size), 1)
+def _blur(x: torch.Tensor, height: int, width: int | None = None) -> torch.Tensor:
+    """Mean over ``height`` x ``width`` windows (default square; edges replicated), as two 1-D passes: h + w,
+    not h·w, reads a pixel."""
+    width = height if width is None else width
+    x = F.pad(x, [width // 2, width // 2, height // 2, height // 2], mode="replicate")
+    return F.avg_pool2d(F.avg_pool2d(x, (height, 1), 1), (1, width), 1)
 
 
 def texture_stats(x: torch.Tensor, cell: int = 8) -> torch.Tensor:
-    """Local texture of ``[B,3,H,W]`` images: ``[B,12,H/cell,W/cell]``, per cell the RMS of three detail bands
-    (the image less its 3x3 mean, that mean less the 9x9 one, that less the 25x25 one: grain, speckle,
-    blotches), per channel and of their channel sum (which tells grain that brightens all channels
-    together from grain of colour)."""
+    """Local texture of ``[B,3,H,W]`` images: ``[B,20,H/cell,W/cell]``, per cell the RMS of five detail bands,
+    per channel and of their channel sum (which tells grain that brightens all channels together from grain
+    of colour): three isotropic ones (the image less its 3x3 mean, that mean less the 9x9 one, that less the
+    25x25 one: grain, speckle, blotches) and two directional ones (the 3x3 mean less its mean along 9 pixels
+    of its row, and of its column). Why directional: a texture's shape, not only its amount: measured, a
+    G_bg taught the isotropic bands alone painted round blotches, twice as rough along the rows as Shapes'
+    ground (whose blotches are wider than tall), and night grounds of them read as rocks (docs/RESULTS.md)."""
     means = [x, _blur(x, 3), _blur(x, 9), _blur(x, 25)]
     details = [fine - coarse for fine, coarse in zip(means[:-1], means[1:], strict=True)]
+    details += [means[1] - _blur(means[1], 1, 9), means[1] - _blur(means[1], 9, 1)]
     bands = [b for d in details for b in (d, d.sum(1, keepdim=True))]
     return F.avg_pool2d(torch.cat(bands, 1).pow(2), cell).add(1e-8).sqrt()
 
@@ -279,6 +285,9 @@ class SceneGAN(L.LightningModule):
                 )
                 self.g_plate_ema = copy.deepcopy(self.g_plate).eval().requires_grad_(False)
                 self.e_bg = AppearanceEncoder(3, resolution, z_dim, **(encoder or {}))
+                # the style prior is fitted with this EMA, averaged over the same batches as G_bg's: the live
+                # encoder's codes have moved on from those the EMA G_bg learned to paint
+                self.e_bg_ema = copy.deepcopy(self.e_bg).eval().requires_grad_(False)
         if "foreground" in self.stages:
             self.g_fg = ForegroundGenerator(z_dim=z_dim, **common, **(foreground or {}))
             self.d_obj = ObjectDiscriminator(num_categories=C, crop_size=resolution // 2, **(object_disc or {}))
@@ -448,7 +457,7 @@ class SceneGAN(L.LightningModule):
 
     @torch.no_grad()
     def fit_background_prior(self, dataset, size: int = 2048, batch_size: int = 64) -> int:
-        """Give the EMA G_bg its style prior (`LayoutGenerator.set_prior`): the encoder's posteriors of
+        """Give the EMA G_bg its style prior (`LayoutGenerator.set_prior`): the EMA encoder's posteriors of
         the plates of the first ``size`` images of ``dataset`` (a `SceneDataset`; in order, so the same
         data give the same prior). G_bg learned to paint where the encoder puts real plates; the
         standard normal also reaches between those codes, where it paints blends of day and dusk skies
@@ -460,7 +469,7 @@ class SceneGAN(L.LightningModule):
         for start in range(0, stop, batch_size):
             batch = default_collate([dataset[i] for i in range(start, min(start + batch_size, stop))])
             masks = batch["masks"] * batch["valid"][:, :, None, None, None]  # as in training_step
-            mu, logvar = self.e_bg(self.plates(batch["image"].to(device), masks.amax(1).to(device)))
+            mu, logvar = self.e_bg_ema(self.plates(batch["image"].to(device), masks.amax(1).to(device)))
             mus.append(mu.float())
             logvars.append(logvar.float())
         self.g_bg_ema.set_prior(torch.cat(mus), torch.cat(logvars))
@@ -530,6 +539,7 @@ class SceneGAN(L.LightningModule):
         logs = self._step(g_opt, d_opt, d_loss, g_loss)
         ema_update(self.g_bg_ema, self.g_bg, hp.ema_decay, self.batches_done)
         ema_update(self.g_plate_ema, self.g_plate, hp.ema_decay, self.batches_done)
+        ema_update(self.e_bg_ema, self.e_bg, hp.ema_decay, self.batches_done)
         return logs
 
     def _foreground_stage(self, g_opt, d_opt, x, masks, cats, valid):
@@ -669,7 +679,7 @@ class SceneGAN(L.LightningModule):
                 rows.append(plate)
                 # the encoder's codes of these plates (means, fresh grain): where the bundle's style prior
                 # draws from, so this row shows what users get better than N(0, I) does
-                rows.append(self.g_bg_ema(zb(self.g_bg_ema, self.e_bg(plate)[0])))
+                rows.append(self.g_bg_ema(zb(self.g_bg_ema, self.e_bg_ema(plate)[0])))
             rows.append(self.g_bg_ema(zb(self.g_bg_ema)))
         if "foreground" in self.stages:
             top = masks.flatten(2).amax(2).cumsum(1).argmax(1)  # each image's last real object: never covered

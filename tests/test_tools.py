@@ -99,6 +99,9 @@ def test_background_stats_compares_a_model_with_real_backgrounds(bundle, tmp_pat
     assert all(" n=   12" in line for line in lines[2:4]), lines
     shares = [[float(line.split(k)[1].split()[0]) for k in (" day ", " dusk ", " night ")] for line in lines[:4]]
     assert all(abs(sum(s) - 1) <= 0.015 for s in shares)  # every sky counted once (shares printed to 2 places)
+    # Shapes' ground blotches are wider than tall: its grounds vary less along their rows than down their columns
+    ground = [[float(line.split(k)[1].split()[0]) for k in (" along rows ", " down columns ")] for line in lines[:4]]
+    assert all(rows < 0.5 * columns for rows, columns in ground[:3]), ground
     # the mix the data set draws from, with the standard error of a sample of -n
     assert (
         lines[4].split() == "Shapes draws day 0.50 dusk 0.25 night 0.25 (a sample of 12 varies by se <= 0.144)".split()

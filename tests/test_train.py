@@ -13,6 +13,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+import torch.nn.functional as F
 from omegaconf import OmegaConf
 from PIL import Image
 
@@ -305,6 +306,22 @@ def test_the_texture_loss_matches_the_local_amount_of_grain_not_the_grain_itself
     strength = torch.tensor(0.01, requires_grad=True)
     texture_l1(smooth + strength * grain, real, seen).backward()
     assert strength.grad < 0
+
+
+def test_the_texture_loss_tells_blotches_wider_than_tall_from_the_same_blotches_turned():
+    from scenecomp.training import texture_stats
+
+    torch.manual_seed(0)
+    coarse = torch.randn(2, 1, 10, 4)  # Shapes' ground: a grid 10 rows by 4 columns, stretched to 64x64
+    wide = F.interpolate(coarse, size=(64, 64), mode="bilinear", align_corners=False).expand(2, 3, 64, 64)
+    tall = wide.transpose(2, 3)
+    stats = texture_stats(wide).mean((0, 2, 3))
+    along_row, along_column = stats[12:16], stats[16:20]
+    assert (along_row < 0.5 * along_column).all()  # smooth along its rows, varied down its columns
+    turned = texture_stats(tall).mean((0, 2, 3))
+    assert torch.allclose(turned[16:20], along_row, rtol=0.02) and torch.allclose(
+        turned[12:16], along_column, rtol=0.02
+    )
 
 
 def test_a_background_run_trains_the_pixel_generator_with_its_texture_loss(tiny_config):

@@ -16,6 +16,11 @@ then prints for each side, with the real set split in two halves as the floor:
   and the top eighth (sky): Shapes grains its ground and leaves its sky smooth;
 - horizon: the median of each image's largest row-to-row jump of mean brightness (a sharp
   horizon is one large jump, a soft one several small ones);
+- ground along rows / down columns: the median RMS, over the bottom quarter, of the brightness
+  detail along 9 pixels of a row and of a column (`scenecomp.training.texture_stats`'s directional
+  bands, which G_bg's texture loss matches): Shapes' ground blotches are wider than tall, so real
+  grounds vary less along their rows than down their columns, and round blotches (read as rocks at
+  night) show as too much along the rows;
 - purity, and what spoils it: the share of backgrounds in which the evaluation's feature network
   (``--features``, the shipped in-domain one) detects no object, and the share detected as each
   category (a pale blob in the sky reads as a cloud, a dark smudge or coarse grain on the ground
@@ -38,6 +43,7 @@ from scenecomp.compose import Composer
 from scenecomp.eval.features import DEFAULT_FEATURES, load_features
 from scenecomp.eval.metrics import background_purity
 from scenecomp.shapes import LIGHT_SHARES, LIGHTS
+from scenecomp.training import texture_stats
 
 
 def read_real(folder: Path, count: int, resolution: int) -> np.ndarray:
@@ -57,6 +63,9 @@ def statistics(images: np.ndarray) -> dict[str, float]:
     H = images.shape[1]
     sky = images[:, :4].mean((1, 2, 3))
     rows = images.mean((2, 3))  # [N,H]
+    # the directional bands of the channel sum (channels 15, 19), in the bottom quarter's 8x8 cells
+    bands = torch.cat([texture_stats(torch.from_numpy(b).permute(0, 3, 1, 2)) for b in np.array_split(images, 8)])
+    ground = bands[:, [15, 19], -max(H // 32, 1) :].mean((2, 3)).numpy() / 3  # per channel, as the grain
     return {
         "night": float(np.mean(sky < 50)),
         "dusk": float(np.mean((sky >= 50) & (sky < 110))),
@@ -64,6 +73,8 @@ def statistics(images: np.ndarray) -> dict[str, float]:
         "grain_ground": float(np.median(np.diff(images[:, -H // 4 :], axis=2).std((1, 2, 3)))),
         "grain_sky": float(np.median(np.diff(images[:, : max(H // 8, 2)], axis=2).std((1, 2, 3)))),
         "horizon_jump": float(np.median(np.abs(np.diff(rows, axis=1)).max(1))),
+        "ground_along_rows": float(np.median(ground[:, 0])),
+        "ground_down_columns": float(np.median(ground[:, 1])),
     }
 
 
@@ -72,6 +83,7 @@ def row(name: str, n: int, s: dict[str, float]) -> str:
     return (
         f"{name:28s} n={n:5d}  day {s['day']:.2f}  dusk {s['dusk']:.2f}  night {s['night']:.2f} (se <= {se:.2f})"
         f"  grain: ground {s['grain_ground']:5.2f} sky {s['grain_sky']:5.2f}  horizon jump {s['horizon_jump']:5.1f}"
+        f"  ground along rows {s['ground_along_rows']:4.2f} down columns {s['ground_down_columns']:4.2f}"
     )
 
 
