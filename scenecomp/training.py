@@ -144,7 +144,8 @@ def texture_stats(x: torch.Tensor, cell: int = 8) -> torch.Tensor:
     25x25 one: grain, speckle, blotches) and two directional ones (the 3x3 mean less its mean along 9 pixels
     of its row, and of its column). Why directional: a texture's shape, not only its amount: measured, a
     G_bg taught the isotropic bands alone painted round blotches, twice as rough along the rows as Shapes'
-    ground (whose blotches are wider than tall), and night grounds of them read as rocks (docs/RESULTS.md)."""
+    ground (whose blotches are wider than tall), and night grounds of them read as rocks (docs/RESULTS.md).
+    Channels band by band in that order, each band's three channels then its channel sum (band k: 4k..4k+3)."""
     means = [x, _blur(x, 3), _blur(x, 9), _blur(x, 25)]
     details = [fine - coarse for fine, coarse in zip(means[:-1], means[1:], strict=True)]
     details += [means[1] - _blur(means[1], 1, 9), means[1] - _blur(means[1], 9, 1)]
