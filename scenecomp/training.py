@@ -320,6 +320,13 @@ class SceneGAN(L.LightningModule):
         """
         torch.manual_seed(noise_seed(self.seed, self.global_rank, self.batches_done))
 
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """A checkpoint from before the plates encoder had an EMA resumes (and exports) with the EMA
+        starting as its encoder."""
+        state = checkpoint["state_dict"]
+        if hasattr(self, "e_bg_ema") and not any(k.startswith("e_bg_ema.") for k in state):
+            state.update({f"e_bg_ema.{k[len('e_bg.') :]}": v for k, v in list(state.items()) if k.startswith("e_bg.")})
+
     @property
     def optimizer_steps_per_batch(self) -> int:
         return 2 * len(self.stages)
@@ -665,9 +672,8 @@ class SceneGAN(L.LightningModule):
         z = torch.randn(B, self.z_dim, generator=gen).to(x.device)
         zk = torch.randn(B, K, self.z_dim, generator=gen).to(x.device)
 
-        def zb(
-            net, style=z
-        ):  # the layout generator's noise: a style, then per-pixel grain if it takes any (drawn on the CPU)
+        # the layout generator's noise: a style, then per-pixel grain if it takes any (drawn on the CPU)
+        def zb(net, style=z):
             return with_grain(style.cpu(), net.latent_dim, gen).to(x.device)
 
         seg = layout_map(masks, cats, len(self.categories))

@@ -469,10 +469,17 @@ def test_a_run_gives_its_bundle_the_encoders_posteriors_of_training_plates_as_ba
     (bundle,) = run(cfg)
     background = load_bundle(bundle)["networks"]["background"]
     assert background["kwargs"]["prior_size"] == 64 and background["state_dict"]["prior_mu"].shape == (64, 16)
-    # the prior is the checkpoint's encoder applied to the plates of the first images, in order: refitting
+    # the prior is the checkpoint's encoder EMA applied to the plates of the first images, in order: refitting
     # the checkpoint's model on the same data gives the same tensors
     state = torch.load(Path(cfg.out) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    weights = state["state_dict"]
+    assert not torch.equal(weights["e_bg_ema.head.weight"], weights["e_bg.head.weight"])  # its own average
+    # a checkpoint from before the encoder's EMA loads, the EMA starting as the encoder
+    older = {"state_dict": {k: v for k, v in weights.items() if not k.startswith("e_bg_ema.")}}
     model = SceneGAN(**state["hyper_parameters"])
+    model.on_load_checkpoint(older)
+    model.load_state_dict(older["state_dict"])
+    assert torch.equal(model.e_bg_ema.head.weight, weights["e_bg.head.weight"])
     model.load_state_dict(state["state_dict"])
     datamodule, _, _ = build(cfg)
     datamodule.setup("fit")

@@ -40,6 +40,7 @@ def load_run(path: Path, prior_data: Path | None = None):
 
     state = torch.load(path, map_location="cpu", weights_only=True)
     model = SceneGAN(**state["hyper_parameters"])
+    model.on_load_checkpoint(state)  # as Lightning does on resume: fills what older checkpoints lack
     model.load_state_dict(state["state_dict"])
     if prior_data is not None:
         dataset = SceneDataset(prior_data, categories=model.categories, resolution=model.resolution)
