@@ -10,6 +10,7 @@ Writes, in the run folder (``hydra.run.dir``): ``checkpoints/`` (Lightning),
 
 from __future__ import annotations
 
+import csv
 import sys
 import warnings
 from pathlib import Path
@@ -116,7 +117,7 @@ def build(cfg: DictConfig) -> tuple[SceneDataModule, SceneGAN, L.Trainer]:
             max_steps=cfg.steps * model.optimizer_steps_per_batch,
             callbacks=callbacks,
             logger=loggers,
-            log_every_n_steps=cfg.log_every * model.optimizer_steps_per_batch,
+            log_every_n_steps=cfg.log_every,  # Lightning counts batches here (global_step counts optimiser steps)
             num_sanity_val_steps=0,
             limit_val_batches=0,
             enable_model_summary=False,
@@ -228,6 +229,8 @@ def run(cfg: DictConfig) -> list[Path]:
         ckpt_path = str(last) if last.is_file() else None
         if ckpt_path and trainer.is_global_zero:
             print(f"resuming from {last} (ckpt_path=last; ckpt_path=null starts afresh)")
+    if ckpt_path and trainer.is_global_zero:
+        keep_metrics(trainer.loggers[0], ckpt_path, model.optimizer_steps_per_batch)
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     if not trainer.is_global_zero:
         return []
@@ -238,6 +241,25 @@ def run(cfg: DictConfig) -> list[Path]:
     for path in written:
         print(f"wrote {path}")
     return written
+
+
+def keep_metrics(logger, ckpt_path: str, steps_per_batch: int) -> None:
+    """Keep a resumed run's metrics.csv whole. Lightning's CSVLogger deletes the file when its writer starts
+    in a folder that has one; the rows up to the checkpoint's batch (those after it are trained again) are
+    read first and logged again through the writer, so one file holds the run from its first batch."""
+    path = Path(logger.log_dir) / "metrics.csv"
+    if not path.is_file():
+        return
+    done = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)["global_step"] // steps_per_batch
+    with open(path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("batches") and float(r["batches"]) <= done]
+    with warnings.catch_warnings():  # its warning that the file will be deleted: not so here
+        warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
+        writer = logger.experiment  # starts the writer, which deletes the file
+    for row in rows:
+        step = int(row.pop("step"))
+        writer.log_metrics({k: float(v) for k, v in row.items() if v != ""}, step)
+    writer.save()
 
 
 CONF = str(Path(__file__).resolve().parent / "conf")  # shipped inside the package: any install, any folder

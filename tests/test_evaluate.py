@@ -204,14 +204,20 @@ def test_floors_and_calibrations_against_a_copy_of_the_real_images(tiny_shapes):
         m["kid"]["real"], rel=1e-6
     )
     assert m["object_accuracy"]["copy"] == m["object_accuracy"]["real"]
-    result = evaluate(
-        tiny_shapes, {"flat": Model("fake", _Painter(False), ())}, net, samples=32, seeds=1, batch_size=16
-    )
-    m = result["metrics"]
+    flat = {"flat": Model("fake", _Painter(False), ())}
+    result = evaluate(tiny_shapes, flat, net, samples=32, seeds=1, batch_size=16, two_sample_repeats=2)
+    m, figures = result["metrics"], result["two_sample_figures"]
     assert m["fid"]["flat"] > 3 * m["fid"]["real"] and m["fid_over_floor"]["flat"] > 3
     for key, least in (("two_sample_scenes", 0.9), ("two_sample_objects", 0.75), ("two_sample_backgrounds", 0.9)):
         assert m[key]["flat"] >= least and m[key]["real"] < m[key]["flat"] - 0.2, (key, m[key])
+        for column in ("flat", "real"):  # the metric is the mean of one classifier per seed
+            assert len(figures[key][column]) == 2 and m[key][column] == pytest.approx(sum(figures[key][column]) / 2)
+    dataset = SceneDataset(tiny_shapes, None, CATEGORIES, 32, 8)
+    reference, layouts = (next(read_batches(dataset, list(ix), 32, None)).image for ix in (range(32, 64), range(32)))
+    assert figures["two_sample_scenes"]["real"][0] == two_sample_accuracy(reference, layouts)  # seed 0 alone
     table = format_table(result)
+    lo, hi = min(figures["two_sample_scenes"]["flat"]), max(figures["two_sample_scenes"]["flat"])
+    assert f"[{lo:.3f}-{hi:.3f}]" in table and "mean of 2 classifier seed(s)" in table
     assert "compare 32 images (sample 0 of each layout) with 32" in table and "FID / real-vs-real floor" in table
     assert "two-sample test, backgrounds" in table
 
@@ -426,6 +432,8 @@ def test_eval_both_models_prints_the_table_and_writes_json_without_hydra_or_ligh
         str(tiny_run["baseline"]),
         "--baseline-matched",
         str(tiny_run["baseline"]),
+        "--two-sample-repeats",
+        "3",
         "--json",
         str(out),
     )
@@ -481,6 +489,8 @@ finally:
         assert all(m[key]["real"] > m[key][k] + 0.2 for k in models), (key, m[key])
     for key in ("two_sample_scenes", "two_sample_objects", "two_sample_backgrounds"):  # real: the calibration
         assert all(m[key][k] > m[key]["real"] + 0.3 for k in models), (key, m[key])
+        assert all(len(result["two_sample_figures"][key][c]) == 3 for c in [*models, "real"])
+    assert "mean of 3 classifier seed(s)" in table
     # an edit repaints only its object in the layered model; the single-shot baseline changes everything
     assert m["locality_look"]["scenecomp"] < 1e-3 < m["locality_look"]["baseline"], m["locality_look"]
     # the same bundle given as both baselines: the same numbers, in its own column
@@ -533,6 +543,9 @@ def test_eval_errors(tiny_run, capsys, tmp_path):
     assert "no baseline network" in _error(capsys, eval_args(r, "--baseline", str(r["composer"])))
     assert "--samples must be a positive" in _error(
         capsys, eval_args(r, "--checkpoint", str(r["composer"]), "--samples", "0")
+    )
+    assert "--two-sample-repeats must be a positive" in _error(
+        capsys, eval_args(r, "--checkpoint", str(r["composer"]), "--two-sample-repeats", "0")
     )
     missing = eval_args(r, "--checkpoint", str(r["composer"]))
     missing[missing.index("--features") + 1] = str(tmp_path / "nope.pt")

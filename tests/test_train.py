@@ -3,6 +3,7 @@ bundle, resume continues, DDP on 2 CPU processes keeps ranks identical, bad conf
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -94,6 +95,23 @@ def test_bundle_holds_the_ema_weights(tiny_config):
         assert all(torch.equal(saved[k], v) for k, v in ema.state_dict().items())
     raw = model.g_fg.state_dict()
     assert any(not torch.equal(data["networks"]["foreground"]["state_dict"][k], raw[k]) for k in raw)
+
+
+def test_a_resumed_run_keeps_its_metrics_up_to_the_checkpoint(tiny_config):
+    """Lightning's CSVLogger deletes metrics.csv when a run resumes into its folder; the run keeps it whole."""
+    cfg = tiny_config("steps=3", "checkpoint_every=2", "log_every=1")
+    run(cfg)
+    path = Path(cfg.out) / "metrics.csv"
+
+    def batches():
+        with open(path, newline="") as f:
+            return [float(r["batches"]) for r in csv.DictReader(f)]
+
+    assert batches() == [1, 2, 3]
+    state = torch.load(Path(cfg.out) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert state["global_step"] == 2 * 4  # the last checkpoint is batch 2's: batch 3 is trained again
+    run(tiny_config("steps=4", "checkpoint_every=2", "log_every=1"))
+    assert batches() == [1, 2, 3, 4]
 
 
 def test_resume_continues_from_the_saved_step(tiny_config, tmp_path):

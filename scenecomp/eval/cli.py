@@ -13,6 +13,7 @@ from scenecomp.eval import EvaluationError
 from scenecomp.eval.features import DEFAULT_FEATURES, inception_features, load_features
 from scenecomp.eval.protocol import evaluate, load_models
 from scenecomp.eval.report import format_table, result_json, write_json
+from scenecomp.eval.two_sample import REPEATS
 
 _EPILOG = """examples:
   scenecomp-eval --checkpoint runs/shapes64/composer.safetensors --baseline runs/shapes64-baseline/baseline.safetensors \\
@@ -77,6 +78,12 @@ def _parser() -> argparse.ArgumentParser:
         help="layouts, the first of the split; the next as many are the reference (default 500: a 1000-image split)",
     )
     p.add_argument("--seeds", type=int, default=2, help="samples per layout (default 2; diversity needs 2+)")
+    p.add_argument(
+        "--two-sample-repeats",
+        type=int,
+        default=REPEATS,
+        help=f"classifiers per two-sample test, seeds 0.. (default {REPEATS}): the table gives their mean and range",
+    )
     p.add_argument("--batch-size", type=int, default=32, help="layouts per batch (default 32)")
     p.add_argument("--max-objects", type=int, default=8, help="objects per layout, largest kept (default 8)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
@@ -87,7 +94,7 @@ def _parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> dict:
     if not (args.checkpoint or args.baseline or args.baseline_matched):
         args.checkpoint = str(DEFAULT_MODEL)  # the shipped model, as scenecomp-render
-    for name in ("samples", "seeds", "batch_size", "max_objects"):
+    for name in ("samples", "seeds", "two_sample_repeats", "batch_size", "max_objects"):
         if getattr(args, name) < 1:
             raise EvaluationError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
     if args.features.startswith("inception:"):
@@ -139,6 +146,7 @@ def run(args: argparse.Namespace) -> dict:
         images=args.images,
         device=device,
         inception=inception,
+        two_sample_repeats=args.two_sample_repeats,
         progress=True,
     )
 

@@ -56,7 +56,7 @@ from scenecomp.eval.metrics import (
     frechet_distance,
     kernel_distance,
 )
-from scenecomp.eval.two_sample import two_sample_accuracy
+from scenecomp.eval.two_sample import REPEATS, two_sample_figures
 from scenecomp.images import to_float, to_uint8
 from scenecomp.layout import SEED_LIMIT, Layout, LayoutObject
 from scenecomp.nets import crop_objects, layout_map, visible_masks
@@ -370,6 +370,7 @@ def evaluate(
     device="cpu",
     inception=None,
     two_sample: bool = True,
+    two_sample_repeats: int = REPEATS,
     progress: bool = False,
 ) -> dict:
     """Every metric for every model in ``models`` ({column name: `Model`}) on the COCO split
@@ -378,12 +379,13 @@ def evaluate(
     Returns a plain dict: ``protocol``, ``models``, ``metrics`` ({metric: {column: value}};
     columns are the model names and ``real``), ``diversity_per_category``.
     ``inception`` (optional): a second FID/KID feature module; ``two_sample=False`` skips the
-    two-sample tests (each trains a classifier)."""
+    two-sample tests (each trains ``two_sample_repeats`` classifiers, seeds 0.., and reports their mean;
+    ``two_sample_figures`` in the result holds every figure)."""
     from scenecomp.data import SceneDataset
 
     start = time.perf_counter()
-    if samples < 1 or seeds < 1 or batch_size < 1:
-        raise EvaluationError("--samples, --seeds and --batch-size must be positive integers")
+    if samples < 1 or seeds < 1 or batch_size < 1 or two_sample_repeats < 1:
+        raise EvaluationError("--samples, --seeds, --batch-size and --two-sample-repeats must be positive integers")
     C, R, S = feature_net.num_categories, feature_net.resolution, feature_net.crop_size
     for name, model in models.items():
         if model.resolution != R:
@@ -452,24 +454,20 @@ def evaluate(
         floor = metrics["fid"]["real"]
         put("fid_over_floor", name, metrics["fid"][name] / floor if floor else None)
     real_crops, ref_crops = torch.cat(real.crops), torch.cat(reference.crops)
-    for name, g in gen.items() if two_sample else ():
-        put("two_sample_scenes", name, two_sample_accuracy(torch.cat(g.images), real_images))
-        put("two_sample_objects", name, two_sample_accuracy(torch.cat(g.crops), real_crops))
+    figures: dict[str, dict] = {}  # every classifier's figure; the metric is their mean
+
+    def test(key, column, a, b):
+        values = two_sample_figures(a, b, two_sample_repeats)
+        figures.setdefault(key, {})[column] = values
+        put(key, column, sum(values) / len(values))
+
+    pairs = {name: (torch.cat(g.images), torch.cat(g.crops), g.backgrounds) for name, g in gen.items()}
+    pairs["real"] = (ref_images, ref_crops, reference.backgrounds)  # the calibration: two disjoint real sets
+    for column, (images_, crops_, backgrounds) in pairs.items() if two_sample else ():
+        test("two_sample_scenes", column, images_, real_images)
+        test("two_sample_objects", column, crops_, real_crops)
         if real.backgrounds:
-            put(
-                "two_sample_backgrounds",
-                name,
-                two_sample_accuracy(torch.cat(g.backgrounds), torch.cat(real.backgrounds)),
-            )
-    if two_sample:
-        put("two_sample_scenes", "real", two_sample_accuracy(ref_images, real_images))
-        put("two_sample_objects", "real", two_sample_accuracy(ref_crops, real_crops))
-    if two_sample and real.backgrounds:
-        put(
-            "two_sample_backgrounds",
-            "real",
-            two_sample_accuracy(torch.cat(reference.backgrounds), torch.cat(real.backgrounds)),
-        )
+            test("two_sample_backgrounds", column, torch.cat(backgrounds), torch.cat(real.backgrounds))
 
     # ---- the classifier's metrics
     put("inception_score", "real", real.objects.inception_score())
@@ -525,7 +523,9 @@ def evaluate(
         "crop_size": S,
         "kid_subset_size": kid_size,
         "two_sample": "fresh CNN (scenecomp.eval.two_sample), trained on one half of each set, "
-        "accuracy on the other half (0.5 = indistinguishable)",
+        f"accuracy on the other half (0.5 = indistinguishable); mean of {two_sample_repeats} classifier seed(s) "
+        "(each its own halves and batch order), their range in brackets",
+        "two_sample_repeats": two_sample_repeats,
         "feature_network": {
             "path": getattr(feature_net, "path", None),
             "kind": "in-domain CNN (scenecomp.eval.features.FeatureNet)",
@@ -548,6 +548,7 @@ def evaluate(
             for name, m in models.items()
         },
         "metrics": metrics,
+        "two_sample_figures": figures,  # {metric: {column: [one figure per classifier seed]}}
         "diversity_per_category": per_category,  # {model: {category: value}}; None with one seed
         "diversity_every_category_above_zero": {
             name: None if (v := metrics["diversity_min_category"][name]) is None else v > 0 for name in models

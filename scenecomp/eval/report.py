@@ -58,7 +58,11 @@ def format_table(result: dict) -> str:
     rows = []
     for key, (desc, better, fmt) in METRICS.items():
         if key in result["metrics"]:
-            rows.append((desc, better) + tuple(_fmt(result["metrics"][key].get(c), fmt) for c in columns))
+            spread = (result.get("two_sample_figures") or {}).get(key, {})
+            rows.append(
+                (desc, better)
+                + tuple(_fmt(result["metrics"][key].get(c), fmt) + _range(spread.get(c), fmt) for c in columns)
+            )
         if key == "diversity_min_category" and per:  # then one row per category (real: no seeds, "-")
             rows += [
                 (f"diversity, {cat} objects", better) + tuple(_fmt((per.get(c) or {}).get(cat), fmt) for c in columns)
@@ -102,6 +106,13 @@ def write_json(path, data) -> None:
 
 def _fmt(value, fmt: str) -> str:
     return "-" if value is None else fmt.format(value)
+
+
+def _range(figures: list | None, fmt: str) -> str:
+    """' [0.780-0.840]': a two-sample mean's range over its classifier seeds (nothing for one seed)."""
+    if not figures or len(figures) < 2 or any(v != v for v in figures):  # nan: too few images to split
+        return ""
+    return f" [{fmt.format(min(figures))}-{fmt.format(max(figures))}]"
 
 
 def _collapse(per_category: dict | None) -> str:

@@ -19,6 +19,7 @@ from scenecomp.images import to_float
 from scenecomp.nets import with_detail
 
 EPOCHS = 15
+REPEATS = 4  # one figure spreads by about +-0.05 with the seed (docs/RESULTS.md): the evaluation reports a mean
 MIN_STEPS = 100  # small sets still get enough steps to learn an obvious difference
 BATCH_SIZE = 32
 
@@ -85,3 +86,9 @@ def two_sample_accuracy(
         with torch.no_grad():
             right = (net(to_float(a[test])) < 0).sum() + (net(to_float(b[test])) > 0).sum()
     return float(right) / (2 * len(test))
+
+
+def two_sample_figures(a: torch.Tensor, b: torch.Tensor, repeats: int = REPEATS) -> list[float]:
+    """`two_sample_accuracy` with seeds ``0 .. repeats-1`` (each its own split of the sets and batch order):
+    the figures whose mean and range the evaluation reports."""
+    return [two_sample_accuracy(a, b, seed=s) for s in range(repeats)]
