@@ -137,31 +137,38 @@ def _blur(x: torch.Tensor, height: int, width: int | None = None) -> torch.Tenso
     return F.avg_pool2d(F.avg_pool2d(x, (height, 1), 1), (1, width), 1)
 
 
-def texture_stats(x: torch.Tensor, cell: int = 8) -> torch.Tensor:
-    """Local texture of ``[B,3,H,W]`` images: ``[B,20,H/cell,W/cell]``, per cell the RMS of five detail bands,
-    per channel and of their channel sum (which tells grain that brightens all channels together from grain
-    of colour): three isotropic ones (the image less its 3x3 mean, that mean less the 9x9 one, that less the
-    25x25 one: grain, speckle, blotches) and two directional ones (the 3x3 mean less its mean along 9 pixels
-    of its row, and of its column). Why directional: a texture's shape, not only its amount: measured, a
-    G_bg taught the isotropic bands alone painted round blotches, twice as rough along the rows as Shapes'
-    ground (whose blotches are wider than tall), and night grounds of them read as rocks (docs/RESULTS.md).
+def texture_stats(x: torch.Tensor, cell: int | tuple[int, int] = 8, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Local texture of ``[B,3,H,W]`` images: ``[B,20,H/h,W/w]``, per cell (``cell``: h = w, or ``(h, w)``) the
+    RMS of five detail bands, over the cell's pixels where ``weight [B,1,H,W]`` is 1 (default: all), per channel
+    and of their channel sum (which tells grain that brightens all channels together from grain of colour):
+    three isotropic ones (the image less its 3x3 mean, that mean less the 9x9 one, that less the 25x25 one:
+    grain, speckle, blotches) and two directional ones (the 3x3 mean less its mean along 9 pixels of its row,
+    and of its column). Why directional: a texture's shape, not only its amount: measured, a G_bg taught the
+    isotropic bands alone painted round blotches, twice as rough along the rows as Shapes' ground (whose
+    blotches are wider than tall), and night grounds of them read as rocks (docs/RESULTS.md).
     Channels band by band in that order, each band's three channels then its channel sum (band k: 4k..4k+3)."""
     means = [x, _blur(x, 3), _blur(x, 9), _blur(x, 25)]
     details = [fine - coarse for fine, coarse in zip(means[:-1], means[1:], strict=True)]
     details += [means[1] - _blur(means[1], 1, 9), means[1] - _blur(means[1], 9, 1)]
-    bands = [b for d in details for b in (d, d.sum(1, keepdim=True))]
-    return F.avg_pool2d(torch.cat(bands, 1).pow(2), cell).add(1e-8).sqrt()
+    energy = torch.cat([b for d in details for b in (d, d.sum(1, keepdim=True))], 1).pow(2)
+    if weight is None:
+        return F.avg_pool2d(energy, cell).add(1e-8).sqrt()
+    return (F.avg_pool2d(energy * weight, cell) / F.avg_pool2d(weight, cell).clamp(min=1e-8)).add(1e-8).sqrt()
 
 
-def texture_l1(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, cell: int = 8) -> torch.Tensor:
-    """L1 of `texture_stats` of ``[B,3,H,W]`` images over the cells whose 25x25 surroundings lie wholly
-    inside ``mask [B,1,H,W]``. The texture's teacher, as `pooled_l1` is the mean's: grain is random, so an L1
-    of pixels pulls it towards none, while its local amplitude (and where it is absent: a smooth sky)
-    can be matched sample by sample."""
+def texture_l1(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, rows: int = 8) -> torch.Tensor:
+    """L1 of `texture_stats` of ``[B,3,H,W]`` images per band of ``rows`` rows across the image, over its
+    pixels whose 25x25 surroundings lie wholly inside ``mask [B,1,H,W]`` (a band with under a quarter of
+    such pixels does not count). The texture's teacher, as `pooled_l1` is the mean's: grain is random, so an
+    L1 of pixels pulls it towards none, while its amount (and where it is absent: a smooth sky) can be matched
+    sample by sample. Why whole bands, not 8x8 cells: an L1 pulls towards the median, and where fewer than
+    half the cells hold a sparse texture its median cell holds none: 30 % of Shapes' night-sky 8x8 cells hold
+    a star, so per-cell stats pulled G_bg's stars to none (a band of 8 rows holds about two and a half)."""
     inside = 1 - dilate(1 - mask.float(), 12)
-    whole = (F.avg_pool2d(inside, cell) > 0.999).float()
-    gap = (texture_stats(a.float(), cell) - texture_stats(b.float(), cell)).abs() * whole
-    return gap.sum() / (whole.sum() * gap.shape[1]).clamp(min=1)
+    band = (rows, a.shape[-1])
+    counts = (F.avg_pool2d(inside, band) >= 0.25).float()
+    gap = (texture_stats(a.float(), band, inside) - texture_stats(b.float(), band, inside)).abs() * counts
+    return gap.sum() / (counts.sum() * gap.shape[1]).clamp(min=1)
 
 
 def masked_l1(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -324,6 +324,12 @@ def test_the_texture_loss_matches_the_local_amount_of_grain_not_the_grain_itself
     strength = torch.tensor(0.01, requires_grad=True)
     texture_l1(smooth + strength * grain, real, seen).backward()
     assert strength.grad < 0
+    # and stars too faint: points in 30 % of the 8x8 cells (as Shapes' night skies), elsewhere than the real ones
+    stars = [(torch.rand(2, 1, 64, 64) < 0.0055).float().expand(2, 3, 64, 64) for _ in range(2)]
+    assert 0.2 < F.max_pool2d(stars[0], 8).mean() < 0.4
+    strength = torch.tensor(0.2, requires_grad=True)
+    texture_l1(smooth + strength * stars[1], smooth + 0.8 * stars[0], seen).backward()
+    assert strength.grad < 0
 
 
 def test_the_texture_loss_tells_blotches_wider_than_tall_from_the_same_blotches_turned():
