@@ -156,18 +156,28 @@ def texture_stats(x: torch.Tensor, cell: int | tuple[int, int] = 8, weight: torc
     return (F.avg_pool2d(energy * weight, cell) / F.avg_pool2d(weight, cell).clamp(min=1e-8)).add(1e-8).sqrt()
 
 
-def texture_l1(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, rows: int = 8) -> torch.Tensor:
-    """L1 of `texture_stats` of ``[B,3,H,W]`` images per band of ``rows`` rows across the image, over its
-    pixels whose 25x25 surroundings lie wholly inside ``mask [B,1,H,W]`` (a band with under a quarter of
-    such pixels does not count). The texture's teacher, as `pooled_l1` is the mean's: grain is random, so an
-    L1 of pixels pulls it towards none, while its amount (and where it is absent: a smooth sky) can be matched
-    sample by sample. Why whole bands, not 8x8 cells: an L1 pulls towards the median, and where fewer than
-    half the cells hold a sparse texture its median cell holds none: 30 % of Shapes' night-sky 8x8 cells hold
-    a star, so per-cell stats pulled G_bg's stars to none (a band of 8 rows holds about two and a half)."""
+def texture_l1(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, cell: int = 8) -> torch.Tensor:
+    """L1 of the texture of ``[B,3,H,W]`` images, band by band of ``cell`` rows across the image: the mean and
+    the spread (standard deviation) of its ``cell`` x ``cell`` cells' `texture_stats`, each over the pixels
+    whose 25x25 surroundings lie wholly inside ``mask [B,1,H,W]`` (cells with under a quarter of such pixels,
+    and bands with fewer than two such cells, do not count). The texture's teacher, as `pooled_l1` is the
+    mean's: grain is random, so an L1 of pixels pulls it towards none, while its amount (and where it is
+    absent: a smooth sky) can be matched sample by sample. Why a band's mean and spread, not each cell: an L1
+    pulls towards the median, and where fewer than half the cells hold a sparse texture its median cell holds
+    none: 30 % of Shapes' night-sky 8x8 cells hold a star, and per-cell stats pulled G_bg's stars to none (a
+    band of 8 rows holds about two and a half). The spread tells such points, or one dark blotch among smooth
+    ground (read as a rock), from the same amount of texture spread evenly."""
     inside = 1 - dilate(1 - mask.float(), 12)
-    band = (rows, a.shape[-1])
-    counts = (F.avg_pool2d(inside, band) >= 0.25).float()
-    gap = (texture_stats(a.float(), band, inside) - texture_stats(b.float(), band, inside)).abs() * counts
+    use = (F.avg_pool2d(inside, cell) >= 0.25).float()  # [B,1,H/cell,W/cell]
+    n = use.sum(-1, keepdim=True)
+    gaps = []
+    for x in (a, b):
+        stats = texture_stats(x.float(), cell, inside)
+        mean = (stats * use).sum(-1, keepdim=True) / n.clamp(min=1)
+        spread = ((stats - mean).pow(2) * use).sum(-1, keepdim=True).div(n.clamp(min=1)).add(1e-8).sqrt()
+        gaps.append(torch.cat([mean, spread], 1))
+    counts = (n >= 2).float()
+    gap = (gaps[0] - gaps[1]).abs() * counts
     return gap.sum() / (counts.sum() * gap.shape[1]).clamp(min=1)
 
 

@@ -330,6 +330,10 @@ def test_the_texture_loss_matches_the_local_amount_of_grain_not_the_grain_itself
     strength = torch.tensor(0.2, requires_grad=True)
     texture_l1(smooth + strength * stars[1], smooth + 0.8 * stars[0], seen).backward()
     assert strength.grad < 0
+    # the same amount of grain gathered in one column of cells is another texture (one blotch among smooth ground)
+    column = torch.zeros(1, 1, 1, 64)
+    column[..., :8] = 8**0.5
+    assert texture_l1(smooth + 0.05 * grain * column, real, seen).item() > 5 * texture_l1(other, real, seen).item()
 
 
 def test_the_texture_loss_tells_blotches_wider_than_tall_from_the_same_blotches_turned():
