@@ -461,7 +461,7 @@ def evaluate(
         figures.setdefault(key, {})[column] = values
         put(key, column, sum(values) / len(values))
 
-    pairs = {name: (torch.cat(g.images), torch.cat(g.crops), g.backgrounds) for name, g in gen.items()}
+    pairs = {name: (sets[name], torch.cat(g.crops), g.backgrounds) for name, g in gen.items()}
     pairs["real"] = (ref_images, ref_crops, reference.backgrounds)  # the calibration: two disjoint real sets
     for column, (images_, crops_, backgrounds) in pairs.items() if two_sample else ():
         test("two_sample_scenes", column, images_, real_images)
