@@ -6,12 +6,19 @@ import Lightning.
 
 from __future__ import annotations
 
+import warnings
+
 import lightning as L
 import torch
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 from scenecomp.data import DataError, SceneDataset
 
 __all__ = ["SceneDataModule"]
+
+# torchdata 0.11's StatefulDataLoader calls torch.set_vital, deprecated in later torch: a warning per run that
+# says nothing to a user
+warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
 
 
 class SceneDataModule(L.LightningDataModule):
@@ -84,9 +91,11 @@ class SceneDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         self.check()
 
-    def _loader(self, dataset: SceneDataset, shuffle: bool) -> torch.utils.data.DataLoader:
+    def _loader(self, dataset: SceneDataset, shuffle: bool) -> StatefulDataLoader:
+        # stateful: Lightning saves where in the epoch a checkpoint was taken and a resumed run goes on from
+        # there (a plain DataLoader would start the epoch's order again)
         generator = torch.Generator().manual_seed(self.seed) if shuffle else None
-        return torch.utils.data.DataLoader(
+        return StatefulDataLoader(
             dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,

@@ -326,16 +326,24 @@ class SceneGAN(L.LightningModule):
 
     seed = 0  # the run's seed (``build`` sets it): each rank's noise stream is derived from it
 
-    def on_train_start(self):
-        """Seed this rank's noise from (seed, rank, batches done).
+    def seed_noise(self) -> None:
+        """Seed this rank's noise from (seed, rank, batch), batch by batch: at the start of training for its
+        first batch, then after each batch for the next.
 
         Every rank starts from the same seed, so the initial weights agree (and
         Lightning's DDP reseeds all ranks alike): without this they would all draw
-        the same z. Lightning's checkpoints hold no RNG state, so a resumed run
-        reseeds here from the batch it starts at, which keeps ranks distinct and
-        does not replay the noise of the run's first part.
+        the same z. Lightning's checkpoints hold no RNG state: seeded by the batch,
+        a resumed run draws the noise the uninterrupted run drew (with the data
+        loader's saved place in the epoch, it trains to the same weights). Seeded
+        between batches, not in ``on_train_batch_start``: callbacks' hooks run before the module's.
         """
         torch.manual_seed(noise_seed(self.seed, self.global_rank, self.batches_done))
+
+    def on_train_start(self):
+        self.seed_noise()
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        self.seed_noise()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """A checkpoint from before the plates encoder had an EMA resumes (and exports) with the EMA
