@@ -167,6 +167,12 @@ class NoiseInjection(nn.Module):
 
 GLOW_SIGMA = 2.5  # PixelSynthesis: grain beyond this lights a point (0.6% of pixels, ~25 in a 64x64 image)
 GLOW_GAIN = 4.0  # and its colour's scale: Adam moves a weight by about lr a step, so a light needs a larger unit
+KERNEL_NORM = 0.125  # PixelSynthesis: the texture filters' stored norm (only their direction is used); see texture_maps
+
+
+def _to_norm(kernels: torch.Tensor, norm: float) -> torch.Tensor:
+    """``[K,1,k,k]`` filters each scaled to L2 norm ``norm``."""
+    return kernels * (norm / kernels.flatten(1).norm(dim=1).clamp(min=1e-8))[:, None, None, None]
 
 
 class PixelSynthesis(nn.Module):
@@ -229,8 +235,8 @@ class PixelSynthesis(nn.Module):
         kernel = 2 * (resolution // 4) + 1  # half the image wide: blotches up to a quarter of it
         r = (torch.arange(kernel, dtype=torch.float32) - kernel // 2).pow(2)
         d2 = r[:, None] + r[None, :]
-        starts = [(d2 == 0).float()] + [(-d2 / (2 * 16.0**k)).exp() for k in range(1, textures)]
-        self.kernels = nn.Parameter(torch.stack(starts)[:, None])  # [K,1,kernel,kernel]
+        starts = torch.stack([(d2 == 0).float()] + [(-d2 / (2 * 16.0**k)).exp() for k in range(1, textures)])[:, None]
+        self.kernels = nn.Parameter(_to_norm(starts, KERNEL_NORM))  # [K,1,kernel,kernel]
         self.to_grain = nn.Conv2d(width, textures, 1)
         nn.init.zeros_(self.to_grain.weight)
         nn.init.constant_(self.to_grain.bias, rgb_grain)
@@ -250,10 +256,20 @@ class PixelSynthesis(nn.Module):
         angles = (yx[:, None] * octaves[None, :, None, None]).flatten(0, 1)  # [A*F,H,W]
         return torch.cat([yx, angles.sin(), angles.cos()])[None]
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # filters saved at another norm (before KERNEL_NORM) load at it: the same texture, learning at this speed
+        key = prefix + "kernels"
+        if key in state_dict:
+            state_dict[key] = _to_norm(state_dict[key].float(), KERNEL_NORM).to(state_dict[key].dtype)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def texture_maps(self, grain: torch.Tensor) -> torch.Tensor:
-        """``[B,1,H,W]`` unit Gaussian -> ``[B,K,H,W]``: filtered by the unit-norm kernels (so each texture is
-        unit variance too; edges reflected)."""
-        k = self.kernels / self.kernels.flatten(1).norm(dim=1).clamp(min=1e-8)[:, None, None, None]
+        """``[B,1,H,W]`` unit Gaussian -> ``[B,K,H,W]``: filtered by the kernels made unit-norm (so each texture
+        is unit variance too; edges reflected). The kernels are stored at norm ``KERNEL_NORM``: Adam moves a
+        weight by about lr a step whatever its scale, and stored near unit norm (a sigma-4 Gaussian: norm 5.7)
+        the blotch filter was still its isotropic start after 1400 batches at lr 5e-5, while Shapes' blotches
+        are 2.5x wider than tall (docs/RESULTS.md, "Texture filters that learn")."""
+        k = _to_norm(self.kernels, 1.0)
         pad = self.kernels.shape[-1] // 2
         return F.conv2d(F.pad(grain, [pad] * 4, mode="reflect"), k.to(grain.dtype))
 

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from scenecomp.nets import (
     GLOW_SIGMA,
+    KERNEL_NORM,
     ForegroundGenerator,
     GlobalDiscriminator,
     LayoutGenerator,
@@ -310,6 +311,36 @@ def test_pixel_synthesis_paints_each_pixel_from_what_lies_there():
     points = grain > GLOW_SIGMA
     assert points.any() and torch.equal(lit[~points], other[~points]) and (lit[points] >= other[points]).all()
     assert (lit - other)[points].mean() > 0.3
+
+
+def test_texture_filters_are_stored_small_so_that_adam_reshapes_them():
+    """Only a filter's direction paints; stored at norm KERNEL_NORM, one Adam step of lr 5e-5 turns the blotch
+    filter by ~0.3 % (stored at a sigma-4 Gaussian's own norm, ~3.5 here and 5.7 at 64 px, by 30x less)."""
+    torch.manual_seed(0)
+    kw = dict(z_dim=8, num_categories=2, resolution=16, pixel_noise=True, synthesis="pixels", mlp_width=16)
+    g = LayoutGenerator(**kw, mlp_axes="y")
+    norms = g.pixels.kernels.flatten(1).norm(dim=1)
+    assert torch.allclose(norms, torch.full_like(norms, KERNEL_NORM))
+    z = torch.randn(2, g.noise_dim)
+    with torch.no_grad():
+        image = g(z)
+    # a state saved at another norm (before KERNEL_NORM) loads at this one and paints the same image
+    old = {k: v * 40 if k.endswith("kernels") else v for k, v in g.state_dict().items()}
+    loaded = LayoutGenerator(**kw, mlp_axes="y")
+    loaded.load_state_dict(old)
+    assert torch.allclose(loaded.pixels.kernels.flatten(1).norm(dim=1), norms)
+    with torch.no_grad():
+        assert torch.allclose(loaded(z), image, atol=1e-6)
+    # a loss that wants the texture wider than tall (rows alike along x) reshapes the blotch filter quickly
+    before = g.pixels.kernels.detach().clone()
+    opt = torch.optim.Adam(g.parameters(), lr=5e-5)
+    maps = g.pixels.texture_maps(torch.randn(4, 1, 16, 16))
+    (maps[..., 1:] - maps[..., :-1]).pow(2).mean().backward()
+    opt.step()
+    turned = (F.normalize(g.pixels.kernels.detach().flatten(1), dim=1) - F.normalize(before.flatten(1), dim=1)).norm(
+        dim=1
+    )
+    assert turned[1] > 1e-3
 
 
 def test_pixel_synthesis_can_paint_a_sky_the_same_along_every_row():
