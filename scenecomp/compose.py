@@ -283,7 +283,13 @@ class Composer:
         return images[0] if single else images
 
     def render_iter(
-        self, layouts: Iterable, seeds=None, batch_size: int = 16, steps: bool = False, masks: Iterable | None = None
+        self,
+        layouts: Iterable,
+        seeds=None,
+        batch_size: int = 16,
+        steps: bool = False,
+        masks: Iterable | None = None,
+        backgrounds: Iterable | None = None,
     ) -> Iterator[Rendering]:
         """Render layouts lazily, ``batch_size`` (layout, seed) pairs at a time,
         yielding one `Rendering` per pair in input order (for each layout, each
@@ -294,21 +300,26 @@ class Composer:
         `LayoutError` naming the file and object. ``masks``: for a caller that
         rasterised them already, one entry per layout: its masks at this
         composer's resolution (bool ``[N,R,R]``, ``layout.masks((R, R)) > 0.5``), or
-        None to rasterise them here.
+        None to rasterise them here. ``backgrounds``: one canvas per layout, ``[3,R,R]``
+        float in [-1,1] (a photograph, another model's background, a scene's
+        ``image``), that its objects are painted onto instead of G_bg's background
+        (the layout's background seed is then unused).
         """
         seed_list = _seed_list(seeds)  # checked now, not at the first next()
         if not (isinstance(batch_size, numbers.Integral) and batch_size >= 1):
             raise CompositionError(f"batch_size must be a positive integer, got {batch_size!r}")
-        return self._render_stream(layouts, seed_list, int(batch_size), steps, masks)
+        return self._render_stream(layouts, seed_list, int(batch_size), steps, masks, backgrounds)
 
-    def _render_stream(self, layouts, seed_list, batch_size, steps, masks) -> Iterator[Rendering]:
+    def _render_stream(self, layouts, seed_list, batch_size, steps, masks, backgrounds) -> Iterator[Rendering]:
         pending = []
         given = iter(masks) if masks is not None else None
+        canvases = iter(backgrounds) if backgrounds is not None else None
         for index, layout in enumerate(layouts):
             layout = self._layout(layout)
             m = self._given_masks(layout, next(given, None)) if given is not None else None
+            bg = self._given_background(layout, next(canvases, None)) if canvases is not None else None
             for seed in seed_list:
-                pending.append((index, layout, seed, m))
+                pending.append((index, layout, seed, m, bg))
                 if len(pending) == batch_size:
                     yield from self._render_batch(pending, steps)
                     pending = []
@@ -325,12 +336,41 @@ class Composer:
             raise CompositionError(f"{layout.label}: masks must be a bool array {list(expected)}, got {shown}")
         return masks
 
+    def _given_background(self, layout: Layout, canvas) -> torch.Tensor:
+        """A background a caller passed to `render_iter`, checked: float ``[3,R,R]`` in [-1,1]."""
+        R = self.resolution
+        if not (
+            isinstance(canvas, torch.Tensor)
+            and canvas.is_floating_point()
+            and canvas.shape == (3, R, R)
+            and bool(torch.isfinite(canvas).all())
+            and float(canvas.abs().max()) <= 1
+        ):
+            if canvas is None:
+                shown = "none (fewer backgrounds than layouts)"
+            elif isinstance(canvas, torch.Tensor):
+                shown = f"{canvas.dtype} {list(canvas.shape)}"
+                if canvas.is_floating_point() and canvas.numel():
+                    shown += f" in [{float(canvas.min()):.3g}, {float(canvas.max()):.3g}]"
+            else:
+                shown = type(canvas).__name__
+            raise CompositionError(
+                f"{layout.label}: background must be a float tensor [3, {R}, {R}] in [-1,1], got {shown}"
+            )
+        return canvas
+
     def _render_batch(self, items, steps: bool) -> list[Rendering]:
         R, B = self.resolution, len(items)
-        seeded = [self.seeded(layout, seed) for _, layout, seed, _ in items]
-        masks = [torch.from_numpy(layout.masks((R, R)) > 0.5 if m is None else m) for _, layout, _, m in items]
+        seeded = [self.seeded(layout, seed) for _, layout, seed, _, _ in items]
+        masks = [torch.from_numpy(layout.masks((R, R)) > 0.5 if m is None else m) for _, layout, _, m, _ in items]
         K = max(len(m) for m in masks)
-        zb = torch.stack([noise(s.background_seed, self.background_net.noise_dim) for s in seeded])
+        given = [bg for *_, bg in items]  # all tensors or all None (render_iter takes backgrounds for all or none)
+        start = None if given[0] is None else torch.stack(given).to(self.device, self.dtype)
+        zb = (
+            None
+            if start is not None
+            else torch.stack([noise(s.background_seed, self.background_net.noise_dim) for s in seeded])
+        )
         zo = torch.zeros(B, K, self.foreground_net.z_dim)
         mk = torch.zeros(B, K, 1, R, R)
         cats = torch.zeros(B, K, dtype=torch.long)
@@ -339,9 +379,9 @@ class Composer:
                 zo[b, k] = noise(obj.seed, self.foreground_net.z_dim)
                 cats[b, k] = self._index[obj.category]
             mk[b, : len(m), 0] = m
-        canvases = self._paint_batch(zb, zo, mk, cats)
+        canvases = self._paint_batch(zb, zo, mk, cats, start)
         out = []
-        for b, ((index, _, seed, _), s, m) in enumerate(zip(items, seeded, masks, strict=False)):
+        for b, ((index, _, seed, _, _), s, m) in enumerate(zip(items, seeded, masks, strict=False)):
             n = len(m)
             cpu = [
                 c[b].to("cpu", torch.float32, copy=True) for c in (canvases[: n + 1] if steps else canvases[n : n + 1])

@@ -265,6 +265,31 @@ def test_render_iter_returns_steps_and_seeds(composer):
     assert results[4].layout.background_seed == 2 and results[0].layout.background_seed == 1
 
 
+def test_render_iter_paints_the_objects_onto_given_backgrounds(composer):
+    plain = list(composer.render_iter(layouts(), batch_size=3, steps=True))
+    # the composer's own backgrounds given back: the same images, to the bit
+    own = [r.steps[0] for r in plain]
+    again = list(composer.render_iter(layouts(), batch_size=3, steps=True, backgrounds=own))
+    assert all(torch.equal(a.image, b.image) for a, b in zip(plain, again, strict=True))
+    # any other canvas: kept outside the objects, the objects painted to fit it (G_fg sees the canvas)
+    grey = [torch.full((3, R, R), 0.3 - 0.2 * i) for i in range(len(own))]
+    onto = list(composer.render_iter(layouts(), batch_size=3, steps=True, backgrounds=grey))
+    for r, canvas, before in zip(onto, grey, plain, strict=True):
+        inside = torch.from_numpy(r.layout.masks((R, R)).any(0)).expand(3, -1, -1)
+        assert torch.equal(r.steps[0], canvas) and torch.equal(r.image[~inside], canvas[~inside])
+        assert not inside.any() or not torch.equal(r.image[inside], before.image[inside])
+    for bad, shown in (
+        (torch.zeros(3, R, R, dtype=torch.uint8), "torch.uint8"),
+        (torch.zeros(3, R + 1, R), f"[3, {R + 1}, {R}]"),
+        (torch.full((3, R, R), 1.5), "in [1.5, 1.5]"),
+        (np.zeros((3, R, R)), "ndarray"),
+    ):
+        with pytest.raises(CompositionError, match=re.escape(shown)):
+            list(composer.render_iter(layouts()[:1], backgrounds=[bad]))
+    with pytest.raises(CompositionError, match="fewer backgrounds than layouts"):
+        list(composer.render_iter(layouts(), backgrounds=own[:1]))
+
+
 def test_an_empty_mask_changes_nothing(composer):
     z_bg, z = torch.randn(2, 8), torch.randn(2, 3, 8)
     masks = torch.from_numpy(np.stack([BOXES[:3], BOXES[1:4]])).float()[:, :, None]

@@ -146,14 +146,19 @@ class _Painter:
     def seeded(self, layout, seed=0):
         return Composer.seeded(self, layout, seed)
 
-    def render_iter(self, layouts, batch_size=16):
+    def render_iter(self, layouts, batch_size=16, backgrounds=None):
         from types import SimpleNamespace
 
+        canvases = iter(backgrounds) if backgrounds is not None else None
         for layout in map(self.seeded, layouts):
+            canvas = next(canvases) if canvases is not None else torch.zeros(3, 32, 32)
             if self.copy is not None:  # background seed = SEED_STRIDE * j + layout index (+ EDIT_OFFSET: new look)
-                yield SimpleNamespace(image=self.copy[layout.background_seed % EDIT_OFFSET % SEED_STRIDE]["image"])
+                real = self.copy[layout.background_seed % EDIT_OFFSET % SEED_STRIDE]["image"]
+                if backgrounds is not None:  # the real objects on the canvas
+                    real = torch.where(torch.from_numpy(layout.masks((32, 32)) > 0.5).any(0), real, canvas)
+                yield SimpleNamespace(image=real)
                 continue
-            image = torch.zeros(3, 32, 32)
+            image = canvas
             for obj, mask in zip(layout.objects, torch.from_numpy(layout.masks((32, 32))), strict=False):
                 shade = torch.full((3,), torch.linspace(-0.8, 0.8, 5)[CATEGORIES.index(obj.category)].item())
                 shade = shade + 0.3 * noise(obj.seed, 3).tanh() if self.vary else shade
@@ -204,9 +209,15 @@ def test_floors_and_calibrations_against_a_copy_of_the_real_images(tiny_shapes):
         m["kid"]["real"], rel=1e-6
     )
     assert m["object_accuracy"]["copy"] == m["object_accuracy"]["real"]
-    flat = {"flat": Model("fake", _Painter(False), ())}
+    # "copy" as a layered model: it paints the real objects, so on the layouts' real backgrounds it paints the real
+    # images, and a classifier told to part two identical sets scores exactly 0.5 (the same split of both)
+    copy = Model("scenecomp", _Painter(copy=SceneDataset(tiny_shapes, None, CATEGORIES, 32, 8)), ())
+    flat = {"flat": Model("fake", _Painter(False), ()), "copy": copy}
     result = evaluate(tiny_shapes, flat, net, samples=32, seeds=1, batch_size=16, two_sample_repeats=2)
     m, figures = result["metrics"], result["two_sample_figures"]
+    on_real = "two_sample_scenes_real_backgrounds"
+    assert figures[on_real]["copy"] == [0.5, 0.5] and "flat" not in figures[on_real]  # layered models only
+    assert figures[on_real]["real"] == figures["two_sample_scenes"]["real"]
     assert m["fid"]["flat"] > 3 * m["fid"]["real"] and m["fid_over_floor"]["flat"] > 3
     for key, least in (("two_sample_scenes", 0.9), ("two_sample_objects", 0.75), ("two_sample_backgrounds", 0.9)):
         assert m[key]["flat"] >= least and m[key]["real"] < m[key]["flat"] - 0.2, (key, m[key])

@@ -22,7 +22,10 @@ Protocol (printed with every table and written into the JSON)
   object's visible mask cut from the real and the generated image), and
   backgrounds (the split's ``backgrounds/`` images vs the models'); "real" is
   the calibration: the layouts' real images, crops and backgrounds against
-  the reference's.
+  the reference's. Layered models, where the split has ``backgrounds/``, also
+  paint the layouts' objects onto their real backgrounds (``render_iter``'s
+  ``backgrounds``) against the layouts' real images: G_fg's share of the
+  scene test (the calibration is the scenes').
 - An object *counts* when its visible part covers at least ``MIN_VISIBLE`` of
   the image. Images are quantised to uint8, as if saved, before any feature is taken.
 - Edits: one object per layout (object ``i mod n`` of layout ``i``) gets a new
@@ -126,9 +129,12 @@ class Model:
         self.renderer.to(device)
         return self
 
-    def render(self, layouts: list[Layout], batch_size: int) -> torch.Tensor:
-        """uint8 images ``[len(layouts),3,R,R]`` (as if saved)."""
-        return to_uint8(torch.stack([r.image for r in self.renderer.render_iter(layouts, batch_size=batch_size)]))
+    def render(self, layouts: list[Layout], batch_size: int, backgrounds: torch.Tensor | None = None) -> torch.Tensor:
+        """uint8 images ``[len(layouts),3,R,R]`` (as if saved); ``backgrounds`` (uint8 ``[len(layouts),3,R,R]``,
+        layered models only): the canvases to paint the objects onto instead of G_bg's."""
+        given = None if backgrounds is None else to_float(backgrounds)
+        rendered = self.renderer.render_iter(layouts, batch_size=batch_size, backgrounds=given)
+        return to_uint8(torch.stack([r.image for r in rendered]))
 
     def new_look(self, layout: Layout, k: int) -> Layout:
         """The layout with object ``k`` given a new look: its seed + EDIT_OFFSET (layered); the
@@ -290,7 +296,7 @@ class _Generated:
     """What is measured on one model's renderings."""
 
     def __init__(self, C: int):
-        self.images, self.crops, self.backgrounds = [], [], []
+        self.images, self.crops, self.backgrounds, self.on_real_backgrounds = [], [], [], []
         self.objects, self.appearance, self.purity = ClassifierScores(C), ClassifierScores(C), Purity()
         self.illumination, self.diversity, self.crop_diversity = Illumination(), Diversity(), Diversity()
         self.look, self.category = Locality(), Locality()
@@ -318,6 +324,8 @@ class _Generated:
         C, S = net.num_categories, net.crop_size
         background = model.render([dataclasses.replace(lay, objects=[]) for lay in layouts], batch_size)
         self.backgrounds.append(background)
+        if model.layered and batch.background is not None:  # G_fg alone: the objects on the real scenes' backgrounds
+            self.on_real_backgrounds.append(model.render(layouts, batch_size, batch.background))
         self.purity.update(torch.sigmoid(net.presence_logits(to_float(background))))
         # appearance: the top object painted as every category in turn (same mask, same seed)
         top = _top_object(batch.counted)
@@ -468,6 +476,11 @@ def evaluate(
         test("two_sample_objects", column, crops_, real_crops)
         if real.backgrounds:
             test("two_sample_backgrounds", column, torch.cat(backgrounds), torch.cat(real.backgrounds))
+    for name, g in gen.items() if two_sample else ():
+        if g.on_real_backgrounds:  # against the same real scenes as whole scenes: the same calibration
+            test("two_sample_scenes_real_backgrounds", name, torch.cat(g.on_real_backgrounds), real_images)
+            put("two_sample_scenes_real_backgrounds", "real", metrics["two_sample_scenes"]["real"])
+            figures["two_sample_scenes_real_backgrounds"]["real"] = figures["two_sample_scenes"]["real"]
 
     # ---- the classifier's metrics
     put("inception_score", "real", real.objects.inception_score())

@@ -15,6 +15,11 @@ METRICS = {
     "fid_inception": ("FID, Inception-v3 features", "lower", "{:.2f}"),
     "kid_inception": ("KID x1000, Inception-v3 features", "lower", "{:.2f}"),
     "two_sample_scenes": ("two-sample test, whole scenes (0.5 = indistinguishable)", "0.5", "{:.3f}"),
+    "two_sample_scenes_real_backgrounds": (
+        "two-sample test, scenes painted on their real backgrounds (G_fg alone)",
+        "0.5",
+        "{:.3f}",
+    ),
     "two_sample_objects": ("two-sample test, object crops, identical masks", "0.5", "{:.3f}"),
     "two_sample_backgrounds": ("two-sample test, backgrounds", "0.5", "{:.3f}"),
     "inception_score": ("Inception score, in-domain classifier on object crops", "higher", "{:.3f}"),
