@@ -132,8 +132,8 @@ class Model:
     def render(self, layouts: list[Layout], batch_size: int, backgrounds: torch.Tensor | None = None) -> torch.Tensor:
         """uint8 images ``[len(layouts),3,R,R]`` (as if saved); ``backgrounds`` (uint8 ``[len(layouts),3,R,R]``,
         layered models only): the canvases to paint the objects onto instead of G_bg's."""
-        given = None if backgrounds is None else to_float(backgrounds)
-        rendered = self.renderer.render_iter(layouts, batch_size=batch_size, backgrounds=given)
+        given = {} if backgrounds is None else {"backgrounds": to_float(backgrounds)}  # SingleShot has no backgrounds
+        rendered = self.renderer.render_iter(layouts, batch_size=batch_size, **given)
         return to_uint8(torch.stack([r.image for r in rendered]))
 
     def new_look(self, layout: Layout, k: int) -> Layout:
