@@ -212,4 +212,9 @@ def render_distributed(
         datamodule=Jobs(jobs, args.batch_size, error),
         return_predictions=False,
     )
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # as on an output fault: every rank leaves together and closes its connections in order, or one that
+        # exits with its process group open sometimes aborts at exit ("terminate called ...", exit -6)
+        trainer.strategy.barrier("scenecomp-render: done")
+        torch.distributed.destroy_process_group()
     return writer.rendered, writer.failed_count
