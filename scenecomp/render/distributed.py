@@ -174,10 +174,7 @@ class Writer(BasePredictionWriter):
         if first < world:
             self._close()
             message = trainer.strategy.broadcast(self.fault, src=first)
-            # every rank leaves together and closes its connections in order: a process that exits
-            # with its process group open aborts ("terminate called ...") instead of exiting 3
-            trainer.strategy.barrier("scenecomp-render: output fault")
-            torch.distributed.destroy_process_group()
+            _leave_together(trainer, "scenecomp-render: output fault")
             raise OutputError(message)
 
     def _close(self) -> None:
@@ -212,9 +209,13 @@ def render_distributed(
         datamodule=Jobs(jobs, args.batch_size, error),
         return_predictions=False,
     )
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        # as on an output fault: every rank leaves together and closes its connections in order, or one that
-        # exits with its process group open sometimes aborts at exit ("terminate called ...", exit -6)
-        trainer.strategy.barrier("scenecomp-render: done")
-        torch.distributed.destroy_process_group()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():  # not if a fault closed it
+        _leave_together(trainer, "scenecomp-render: done")
     return writer.rendered, writer.failed_count
+
+
+def _leave_together(trainer: L.Trainer, name: str) -> None:
+    """Every rank passes a barrier, then closes its process group: a process that exits with its group open
+    sometimes aborts at exit ("terminate called ...", exit -6) instead of exiting with its own status."""
+    trainer.strategy.barrier(name)
+    torch.distributed.destroy_process_group()
