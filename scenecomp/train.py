@@ -143,7 +143,8 @@ def warm_start(model: SceneGAN, path: str) -> None:
     initialisation; optimisers, step and schedule start fresh, unlike ``ckpt_path``, which resumes).
     ``path`` is a Lightning checkpoint (every network) or a bundle such as the shipped
     ``composer.safetensors`` (its generators start both the trained and the EMA copies; discriminators,
-    encoders and the plate inpainter start fresh)."""
+    encoders and the plate inpainter start fresh). An EMA copy filled entirely keeps its full decay from the first
+    batch (``SceneGAN.trained_emas``)."""
     if str(path).endswith(".safetensors"):
         try:
             networks = load_bundle(path)["networks"]
@@ -171,6 +172,8 @@ def warm_start(model: SceneGAN, path: str) -> None:
     if not taken:
         raise ConfigError(f"init_from: {path}: no weight matches this model (another architecture or stages)")
     model.load_state_dict(taken, strict=False)
+    emas = {k.split(".")[0] for k in own if k.split(".")[0].endswith("_ema")}
+    model.trained_emas = frozenset(e for e in emas if all(k in taken for k in own if k.startswith(f"{e}.")))
     fresh = sorted({".".join(k.split(".")[:2]) for k in own if k not in taken})
     print(f"init_from {path}: {len(taken)} of {len(own)} tensors copied; initial weights kept in {fresh or 'none'}")
 

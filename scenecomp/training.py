@@ -209,9 +209,10 @@ def noise_seed(seed: int, rank: int, batches: int) -> int:
 
 
 @torch.no_grad()
-def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float, step: int) -> None:
-    """EMA with a warm-up (decay at most ``(1 + step) / (10 + step)``), so early averages are not dominated by the initial weights."""
-    decay = min(decay, (1 + step) / (10 + step))
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float, step: int | None) -> None:
+    """EMA with a warm-up (decay at most ``(1 + step) / (10 + step)``), so early averages are not dominated by the
+    initial weights; ``step=None``: no warm-up (an EMA that starts trained)."""
+    decay = decay if step is None else min(decay, (1 + step) / (10 + step))
     for e, p in zip(ema.parameters(), model.parameters(), strict=False):
         e.lerp_(p, 1 - decay)
     for e, b in zip(ema.buffers(), model.buffers(), strict=False):
@@ -263,12 +264,15 @@ class SceneGAN(L.LightningModule):
         background_prior: int = 0,
         bg_adv_posterior: float = 0.0,
         bg_texture_weight: float = 0.0,
+        fg_scene_weight: float = 0.0,
     ):
         super().__init__()
         if not isinstance(background_prior, int) or isinstance(background_prior, bool) or background_prior < 0:
             raise ValueError(f"background_prior: a number of real images >= 0, got {background_prior!r}")
         if not bg_texture_weight >= 0:
             raise ValueError(f"bg_texture_weight: a weight >= 0, got {bg_texture_weight!r}")
+        if not fg_scene_weight >= 0:
+            raise ValueError(f"fg_scene_weight: a weight >= 0, got {fg_scene_weight!r}")
         if not 0.0 <= bg_adv_posterior <= 1.0:
             raise ValueError(f"bg_adv_posterior: a share in [0, 1], got {bg_adv_posterior!r}")
         if background_method not in BACKGROUND_METHODS:
@@ -281,8 +285,9 @@ class SceneGAN(L.LightningModule):
             raise ValueError(f"stages must be a non-empty subset of {list(STAGES)}, got {list(stages)}")
         for stage, limit in (stage_steps or {}).items():
             # a stage this run does not train may keep its count (experiment=shapes64 model=spade_baseline)
-            if stage not in STAGES or not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
-                raise ValueError(f"stage_steps: {stage}: {limit!r}; give a stage of {list(STAGES)} a batch count >= 1")
+            # 0: the stage stays as it starts (warm-started G_bg painting G_fg's canvases while G_fg trains)
+            if stage not in STAGES or not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
+                raise ValueError(f"stage_steps: {stage}: {limit!r}; give a stage of {list(STAGES)} a batch count >= 0")
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.categories, self.resolution, self.z_dim = list(categories), resolution, z_dim
@@ -310,6 +315,10 @@ class SceneGAN(L.LightningModule):
             self.g_fg = ForegroundGenerator(z_dim=z_dim, **common, **(foreground or {}))
             self.d_obj = ObjectDiscriminator(num_categories=C, crop_size=resolution // 2, **(object_disc or {}))
             self.e_fg = AppearanceEncoder(4, resolution // 2, z_dim, **(encoder or {}))
+            if fg_scene_weight > 0:
+                # judges the whole scene at full resolution, the repainted object's layout beside it: a crop
+                # scaled to 32 px hides a large object's smeared texture and halos that the scene shows
+                self.d_scene = GlobalDiscriminator(num_categories=C, resolution=resolution, **(global_disc or {}))
             self.g_fg_ema = copy.deepcopy(self.g_fg).eval().requires_grad_(False)
         if "baseline" in self.stages:
             self.g_base = LayoutGenerator(z_dim=z_dim, **common, **(background or {}))
@@ -323,6 +332,15 @@ class SceneGAN(L.LightningModule):
     def on_after_batch_transfer(self, batch, dataloader_idx):
         batch["image"] = batch["image"].contiguous(memory_format=self.memory_format)
         return batch
+
+    # EMA copies that a warm start filled with trained weights (``train.warm_start``): they keep their full decay from
+    # the first batch, since a warm-up would replace a long average with the last few batches' noisy weights
+    trained_emas: frozenset[str] = frozenset()
+
+    def update_ema(self, name: str) -> None:
+        """Move the EMA copy ``name`` (e.g. ``g_fg_ema``) towards its network (``g_fg``)."""
+        step = None if name in self.trained_emas else self.batches_done
+        ema_update(getattr(self, name), getattr(self, name.removesuffix("_ema")), self.hparams.ema_decay, step)
 
     seed = 0  # the run's seed (``build`` sets it): each rank's noise stream is derived from it
 
@@ -375,9 +393,10 @@ class SceneGAN(L.LightningModule):
                     adam(self.d_bg.parameters(), self.hparams.lr_d),
                 ]
             elif stage == "foreground":
+                scene = [*self.d_scene.parameters()] if hasattr(self, "d_scene") else []
                 opts += [
                     adam([*self.g_fg.parameters(), *self.e_fg.parameters()], self.hparams.lr_g),
-                    adam(self.d_obj.parameters(), self.hparams.lr_d),
+                    adam([*self.d_obj.parameters(), *scene], self.hparams.lr_d),
                 ]
             else:
                 opts += [
@@ -432,7 +451,7 @@ class SceneGAN(L.LightningModule):
             loss = loss + self.hparams.fm_weight * feature_matching(real_f, fake_f)
         return loss
 
-    def _layout_stage(self, g, d, ema, g_opt, d_opt, x, seg, union, prefix, agreement_weight):
+    def _layout_stage(self, g, d, ema_name, g_opt, d_opt, x, seg, union, prefix, agreement_weight):
         z = torch.randn(x.shape[0], g.latent_dim, device=x.device)
 
         def d_loss():
@@ -451,7 +470,7 @@ class SceneGAN(L.LightningModule):
             return loss, logs
 
         logs = self._step(g_opt, d_opt, d_loss, g_loss)
-        ema_update(ema, g, self.hparams.ema_decay, self.batches_done)
+        self.update_ema(ema_name)
         return logs
 
     def _masked_background_stage(self, g_opt, d_opt, x, union):
@@ -475,7 +494,7 @@ class SceneGAN(L.LightningModule):
             return loss, {"bg/g": loss.detach()}
 
         logs = self._step(g_opt, d_opt, d_loss, g_loss)
-        ema_update(self.g_bg_ema, self.g_bg, self.hparams.ema_decay, self.batches_done)
+        self.update_ema("g_bg_ema")
         return logs
 
     def _fill(self, inpainter, x: torch.Tensor, hole: torch.Tensor) -> torch.Tensor:
@@ -570,9 +589,8 @@ class SceneGAN(L.LightningModule):
             return loss, logs
 
         logs = self._step(g_opt, d_opt, d_loss, g_loss)
-        ema_update(self.g_bg_ema, self.g_bg, hp.ema_decay, self.batches_done)
-        ema_update(self.g_plate_ema, self.g_plate, hp.ema_decay, self.batches_done)
-        ema_update(self.e_bg_ema, self.e_bg, hp.ema_decay, self.batches_done)
+        for name in ("g_bg_ema", "g_plate_ema", "e_bg_ema"):
+            self.update_ema(name)
         return logs
 
     def _foreground_stage(self, g_opt, d_opt, x, masks, cats, valid):
@@ -596,28 +614,42 @@ class SceneGAN(L.LightningModule):
         m, c = vis[rows, idx], cats[rows, idx]
         n = rows.numel()
         z = torch.randn(n, self.z_dim, device=x.device)
-        canvas = x
+        canvas, on_real = x, torch.ones(n, dtype=torch.bool, device=x.device)
         if hasattr(self, "g_bg_ema") and hp.generated_canvas > 0:
-            use = torch.rand(n, device=x.device) < hp.generated_canvas
+            on_real = torch.rand(n, device=x.device) >= hp.generated_canvas
             with torch.no_grad():
                 generated = self.g_bg_ema(torch.randn(n, self.g_bg_ema.latent_dim, device=x.device)).to(x.dtype)
-            canvas = torch.where(use[:, None, None, None], generated, x)
+            canvas = torch.where(on_real[:, None, None, None], x, generated)
         S = self.d_obj.crop_size
 
         def crops(img):
             return crop_objects(torch.cat([img, m], 1), m, S), c
 
         real = crops(x)  # the real objects' crops serve both discriminator steps and the encoder
+        # the scene discriminator sees the rows painted into their real canvas: there the real image and the
+        # composite differ only inside the object
+        scene = hasattr(self, "d_scene") and bool(on_real.any())
+        if scene:
+            layout = m[on_real] * F.one_hot(c[on_real], len(self.categories)).to(x.dtype)[:, :, None, None]
+            real_scene = (x[on_real], layout)
 
         def d_loss():
             with torch.no_grad():
                 fake = composite(canvas, self.g_fg(z, c, m, canvas * (1 - m)), m)
-            return self._d_loss(self.d_obj, real, crops(fake), "fg_object")
+            loss, logs = self._d_loss(self.d_obj, real, crops(fake), "fg_object")
+            if scene:
+                loss_s, logs_s = self._d_loss(self.d_scene, real_scene, (fake[on_real], layout), "fg_scene")
+                loss, logs = loss + loss_s, logs | logs_s
+            return loss, logs
 
         def g_loss():
             painted = self.g_fg(z, c, m, canvas * (1 - m))
-            lo = self._g_loss(self.d_obj, real, crops(composite(canvas, painted, m)))
+            fake = composite(canvas, painted, m)
+            lo = self._g_loss(self.d_obj, real, crops(fake))
             loss, logs = hp.object_weight * lo, {"fg_object/g": lo.detach()}
+            if scene:
+                ls = self._g_loss(self.d_scene, real_scene, (fake[on_real], layout))
+                loss, logs["fg_scene/g"] = loss + hp.fg_scene_weight * ls, ls.detach()
             if hp.rec_weight > 0:
                 mu, logvar = self.e_fg(real[0])
                 rec = self.g_fg(posterior_sample(mu, logvar), c, m, x * (1 - m))
@@ -632,7 +664,7 @@ class SceneGAN(L.LightningModule):
             return loss, logs
 
         logs = self._step(g_opt, d_opt, d_loss, g_loss)
-        ema_update(self.g_fg_ema, self.g_fg, hp.ema_decay, self.batches_done)
+        self.update_ema("g_fg_ema")
         return logs
 
     def training_step(self, batch, batch_idx):
@@ -661,7 +693,7 @@ class SceneGAN(L.LightningModule):
                 logs |= self._layout_stage(
                     self.g_bg,
                     self.d_bg,
-                    self.g_bg_ema,
+                    "g_bg_ema",
                     g_opt,
                     d_opt,
                     x,
@@ -674,7 +706,7 @@ class SceneGAN(L.LightningModule):
                 logs |= self._foreground_stage(g_opt, d_opt, x, masks, cats, valid)
             else:
                 logs |= self._layout_stage(
-                    self.g_base, self.d_base, self.g_base_ema, g_opt, d_opt, x, seg, union, "base", 0.0
+                    self.g_base, self.d_base, "g_base_ema", g_opt, d_opt, x, seg, union, "base", 0.0
                 )
         self.log_dict(logs, prog_bar=False, sync_dist=False)
         self.log("batches", float(self.batches_done), prog_bar=True)

@@ -492,6 +492,40 @@ def test_a_warm_start_from_a_bundle_starts_both_generator_copies(tiny_config, tm
     assert model.batches_done == cfg.steps and torch.isfinite(trainer.callback_metrics["bg/rec_l1"])
 
 
+def test_export_bundle_pairs_one_runs_g_fg_with_another_bundles_g_bg(tiny_config, tmp_path):
+    (first,) = run(tiny_config("steps=1", f"out={tmp_path / 'first'}"))
+    cfg = tiny_config("steps=2", "model.stages=[foreground]", f"out={tmp_path / 'fg'}")
+    run(cfg)
+    out = tmp_path / "paired.safetensors"
+    ckpt = Path(cfg.out) / "checkpoints" / "last.ckpt"
+    cmd = ["tools/export_bundle.py", str(first), "--foreground-from", str(ckpt), "--out", str(out)]
+    subprocess.run([sys.executable, *cmd], cwd=Path(__file__).resolve().parent.parent, check=True, timeout=300)
+    paired, before = load_bundle(out)["networks"], load_bundle(first)["networks"]
+    fg_ema = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    assert all(torch.equal(v, fg_ema[f"g_fg_ema.{k}"]) for k, v in paired["foreground"]["state_dict"].items())
+    assert not all(
+        torch.equal(v, before["foreground"]["state_dict"][k]) for k, v in paired["foreground"]["state_dict"].items()
+    )
+    assert all(
+        torch.equal(v, before["background"]["state_dict"][k]) for k, v in paired["background"]["state_dict"].items()
+    )
+
+
+def test_a_warm_started_ema_keeps_its_full_decay_and_a_fresh_one_warms_up(tiny_config, tmp_path):
+    (bundle,) = run(tiny_config("steps=2", f"out={tmp_path / 'first'}"))
+    cfg = tiny_config("steps=1", f"init_from={bundle}", f"out={tmp_path / 'warm'}")
+    datamodule, model, trainer = build(cfg)
+    # the bundle fills both generators' EMA copies; the plate inpainter's and the encoder's start fresh
+    assert model.trained_emas == {"g_fg_ema", "g_bg_ema"}
+    start = {n: {k: v.clone() for k, v in getattr(model, n).named_parameters()} for n in ("g_fg_ema", "g_plate_ema")}
+    trainer.fit(model, datamodule=datamodule)
+    for name, share in (("g_fg_ema", 1 - cfg.model.ema_decay), ("g_plate_ema", 1 - 1 / 10)):  # warm-up at batch 0
+        live = dict(getattr(model, name.removesuffix("_ema")).named_parameters())
+        for k, v in getattr(model, name).named_parameters():
+            assert torch.allclose(v, start[name][k] + share * (live[k] - start[name][k]), atol=1e-6), (name, k)
+    assert build(tiny_config("steps=1"))[1].trained_emas == set()
+
+
 def test_a_warm_start_into_layers_with_new_inputs_paints_what_it_painted(tiny_config, tmp_path):
     first = tiny_config("steps=2", f"out={tmp_path / 'first'}")
     (bundle,) = run(first)
@@ -572,8 +606,41 @@ def test_a_stage_with_its_own_batch_count_stops_there_while_the_others_train_on(
         assert not same(seen[1][name], seen[3][name]), name
     with pytest.raises(ValueError, match="stage_steps: foregrund"):
         SceneGAN(categories=CATEGORIES, resolution=32, stage_steps={"foregrund": 2})
-    with pytest.raises(ValueError, match="stage_steps: foreground: 0"):
-        SceneGAN(categories=CATEGORIES, resolution=32, stage_steps={"foreground": 0})
+    with pytest.raises(ValueError, match="stage_steps: foreground: -1"):
+        SceneGAN(categories=CATEGORIES, resolution=32, stage_steps={"foreground": -1})
+
+
+def test_a_stage_given_no_batches_stays_as_warm_started_while_the_other_trains(tiny_config, tmp_path):
+    (bundle,) = run(tiny_config("steps=1", f"out={tmp_path / 'first'}"))
+    cfg = tiny_config("steps=2", f"init_from={bundle}", "+model.stage_steps.background=0")
+    datamodule, model, trainer = build(cfg)
+    before = {
+        n: {k: v.clone() for k, v in getattr(model, n).state_dict().items()} for n in ("g_bg", "g_bg_ema", "g_fg")
+    }
+    trainer.fit(model, datamodule=datamodule)
+    for name in ("g_bg", "g_bg_ema"):  # G_bg only paints G_fg's canvases
+        assert all(torch.equal(v, getattr(model, name).state_dict()[k]) for k, v in before[name].items()), name
+    assert not all(torch.equal(v, model.g_fg.state_dict()[k]) for k, v in before["g_fg"].items())
+
+
+def test_the_scene_discriminator_judges_objects_painted_into_real_canvases_and_teaches_g_fg(tiny_config):
+    # the crop discriminator and the reconstruction silenced: whatever moves G_fg comes from the scene D
+    cfg = tiny_config(
+        "steps=2", "model.stages=[foreground]", "model.fg_scene_weight=1", "model.object_weight=0", "model.rec_weight=0"
+    )
+    datamodule, model, trainer = build(cfg)
+    g0 = {k: v.clone() for k, v in model.g_fg.state_dict().items()}
+    d0 = {k: v.clone() for k, v in model.d_scene.state_dict().items()}
+    trainer.fit(model, datamodule=datamodule)
+    assert not all(torch.equal(v, model.d_scene.state_dict()[k]) for k, v in d0.items())
+    assert not all(torch.equal(v, model.g_fg.state_dict()[k]) for k, v in g0.items())
+    assert model.d_scene.init_kwargs["num_categories"] == len(model.categories)
+    rows = list(csv.DictReader(open(Path(cfg.out) / "metrics.csv")))
+    assert any(r.get("fg_scene/d") for r in rows)
+    plain = build(tiny_config("steps=2", "model.stages=[foreground]"))[1]
+    assert not hasattr(plain, "d_scene")  # off by default: older checkpoints load as they are
+    with pytest.raises(ValueError, match="fg_scene_weight"):
+        SceneGAN(categories=CATEGORIES, resolution=32, fg_scene_weight=-1.0)
 
 
 def test_the_same_command_in_the_same_folder_resumes_the_run(tiny_config, capsys):

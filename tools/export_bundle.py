@@ -8,6 +8,8 @@
     python tools/export_bundle.py old/composer.pt --half --out new/composer.safetensors  # convert an old pickled bundle
     python tools/export_bundle.py runs/shapes64/composer.safetensors --background-from runs/bg9/checkpoints/last.ckpt \
         --prior-data data/shapes64/train --out runs/combined/composer.safetensors   # and fit G_bg's style prior
+    python tools/export_bundle.py scenecomp/assets/composer.safetensors --foreground-from runs/fg/checkpoints/last.ckpt \
+        --out runs/combined/composer.safetensors      # another run's G_fg with this bundle's G_bg (and its prior)
 
 ``--prior-data`` (with a ``.ckpt`` source or ``--background-from``) fits the checkpoint's G_bg its
 style prior as ``scenecomp-train`` does at the end of a run (``model.background_prior`` images of
@@ -17,8 +19,9 @@ A ``.ckpt`` (Lightning checkpoint of ``scenecomp-train``) gives the EMA
 generators of every stage it trained: ``OUT/composer.safetensors`` and/or
 ``OUT/baseline.safetensors``. A bundle is re-saved as it is (``--half``: float16 weights;
 they load back as float32), or with its background generator taken from the
-EMA G_bg of a background-stage checkpoint (the stages train independently, so
-G_fg does not depend on which G_bg it is paired with).
+EMA G_bg of a background-stage checkpoint, or its foreground generator from the EMA
+G_fg of a foreground-stage checkpoint (the stages train independently, so neither
+generator depends on which one it is paired with).
 """
 
 from __future__ import annotations
@@ -70,6 +73,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True, help="bundle path (from a bundle) or folder (from a .ckpt)")
     ap.add_argument("--half", action="store_true", help="store weights as float16")
     ap.add_argument("--background-from", type=Path, help="a .ckpt whose EMA G_bg replaces the bundle's")
+    ap.add_argument("--foreground-from", type=Path, help="a .ckpt whose EMA G_fg replaces the bundle's")
     ap.add_argument("--prior-data", type=Path, help="a training set: fit the checkpoint's G_bg its style prior on it")
     args = ap.parse_args()
     if args.prior_data and not (args.source.suffix == ".ckpt" or args.background_from):
@@ -86,6 +90,8 @@ def main() -> None:
         nets = {name: build_network(data, name, args.source) for name in data["networks"] if name in NETWORKS}
         if args.background_from:
             nets["background"] = load_run(args.background_from, args.prior_data).g_bg_ema
+        if args.foreground_from:
+            nets["foreground"] = load_run(args.foreground_from).g_fg_ema
         save_bundle(args.out, bundle_dict(data["categories"], half=args.half, **nets))
         written = [args.out]
     for path in written:
