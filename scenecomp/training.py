@@ -363,9 +363,13 @@ class SceneGAN(L.LightningModule):
     def on_train_batch_end(self, outputs, batch, batch_idx):
         self.seed_noise()
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["trained_emas"] = sorted(self.trained_emas)  # a resumed run goes on with the same EMA rule
+
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """A checkpoint from before the plates encoder had an EMA resumes (and exports) with the EMA
         starting as its encoder."""
+        self.trained_emas = frozenset(checkpoint.get("trained_emas", ()))
         state = checkpoint["state_dict"]
         if hasattr(self, "e_bg_ema") and not any(k.startswith("e_bg_ema.") for k in state):
             state.update({f"e_bg_ema.{k[len('e_bg.') :]}": v for k, v in list(state.items()) if k.startswith("e_bg.")})

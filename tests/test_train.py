@@ -523,6 +523,10 @@ def test_a_warm_started_ema_keeps_its_full_decay_and_a_fresh_one_warms_up(tiny_c
         live = dict(getattr(model, name.removesuffix("_ema")).named_parameters())
         for k, v in getattr(model, name).named_parameters():
             assert torch.allclose(v, start[name][k] + share * (live[k] - start[name][k]), atol=1e-6), (name, k)
+    saved = torch.load(Path(cfg.out) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    resumed = SceneGAN(**saved["hyper_parameters"])
+    resumed.on_load_checkpoint(saved)  # as Lightning does on resume, whatever the command says of init_from
+    assert resumed.trained_emas == {"g_fg_ema", "g_bg_ema"}
     assert build(tiny_config("steps=1"))[1].trained_emas == set()
 
 
