@@ -634,7 +634,7 @@ class SceneGAN(L.LightningModule):
         # composite differ only inside the object
         scene = hasattr(self, "d_scene") and bool(on_real.any())
         if scene:
-            layout = m[on_real] * F.one_hot(c[on_real], len(self.categories)).to(x.dtype)[:, :, None, None]
+            layout = layout_map(m[on_real, None], c[on_real, None], len(self.categories))  # the one object's
             real_scene = (x[on_real], layout)
 
         def d_loss():
