@@ -58,13 +58,18 @@ def visible_masks(masks: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def crop_objects(images: torch.Tensor, masks: torch.Tensor, size: int, margin: float = 0.15) -> torch.Tensor:
+def crop_objects(
+    images: torch.Tensor, masks: torch.Tensor, size: int, margin: float = 0.15, native: bool = False
+) -> torch.Tensor:
     """Square crops around each mask's bounding box, resampled to ``size``.
 
     images ``[B,C,H,W]`` (any channels, e.g. image ⊕ mask), masks ``[B,1,H,W]``
     -> ``[B,C,size,size]``. ``F.grid_sample`` with an affine grid stands in for
     torchvision's ``roi_align``, which is unavailable here. An empty mask crops
-    the whole image.
+    the whole image. ``native``: a box that fits is not scaled up but cut as a
+    ``size``-pixel window on the pixel grid (its pixels exactly, no interpolation):
+    scaling a small object up blurs its finest detail (a house's brick rows two
+    pixels apart), which a discriminator then never sees. Larger boxes are scaled down as before.
     """
     B, _, H, W = images.shape
     ys = torch.linspace(-1 + 1 / H, 1 - 1 / H, H, device=images.device)
@@ -80,11 +85,19 @@ def crop_objects(images: torch.Tensor, masks: torch.Tensor, size: int, margin: f
     x0, y0 = torch.where(empty, -1.0, x0), torch.where(empty, -1.0, y0)
     x1, y1 = torch.where(empty, 1.0, x1), torch.where(empty, 1.0, y1)
     half = torch.maximum(x1 - x0, y1 - y0) * (0.5 + margin)
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    if native:
+        window = size / max(H, W)  # half of `size` pixels in grid units (2 / W a pixel; images are square)
+        fits = half <= window
+        half = torch.where(fits, torch.full_like(half, window), half)
+        # a window centred on a pixel boundary samples pixel centres exactly (for an even `size`)
+        cx = torch.where(fits, ((cx + 1) * W / 2).round() * 2 / W - 1, cx)
+        cy = torch.where(fits, ((cy + 1) * H / 2).round() * 2 / H - 1, cy)
     theta = torch.zeros(B, 2, 3, device=images.device, dtype=images.dtype)
     theta[:, 0, 0] = half
     theta[:, 1, 1] = half
-    theta[:, 0, 2] = (x0 + x1) / 2
-    theta[:, 1, 2] = (y0 + y1) / 2
+    theta[:, 0, 2] = cx
+    theta[:, 1, 2] = cy
     grid = F.affine_grid(theta, [B, images.shape[1], size, size], align_corners=False)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
@@ -722,15 +735,28 @@ class GlobalDiscriminator(nn.Module):
 class ObjectDiscriminator(nn.Module):
     """Scores an object crop with its mask, projected on its category.
 
-    ``forward(crop [B,4,S,S] (image ⊕ mask), category [B]) -> (score [B], features)``
+    ``forward(crop [B,4,S,S] (image ⊕ mask), category [B]) -> (score [B], features)``;
+    ``native`` says how the caller should cut the crops (`crop_objects`): objects that fit at their own
+    resolution, not scaled up to S.
     """
 
-    def __init__(self, num_categories: int = 5, crop_size: int = 32, channels: int = 32, max_channels: int = 256):
+    def __init__(
+        self,
+        num_categories: int = 5,
+        crop_size: int = 32,
+        channels: int = 32,
+        max_channels: int = 256,
+        native: bool = False,
+    ):
         super().__init__()
         self.init_kwargs = dict(
-            num_categories=num_categories, crop_size=crop_size, channels=channels, max_channels=max_channels
+            num_categories=num_categories,
+            crop_size=crop_size,
+            channels=channels,
+            max_channels=max_channels,
+            native=native,
         )
-        self.crop_size = crop_size
+        self.crop_size, self.native = crop_size, native
         self.trunk = DownStack(4, crop_size, channels, max_channels)
         c = self.trunk.out_channels
         self.fc = spectral_norm(nn.Linear(c, 1))

@@ -627,7 +627,7 @@ class SceneGAN(L.LightningModule):
         S = self.d_obj.crop_size
 
         def crops(img):
-            return crop_objects(torch.cat([img, m], 1), m, S), c
+            return crop_objects(torch.cat([img, m], 1), m, S, native=self.d_obj.native), c
 
         real = crops(x)  # the real objects' crops serve both discriminator steps and the encoder
         # the scene discriminator sees the rows painted into their real canvas: there the real image and the

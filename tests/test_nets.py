@@ -87,6 +87,24 @@ def test_crop_objects_frames_the_box():
     assert empty.mean().item() == pytest.approx(img.mean().item(), abs=0.02)  # empty mask: whole image
 
 
+def test_native_crops_keep_a_small_objects_pixels_and_scale_only_large_ones():
+    img = torch.rand(2, 3, 64, 64)
+    img[..., ::2, :] = -1  # rows alternating two pixels apart, like a house's bricks
+    mask = torch.zeros(2, 1, 64, 64)
+    mask[0, :, 11:18, 21:30] = 1  # a 9 x 7 box, centre between pixels
+    mask[1, :, 2:60, 5:55] = 1  # larger than the window
+    crops = crop_objects(torch.cat([img, mask], 1), mask, 32, native=True)
+    small = crops[0]
+    assert small[3].sum().item() == mask[0].sum().item()  # the whole mask, each pixel once: no interpolation
+    # the box spans rows 11-17 and columns 21-29: its centre (14.5, 25.5) rounds to the pixel edges (14, 26);
+    # the window's top 2 rows lie above the image, zeros
+    window = F.pad(torch.cat([img[0], mask[0]]), (16, 16, 16, 16))[:, 14 : 14 + 32, 26 : 26 + 32]
+    assert torch.equal(small, window)
+    scaled = crop_objects(torch.cat([img, mask], 1), mask, 32)
+    assert torch.equal(crops[1], scaled[1])  # a box that does not fit is scaled down as before
+    assert not torch.allclose(small, scaled[0])  # scaled up, the stripes blur
+
+
 def test_layout_map_paints_later_objects_on_top():
     masks = torch.zeros(1, 3, 1, 8, 8)
     masks[0, 0, 0, :, :4] = 1

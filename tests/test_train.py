@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from conftest import compose_config
+from scenecomp import training
 from scenecomp.compose import Composer, build_network, load_bundle
 from scenecomp.data import DataError
 from scenecomp.train import CONF, ConfigError, build, grown_inputs, run, warm_start
@@ -645,6 +646,22 @@ def test_the_scene_discriminator_judges_objects_painted_into_real_canvases_and_t
     assert not hasattr(plain, "d_scene")  # off by default: older checkpoints load as they are
     with pytest.raises(ValueError, match="fg_scene_weight"):
         SceneGAN(categories=CATEGORIES, resolution=32, fg_scene_weight=-1.0)
+
+
+def test_the_object_discriminator_can_judge_crops_at_their_own_resolution(tiny_config, monkeypatch):
+    cfg = tiny_config("steps=1", "model.stages=[foreground]", "model.object_disc.native=true")
+    datamodule, model, trainer = build(cfg)
+    assert model.d_obj.native and model.d_obj.init_kwargs["native"]
+    seen, crop = [], training.crop_objects
+
+    def recorded(*args, **kwargs):  # the real cropping, its `native` noted
+        seen.append(kwargs.get("native"))
+        return crop(*args, **kwargs)
+
+    monkeypatch.setattr(training, "crop_objects", recorded)
+    trainer.fit(model, datamodule=datamodule)
+    assert seen and all(seen)
+    assert not build(tiny_config("steps=1", "model.stages=[foreground]"))[1].d_obj.native  # off by default
 
 
 def test_the_same_command_in_the_same_folder_resumes_the_run(tiny_config, capsys):

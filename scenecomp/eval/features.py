@@ -168,10 +168,11 @@ def load_features(path) -> FeatureNet:
 # ----------------------------------------------------------------------------- crops
 
 
-def object_crops(images: torch.Tensor, masks: torch.Tensor, size: int) -> torch.Tensor:
+def object_crops(images: torch.Tensor, masks: torch.Tensor, size: int, native: bool = False) -> torch.Tensor:
     """Classifier input: the image inside the mask (0 = mid grey outside) ⊕ the mask,
-    cropped around the mask. images ``[B,3,H,W]`` in [-1,1], masks ``[B,1,H,W]`` -> ``[B,4,S,S]``."""
-    return crop_objects(torch.cat([images * masks, masks], dim=1), masks, size)
+    cropped around the mask (``native``: small objects at their own resolution, `crop_objects`).
+    images ``[B,3,H,W]`` in [-1,1], masks ``[B,1,H,W]`` -> ``[B,4,S,S]``."""
+    return crop_objects(torch.cat([images * masks, masks], dim=1), masks, size, native=native)
 
 
 def fill_outside(crops: torch.Tensor) -> torch.Tensor:

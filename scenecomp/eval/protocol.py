@@ -19,7 +19,9 @@ Protocol (printed with every table and written into the JSON)
   the same layouts.
 - Two-sample tests (`scenecomp.eval.two_sample`): generated vs the layouts'
   real images (sample 0), object crops with identical masks (each counted
-  object's visible mask cut from the real and the generated image), and
+  object's visible mask cut from the real and the generated image, its box
+  scaled to the crop size; and again at their own resolution, where scaling a
+  small object up would blur its finest detail: `crop_objects` ``native``), and
   backgrounds (the split's ``backgrounds/`` images vs the models'); "real" is
   the calibration: the layouts' real images, crops and backgrounds against
   the reference's. Layered models, where the split has ``backgrounds/``, also
@@ -262,8 +264,8 @@ class _Crops:
         self.rows, self.cols = batch.counted.nonzero(as_tuple=True)
         self.masks, self.cats, self.size = batch.vis[self.rows, self.cols], batch.cats[self.rows, self.cols], size
 
-    def of(self, images: torch.Tensor) -> torch.Tensor:
-        return object_crops(to_float(images)[self.rows], self.masks, self.size)
+    def of(self, images: torch.Tensor, native: bool = False) -> torch.Tensor:
+        return object_crops(to_float(images)[self.rows], self.masks, self.size, native)
 
 
 class _Real:
@@ -271,6 +273,7 @@ class _Real:
 
     def __init__(self, C: int, appearance: bool):
         self.images, self.crops, self.backgrounds, self.filled, self.crop_cats, self.top_masks = [], [], [], [], [], []
+        self.native_crops = []
         self.objects, self.purity, self.illumination = ClassifierScores(C), Purity(), Illumination()
         self.appearance = appearance  # keep what `_real_appearance` needs (the layouts', not the reference's)
 
@@ -278,6 +281,7 @@ class _Real:
         c = crops.of(batch.image)
         self.images.append(batch.image)
         self.crops.append(c)
+        self.native_crops.append(crops.of(batch.image, native=True))
         self.crop_cats.append(crops.cats)
         self.objects.update(net.object_logits(c), crops.cats)
         self.illumination.update(batch.image, batch.masks, batch.counted)
@@ -297,6 +301,7 @@ class _Generated:
 
     def __init__(self, C: int):
         self.images, self.crops, self.backgrounds, self.on_real_backgrounds = [], [], [], []
+        self.native_crops = []
         self.objects, self.appearance, self.purity = ClassifierScores(C), ClassifierScores(C), Purity()
         self.illumination, self.diversity, self.crop_diversity = Illumination(), Diversity(), Diversity()
         self.look, self.category = Locality(), Locality()
@@ -315,6 +320,7 @@ class _Generated:
             if j == 0:
                 self.images.append(fake)
                 self.crops.append(c)
+                self.native_crops.append(crops.of(fake, native=True))
                 self._first_sample(model, net, batch, layouts, fake, batch_size)
         if seeds >= 2:
             self.diversity.update(torch.stack(scene_features, 1))
@@ -469,11 +475,13 @@ def evaluate(
         figures.setdefault(key, {})[column] = values
         put(key, column, sum(values) / len(values))
 
-    pairs = {name: (sets[name], torch.cat(g.crops), g.backgrounds) for name, g in gen.items()}
-    pairs["real"] = (ref_images, ref_crops, reference.backgrounds)  # the calibration: two disjoint real sets
-    for column, (images_, crops_, backgrounds) in pairs.items() if two_sample else ():
+    pairs = {name: (sets[name], torch.cat(g.crops), g.native_crops, g.backgrounds) for name, g in gen.items()}
+    # the calibration: two disjoint real sets
+    pairs["real"] = (ref_images, ref_crops, reference.native_crops, reference.backgrounds)
+    for column, (images_, crops_, native, backgrounds) in pairs.items() if two_sample else ():
         test("two_sample_scenes", column, images_, real_images)
         test("two_sample_objects", column, crops_, real_crops)
+        test("two_sample_objects_native", column, torch.cat(native), torch.cat(real.native_crops))
         if real.backgrounds:
             test("two_sample_backgrounds", column, torch.cat(backgrounds), torch.cat(real.backgrounds))
     for name, g in gen.items() if two_sample else ():

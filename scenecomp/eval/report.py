@@ -21,6 +21,11 @@ METRICS = {
         "{:.3f}",
     ),
     "two_sample_objects": ("two-sample test, object crops, identical masks", "0.5", "{:.3f}"),
+    "two_sample_objects_native": (
+        "two-sample test, object crops at their own resolution (not scaled up), identical masks",
+        "0.5",
+        "{:.3f}",
+    ),
     "two_sample_backgrounds": ("two-sample test, backgrounds", "0.5", "{:.3f}"),
     "inception_score": ("Inception score, in-domain classifier on object crops", "higher", "{:.3f}"),
     "object_accuracy": ("object accuracy (crop classified as the requested category)", "higher", "{:.3f}"),
