@@ -468,6 +468,7 @@ def evaluate(
         floor = metrics["fid"]["real"]
         put("fid_over_floor", name, metrics["fid"][name] / floor if floor else None)
     real_crops, ref_crops = torch.cat(real.crops), torch.cat(reference.crops)
+    real_native, ref_native = torch.cat(real.native_crops), torch.cat(reference.native_crops)
     figures: dict[str, dict] = {}  # every classifier's figure; the metric is their mean
 
     def test(key, column, a, b):
@@ -475,13 +476,15 @@ def evaluate(
         figures.setdefault(key, {})[column] = values
         put(key, column, sum(values) / len(values))
 
-    pairs = {name: (sets[name], torch.cat(g.crops), g.native_crops, g.backgrounds) for name, g in gen.items()}
+    pairs = {
+        name: (sets[name], torch.cat(g.crops), torch.cat(g.native_crops), g.backgrounds) for name, g in gen.items()
+    }
     # the calibration: two disjoint real sets
-    pairs["real"] = (ref_images, ref_crops, reference.native_crops, reference.backgrounds)
+    pairs["real"] = (ref_images, ref_crops, ref_native, reference.backgrounds)
     for column, (images_, crops_, native, backgrounds) in pairs.items() if two_sample else ():
         test("two_sample_scenes", column, images_, real_images)
         test("two_sample_objects", column, crops_, real_crops)
-        test("two_sample_objects_native", column, torch.cat(native), torch.cat(real.native_crops))
+        test("two_sample_objects_native", column, native, real_native)
         if real.backgrounds:
             test("two_sample_backgrounds", column, torch.cat(backgrounds), torch.cat(real.backgrounds))
     for name, g in gen.items() if two_sample else ():
