@@ -75,7 +75,9 @@ def build(cfg: DictConfig) -> tuple[SceneDataModule, SceneGAN, L.Trainer]:
         raise ConfigError(f"model: {e}") from None
     model.seed = cfg.seed
     if cfg.get("init_from"):
-        warm_start(model, cfg.init_from)
+        warm_start(model, cfg.init_from, cfg.get("init_networks"))
+    elif cfg.get("init_networks") is not None:
+        raise ConfigError("init_networks: given without init_from (the file whose networks start this run)")
     if cfg.channels_last:
         model.memory_format = torch.channels_last
         model.to(memory_format=torch.channels_last)
@@ -138,21 +140,27 @@ BUNDLE_MODULES = {
 }
 
 
-def warm_start(model: SceneGAN, path: str) -> None:
+def warm_start(model: SceneGAN, path: str, networks: list[str] | None = None) -> None:
     """Copy another run's weights into ``model`` wherever a name and shape match (new layers keep their
     initialisation; optimisers, step and schedule start fresh, unlike ``ckpt_path``, which resumes).
     ``path`` is a Lightning checkpoint (every network) or a bundle such as the shipped
     ``composer.safetensors`` (its generators start both the trained and the EMA copies; discriminators,
-    encoders and the plate inpainter start fresh). An EMA copy filled entirely keeps its full decay from the first
+    encoders and the plate inpainter start fresh). ``networks`` (e.g. ``["background"]``) copies only those
+    generators and their EMA copies, from either kind of file: every other network starts fresh, so G_fg can
+    learn afresh on a finished G_bg. An EMA copy filled entirely keeps its full decay from the first
     batch (``SceneGAN.trained_emas``)."""
+    if networks is not None:
+        unknown = sorted(set(networks) - set(BUNDLE_MODULES))
+        if unknown or not networks:
+            raise ConfigError(f"init_networks: {list(networks)!r}; name some of {list(BUNDLE_MODULES)}")
     if str(path).endswith(".safetensors"):
         try:
-            networks = load_bundle(path)["networks"]
+            bundled = load_bundle(path)["networks"]
         except BundleError as e:
             raise ConfigError(f"init_from: {e}") from None
         state = {
             f"{module}.{key}": value.float() if value.is_floating_point() else value
-            for name, net in networks.items()
+            for name, net in bundled.items()
             for module in BUNDLE_MODULES.get(name, ())
             for key, value in net["state_dict"].items()
         }
@@ -163,6 +171,9 @@ def warm_start(model: SceneGAN, path: str) -> None:
             raise ConfigError(
                 f"init_from: {path}: not a readable scenecomp-train checkpoint ({type(e).__name__}: {e})"
             ) from None
+    if networks is not None:
+        modules = {m for name in networks for m in BUNDLE_MODULES[name]}
+        state = {k: v for k, v in state.items() if k.split(".")[0] in modules}
     own = model.state_dict()
     taken = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     taken |= {

@@ -493,6 +493,35 @@ def test_a_warm_start_from_a_bundle_starts_both_generator_copies(tiny_config, tm
     assert model.batches_done == cfg.steps and torch.isfinite(trainer.callback_metrics["bg/rec_l1"])
 
 
+def test_init_networks_starts_only_the_named_generators_and_the_rest_afresh(tiny_config, tmp_path):
+    first = tiny_config("steps=2", f"out={tmp_path / 'first'}")
+    (bundle,) = run(first)
+    ckpt = Path(first.out) / "checkpoints" / "last.ckpt"
+    saved = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    torch.manual_seed(0)
+    fresh = build(tiny_config(f"out={tmp_path / 'fresh'}"))[1].state_dict()  # initial weights of seed 0
+    for source in (ckpt, bundle):
+        cfg = tiny_config(f"init_from={source}", "init_networks=[background]", f"out={tmp_path / 'bg'}")
+        torch.manual_seed(0)
+        datamodule, model, trainer = build(cfg)
+        own = model.state_dict()
+        for k, v in own.items():
+            module = k.split(".")[0]
+            if module in ("g_bg", "g_bg_ema") and "prior_" not in k:
+                assert torch.equal(v, saved[f"g_bg_ema.{k.split('.', 1)[1]}"] if source == bundle else saved[k]), k
+            elif module not in ("g_bg", "g_bg_ema"):  # G_fg, the encoders and every discriminator: as initialised
+                assert torch.equal(v, fresh[k]), k
+        assert not torch.equal(own["g_fg.to_rgb.weight"], saved["g_fg.to_rgb.weight"])
+        assert model.trained_emas == {"g_bg_ema"}
+    trainer.fit(model, datamodule=datamodule)
+    assert model.batches_done == cfg.steps
+    for bad in ("init_networks=[backgrund]", "init_networks=[]"):
+        with pytest.raises(ConfigError, match="init_networks: .*name some of"):
+            build(tiny_config(f"init_from={bundle}", bad, f"out={tmp_path / 'bad'}"))
+    with pytest.raises(ConfigError, match="init_networks: given without init_from"):
+        build(tiny_config("init_networks=[background]", f"out={tmp_path / 'bad'}"))
+
+
 def test_export_bundle_pairs_one_runs_g_fg_with_another_bundles_g_bg(tiny_config, tmp_path):
     (first,) = run(tiny_config("steps=1", f"out={tmp_path / 'first'}"))
     cfg = tiny_config("steps=2", "model.stages=[foreground]", f"out={tmp_path / 'fg'}")
