@@ -158,6 +158,10 @@ def warm_start(model: SceneGAN, path: str, networks: list[str] | None = None) ->
             bundled = load_bundle(path)["networks"]
         except BundleError as e:
             raise ConfigError(f"init_from: {e}") from None
+        background = bundled.get("background", {}).get("state_dict", {})
+        if "prior_mu" in background and (networks is None or "background" in networks):
+            # kept aside, not set: G_bg trains on the standard normal; `run` gives it back if no encoder trains
+            model.carried_prior = (background["prior_mu"].float(), background["prior_logvar"].float())
         state = {
             f"{module}.{key}": value.float() if value.is_floating_point() else value
             for name, net in bundled.items()
@@ -249,8 +253,18 @@ def run(cfg: DictConfig) -> list[Path]:
     if not trainer.is_global_zero:
         return []
     if model.hparams.background_prior and hasattr(model, "e_bg"):
-        used = model.fit_background_prior(datamodule.train_set, model.hparams.background_prior)
-        print(f"background prior: the encoder's posteriors of {used} training plates")
+        # the encoder (and the plate inpainter it reads) learn only in the background stage: a run that kept a
+        # bundle's G_bg as it was (stage_steps: {background: 0}) has them as initialised, and their codes would be
+        # noise; it keeps the prior its G_bg came with
+        untrained = (model.hparams.stage_steps or {}).get("background") == 0 and "e_bg_ema" not in model.trained_emas
+        if untrained and model.carried_prior is not None:
+            model.g_bg_ema.set_prior(*model.carried_prior)
+            print(f"background prior: kept from init_from ({len(model.carried_prior[0])} codes; G_bg did not train)")
+        elif untrained:
+            print("background prior: none (G_bg did not train and its encoder is untrained): the standard normal")
+        else:
+            used = model.fit_background_prior(datamodule.train_set, model.hparams.background_prior)
+            print(f"background prior: the encoder's posteriors of {used} training plates")
     written = write_bundles(model, Path(cfg.out))
     for path in written:
         print(f"wrote {path}")

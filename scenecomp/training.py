@@ -336,6 +336,8 @@ class SceneGAN(L.LightningModule):
     # EMA copies that a warm start filled with trained weights (``train.warm_start``): they keep their full decay from
     # the first batch, since a warm-up would replace a long average with the last few batches' noisy weights
     trained_emas: frozenset[str] = frozenset()
+    # the style prior of the bundle that started G_bg ([M,z], [M,z]; ``train.warm_start``), or None
+    carried_prior: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def update_ema(self, name: str) -> None:
         """Move the EMA copy ``name`` (e.g. ``g_fg_ema``) towards its network (``g_fg``)."""

@@ -657,6 +657,24 @@ def test_a_stage_given_no_batches_stays_as_warm_started_while_the_other_trains(t
     assert not all(torch.equal(v, model.g_fg.state_dict()[k]) for k, v in before["g_fg"].items())
 
 
+def test_a_run_that_kept_its_bundles_g_bg_keeps_its_style_prior_and_one_that_trained_it_fits_its_own(
+    tiny_config, tmp_path
+):
+    (bundle,) = run(tiny_config("steps=1", f"out={tmp_path / 'first'}"))
+    frozen = ("steps=1", f"init_from={bundle}", "+model.stage_steps.background=0")
+    (kept,) = run(tiny_config(*frozen, f"out={tmp_path / 'kept'}"))
+    (trained,) = run(tiny_config("steps=1", f"init_from={bundle}", f"out={tmp_path / 'trained'}"))
+    # G_bg neither from the bundle nor trained: no prior from an untrained encoder's codes
+    (fresh,) = run(tiny_config(*frozen, "init_networks=[foreground]", f"out={tmp_path / 'fresh'}"))
+    first, kept, trained, fresh = (
+        load_bundle(p)["networks"]["background"]["state_dict"] for p in (bundle, kept, trained, fresh)
+    )
+    assert first["prior_mu"].shape[0] > 0 and first.keys() == kept.keys()
+    assert all(torch.equal(first[k], kept[k]) for k in first)  # the weights and the prior, bit for bit
+    assert not torch.equal(first["prior_mu"], trained["prior_mu"])  # refitted by the encoder that trained
+    assert "prior_mu" not in fresh
+
+
 def test_the_scene_discriminator_judges_objects_painted_into_real_canvases_and_teaches_g_fg(tiny_config):
     # the crop discriminator and the reconstruction silenced: whatever moves G_fg comes from the scene D
     cfg = tiny_config(
