@@ -149,6 +149,8 @@ def warm_start(model: SceneGAN, path: str, networks: list[str] | None = None) ->
     generators and their EMA copies, from either kind of file: every other network starts fresh, so G_fg can
     learn afresh on a finished G_bg. An EMA copy filled entirely keeps its full decay from the first
     batch (``SceneGAN.trained_emas``)."""
+    if isinstance(networks, str):  # init_networks=background: one name
+        networks = [networks]
     if networks is not None:
         unknown = sorted(set(networks) - set(BUNDLE_MODULES))
         if unknown or not networks:

@@ -500,8 +500,8 @@ def test_init_networks_starts_only_the_named_generators_and_the_rest_afresh(tiny
     saved = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
     torch.manual_seed(0)
     fresh = build(tiny_config(f"out={tmp_path / 'fresh'}"))[1].state_dict()  # initial weights of seed 0
-    for source in (ckpt, bundle):
-        cfg = tiny_config(f"init_from={source}", "init_networks=[background]", f"out={tmp_path / 'bg'}")
+    for source, names in ((ckpt, "[background]"), (bundle, "background")):
+        cfg = tiny_config(f"init_from={source}", f"init_networks={names}", f"out={tmp_path / 'bg'}")
         torch.manual_seed(0)
         datamodule, model, trainer = build(cfg)
         own = model.state_dict()
