@@ -26,7 +26,7 @@ from scenecomp.compose import BUNDLE_NAME, bundle_dict, load_bundle, save_bundle
 from scenecomp.data import DataError
 from scenecomp.datamodule import SceneDataModule
 from scenecomp.precision import training_precision
-from scenecomp.training import PreviewGrid, RankChecksums, SceneGAN
+from scenecomp.training import FinalCheckpoint, PreviewGrid, RankChecksums, SceneGAN
 
 
 class ConfigError(ValueError):
@@ -95,6 +95,7 @@ def build(cfg: DictConfig) -> tuple[SceneDataModule, SceneGAN, L.Trainer]:
             save_top_k=0,
             every_n_train_steps=cfg.checkpoint_every * model.optimizer_steps_per_batch,
         ),
+        FinalCheckpoint(str(out / "checkpoints" / "last.ckpt"), every=cfg.checkpoint_every),
         PreviewGrid(str(out / "previews"), every=cfg.preview_every),
     ]
     if cfg.rank_checksums:

@@ -786,6 +786,21 @@ class PreviewGrid(L.Callback):
             module.save_preview(self.folder)
 
 
+class FinalCheckpoint(L.Callback):
+    """Saves ``path`` (the run's ``last.ckpt``) after its final batch when ``every`` batches do not divide its
+    length: ModelCheckpoint saves every ``every`` only, so a run's last batches would be in its bundle but not in
+    the checkpoint that a longer run resumes from. Saved where ModelCheckpoint saves, after the batch and before
+    the module's hook, so a run resumed from it trains to the bits of one that never stopped (a save after
+    ``fit``, tried first, did not)."""
+
+    def __init__(self, path: str, every: int):
+        self.path, self.every = path, every
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if trainer.global_step >= trainer.max_steps and module.batches_done % self.every:
+            trainer.save_checkpoint(self.path)
+
+
 class RankChecksums(L.Callback):
     """Every rank writes ``folder/rank{N}.json``: ``weights``, a SHA-256 of each network's weights at
     the end of training (under DDP all ranks must agree), and ``first_z``, a SHA-256 of the first

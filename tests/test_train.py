@@ -140,14 +140,18 @@ def test_resume_continues_from_the_saved_step(tiny_config, tmp_path):
     assert len(trainer.optimizers[0].state) > 0  # Adam moments came back with the checkpoint
 
 
-def test_an_interrupted_run_resumed_trains_to_the_weights_of_one_never_stopped(tiny_config, tmp_path):
-    """Noise seeded batch by batch and the data loader's place in the epoch saved: stopped at batch 2 of an
+@pytest.mark.parametrize("stop", [2, 3])
+def test_an_interrupted_run_resumed_trains_to_the_weights_of_one_never_stopped(tiny_config, tmp_path, stop):
+    """Noise seeded batch by batch and the data loader's place in the epoch saved: stopped at batch 2 or 3 of an
     8-batch epoch and resumed, a run ends with the bits of one that ran through (a plain DataLoader restarts the
-    epoch's order, and noise seeded once per fit draws other z after a resume)."""
+    epoch's order, and noise seeded once per fit draws other z after a resume). Stopped at 3 with a checkpoint
+    every 2, the run's last.ckpt is its final batch's (FinalCheckpoint), not batch 2's."""
     through = tiny_config("steps=4", "checkpoint_every=2", f"out={tmp_path / 'through'}")
     run(through)
     stopped = f"out={tmp_path / 'stopped'}"
-    run(tiny_config("steps=2", "checkpoint_every=2", stopped))
+    run(tiny_config(f"steps={stop}", "checkpoint_every=2", stopped))
+    last = torch.load(tmp_path / "stopped" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["global_step"] == stop * 4
     run(tiny_config("steps=4", "checkpoint_every=2", stopped))
 
     def weights(cfg_out):
