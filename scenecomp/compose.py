@@ -12,8 +12,9 @@ Seeds
 -----
 Each piece of noise comes from its own CPU generator,
 ``torch.randn(n, generator=torch.Generator().manual_seed(seed))``, moved to
-the composer's device afterwards (``n`` is G_fg's ``z_dim`` for an object and
-G_bg's ``noise_dim`` for the background: its style vector, then its per-pixel
+the composer's device afterwards (``n`` is G_fg's ``noise_dim`` for an object: its ``z``, then, where
+G_fg carries a foreground prior, one entry that picks the prior's component among its category's,
+`ForegroundGenerator.latent`; and G_bg's ``noise_dim`` for the background: its style vector, then its per-pixel
 grain, then, where G_bg carries a style prior, one entry that picks the prior's
 component: `LayoutGenerator.latent`), so a seed gives the same noise at any batch size and on any device.
 Seeds are integers in [0, 2**32). Where none is given:
@@ -371,12 +372,12 @@ class Composer:
             if start is not None
             else torch.stack([noise(s.background_seed, self.background_net.noise_dim) for s in seeded])
         )
-        zo = torch.zeros(B, K, self.foreground_net.z_dim)
+        zo = torch.zeros(B, K, self.foreground_net.noise_dim)
         mk = torch.zeros(B, K, 1, R, R)
         cats = torch.zeros(B, K, dtype=torch.long)
         for b, (s, m) in enumerate(zip(seeded, masks, strict=False)):
             for k, obj in enumerate(s.objects):
-                zo[b, k] = noise(obj.seed, self.foreground_net.z_dim)
+                zo[b, k] = noise(obj.seed, self.foreground_net.noise_dim)
                 cats[b, k] = self._index[obj.category]
             mk[b, : len(m), 0] = m
         canvases = self._paint_batch(zb, zo, mk, cats, start)
@@ -399,7 +400,7 @@ class Composer:
             self.background_net,
             self.foreground_net,
             None if zb is None else self.background_net.latent(zb).to(dev, dt),  # the noise as drawn, in float32
-            zo.to(dev, dt),
+            self.foreground_net.latent(zo.flatten(0, 1), cats.flatten()).unflatten(0, zo.shape[:2]).to(dev, dt),
             masks.to(dev, dt),
             cats.to(dev),
             start,
@@ -409,11 +410,11 @@ class Composer:
         """Canvases ``[1,3,R,R]``: ``start`` (or the background of ``background_seed``) then one per object."""
         R, K = self.resolution, len(objects)
         zb = None if start is not None else noise(background_seed, self.background_net.noise_dim)[None]
-        zo = torch.zeros(1, K, self.foreground_net.z_dim)
+        zo = torch.zeros(1, K, self.foreground_net.noise_dim)
         masks = torch.zeros(1, K, 1, R, R)
         cats = torch.zeros(1, K, dtype=torch.long)
         for k, obj in enumerate(objects):
-            zo[0, k] = noise(obj.seed, self.foreground_net.z_dim)
+            zo[0, k] = noise(obj.seed, self.foreground_net.noise_dim)
             masks[0, k, 0] = torch.from_numpy(obj.mask.astype(np.float32))
             cats[0, k] = self._index[obj.category]
         return self._paint_batch(zb, zo, masks, cats, start)

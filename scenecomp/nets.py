@@ -112,6 +112,27 @@ def pixel_norm(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     return x * (x.pow(2).mean(dim=1, keepdim=True) + eps).rsqrt()
 
 
+def draw_from_prior(
+    noise: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, first: torch.Tensor, count: torch.Tensor
+) -> torch.Tensor:
+    """A style prior's draw: a cVAE-GAN's encoder posteriors of real images, ``mu``, ``logvar`` ``[M,z]``
+    (the aggregate posterior: where the generator learned to paint; the standard normal also reaches between
+    those codes, where it paints blends). ``noise`` ``[B,z+1]`` standard normal, as drawn (float32): its last
+    entry picks row b's component uniformly among ``first[b] .. first[b]+count[b]-1`` (picked before any cast,
+    so a seed picks the same component in every precision), the others are its ``eps``:
+    ``mu[k] + exp(logvar[k]/2) * eps`` ``[B,z]``. A row with ``count`` 0 keeps its ``eps`` (the standard normal)."""
+    device = mu.device
+    pick = torch.special.ndtr(noise[:, -1].double())  # uniform in (0, 1)
+    count = count.to(device)
+    k = first.to(device) + (pick.to(device) * count).long().clamp(max=(count - 1).clamp(min=0))
+    eps = noise[:, :-1].to(device, torch.float32)
+    k = k.clamp(max=max(len(mu) - 1, 0))
+    if not len(mu):
+        return eps
+    style = mu.float()[k] + (0.5 * logvar.float()[k]).exp() * eps
+    return torch.where((count > 0)[:, None], style, eps)
+
+
 def _mapping(z_dim: int, style: int) -> nn.Module:
     """The noise's mapping to a style vector (StyleGAN's, two layers)."""
     return nn.Sequential(nn.Linear(z_dim, style), nn.LeakyReLU(0.2), nn.Linear(style, style), nn.LeakyReLU(0.2))
@@ -500,11 +521,15 @@ class LayoutGenerator(nn.Module):
         device = self.prior_mu.device
         if not self.prior_size:
             return noise.to(device, torch.float32)
-        pick = torch.special.ndtr(noise[:, -1].double())  # uniform in (0, 1)
-        k = (pick * self.prior_size).long().clamp(max=self.prior_size - 1).to(device)
-        eps = noise[:, : self.z_dim].to(device, torch.float32)
-        mu, logvar = self.prior_mu.float()[k], self.prior_logvar.float()[k]
-        style = mu + (0.5 * logvar).exp() * eps
+        B = len(noise)
+        every = torch.full((B,), self.prior_size, dtype=torch.long)  # one group: all M components
+        style = draw_from_prior(
+            torch.cat([noise[:, : self.z_dim], noise[:, -1:]], 1),
+            self.prior_mu,
+            self.prior_logvar,
+            torch.zeros(B, dtype=torch.long),
+            every,
+        )
         return torch.cat([style, noise[:, self.z_dim : self.latent_dim].to(device, torch.float32)], dim=1)
 
     def forward(self, z: torch.Tensor, layout: torch.Tensor | None = None) -> torch.Tensor:
@@ -542,6 +567,9 @@ class ForegroundGenerator(nn.Module):
     category embedding in the style that modulates the decoder: that is how
     the object picks up the scene's light and colour. Use
     :func:`composite` to place the result; only pixels inside the mask count.
+    With a foreground prior (``prior_size`` > 0, set after training by `set_prior`), noise
+    ``[B,noise_dim]`` becomes ``z`` through `latent`: drawn from the encoder's posteriors of real
+    objects of the same category (`draw_from_prior`); without one, ``z`` is the noise itself.
     """
 
     def __init__(
@@ -552,6 +580,7 @@ class ForegroundGenerator(nn.Module):
         channels: int = 32,
         max_channels: int = 128,
         embed_dim: int = 16,
+        prior_size: int = 0,
     ):
         super().__init__()
         self.init_kwargs = dict(
@@ -563,6 +592,8 @@ class ForegroundGenerator(nn.Module):
             embed_dim=embed_dim,
         )
         self.z_dim, self.num_categories, self.resolution = z_dim, num_categories, resolution
+        empty = torch.zeros(prior_size, z_dim)
+        self.set_prior(empty, empty, torch.zeros(prior_size, dtype=torch.long))
         n = _levels(resolution, 8)
         widths = [min(channels * 2**i, max_channels) for i in range(n + 1)]  # res ... 8x8
         self.embed = nn.Embedding(num_categories, embed_dim)
@@ -583,6 +614,42 @@ class ForegroundGenerator(nn.Module):
         )
         self.up_film = nn.ModuleList(FiLM(style, widths[i]) for i in reversed(range(n)))
         self.to_rgb = nn.Conv2d(widths[0], 3, 3, padding=1)
+
+    def set_prior(self, mu: torch.Tensor, logvar: torch.Tensor, category: torch.Tensor) -> None:
+        """Draw each object's ``z`` from the Gaussians ``mu``, ``logvar`` ``[M,z_dim]`` of its category
+        (``category`` ``[M]``; equal weights) from now on; ``M = 0``: the standard normal. The noise
+        vector grows by one entry (the pick). A category without components keeps the standard normal."""
+        if mu.shape != logvar.shape or mu.dim() != 2 or mu.shape[1] != self.z_dim or category.shape != mu.shape[:1]:
+            raise ValueError(
+                f"a prior is two [M,{self.z_dim}] tensors and [M] categories, got "
+                f"{list(mu.shape)}, {list(logvar.shape)} and {list(category.shape)}"
+            )
+        if len(category) and not 0 <= int(category.min()) <= int(category.max()) < self.num_categories:
+            raise ValueError(f"a prior's categories must lie in [0, {self.num_categories}), got {category.unique()}")
+        order = torch.argsort(category, stable=True)  # components grouped by category, in their order
+        self.prior_size = len(mu)
+        keep = self.prior_size > 0  # an empty prior stays out of the state dict: older bundles load strictly
+        self.register_buffer("prior_mu", mu.detach().float()[order].clone(), persistent=keep)
+        self.register_buffer("prior_logvar", logvar.detach().float()[order].clone(), persistent=keep)
+        count = torch.bincount(category.long(), minlength=self.num_categories)
+        self.register_buffer("prior_count", count, persistent=keep)
+        self.init_kwargs.pop("prior_size", None)
+        if self.prior_size:  # absent from the kwargs of a generator without one (older bundles build unchanged)
+            self.init_kwargs["prior_size"] = self.prior_size
+        self.noise_dim = self.z_dim + (1 if self.prior_size else 0)
+
+    def latent(self, noise: torch.Tensor, category: torch.Tensor) -> torch.Tensor:
+        """Standard normal noise ``[B,noise_dim]`` and categories ``[B]`` -> ``z`` ``[B,z_dim]`` (float32, on
+        the generator's device). Pass the noise as drawn (float32), as `LayoutGenerator.latent`."""
+        if noise.dim() != 2 or noise.shape[1] != self.noise_dim:
+            raise ValueError(f"noise must be [B,{self.noise_dim}], got {list(noise.shape)}")
+        if not self.prior_size:
+            return noise.to(self.prior_mu.device, torch.float32)
+        category = category.long().cpu()
+        first = torch.cumsum(self.prior_count.cpu(), 0) - self.prior_count.cpu()
+        return draw_from_prior(
+            noise, self.prior_mu, self.prior_logvar, first[category], self.prior_count.cpu()[category]
+        )
 
     def forward(self, z: torch.Tensor, category: torch.Tensor, mask: torch.Tensor, hole: torch.Tensor) -> torch.Tensor:
         e = self.embed(category)

@@ -161,10 +161,15 @@ def warm_start(model: SceneGAN, path: str, networks: list[str] | None = None) ->
             bundled = load_bundle(path)["networks"]
         except BundleError as e:
             raise ConfigError(f"init_from: {e}") from None
-        background = bundled.get("background", {}).get("state_dict", {})
-        if "prior_mu" in background and (networks is None or "background" in networks):
-            # kept aside, not set: G_bg trains on the standard normal; `run` gives it back if no encoder trains
-            model.carried_prior = (background["prior_mu"].float(), background["prior_logvar"].float())
+        for name, net in bundled.items():
+            saved = net["state_dict"]
+            if "prior_mu" in saved and name in PRIORS and (networks is None or name in networks):
+                # kept aside, not set: the generator trains on the standard normal; `give_priors` gives it back
+                # if its encoder does not train
+                prior = [saved["prior_mu"].float(), saved["prior_logvar"].float()]
+                if "prior_count" in saved:  # G_fg's: the components' categories, grouped
+                    prior.append(torch.repeat_interleave(torch.arange(len(saved["prior_count"])), saved["prior_count"]))
+                model.carried_priors = {**model.carried_priors, name: tuple(prior)}
         state = {
             f"{module}.{key}": value.float() if value.is_floating_point() else value
             for name, net in bundled.items()
@@ -255,23 +260,37 @@ def run(cfg: DictConfig) -> list[Path]:
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     if not trainer.is_global_zero:
         return []
-    if model.hparams.background_prior and hasattr(model, "e_bg"):
-        # the encoder (and the plate inpainter it reads) learn only in the background stage: a run that kept a
-        # bundle's G_bg as it was (stage_steps: {background: 0}) has them as initialised, and their codes would be
-        # noise; it keeps the prior its G_bg came with
-        untrained = (model.hparams.stage_steps or {}).get("background") == 0 and "e_bg_ema" not in model.trained_emas
-        if untrained and model.carried_prior is not None:
-            model.g_bg_ema.set_prior(*model.carried_prior)
-            print(f"background prior: kept from init_from ({len(model.carried_prior[0])} codes; G_bg did not train)")
-        elif untrained:
-            print("background prior: none (G_bg did not train and its encoder is untrained): the standard normal")
-        else:
-            used = model.fit_background_prior(datamodule.train_set, model.hparams.background_prior)
-            print(f"background prior: the encoder's posteriors of {used} training plates")
+    give_priors(model, datamodule.train_set)
     written = write_bundles(model, Path(cfg.out))
     for path in written:
         print(f"wrote {path}")
     return written
+
+
+# the stages whose EMA generator draws from its encoder's posteriors: (encoder EMA, generator EMA, what it encodes)
+PRIORS = {"background": ("e_bg_ema", "g_bg_ema", "plates"), "foreground": ("e_fg_ema", "g_fg_ema", "objects")}
+
+
+def give_priors(model: SceneGAN, train_set) -> None:
+    """The EMA generators' priors (``model.background_prior``, ``model.foreground_prior``: how many training
+    images), fitted from the EMA encoders' posteriors of ``train_set``. An encoder learns only in its stage: a
+    run that kept a bundle's generator as it was (``stage_steps: {stage: 0}``) has it as initialised, and its
+    codes would be noise; that generator keeps the prior it came with (or none)."""
+    hp = model.hparams
+    for stage, (encoder, generator, what) in PRIORS.items():
+        size = hp.background_prior if stage == "background" else hp.foreground_prior
+        if not size or not hasattr(model, encoder):
+            continue
+        untrained = (hp.stage_steps or {}).get(stage) == 0 and encoder not in model.trained_emas
+        carried = model.carried_priors.get(stage)
+        if untrained and carried is not None:
+            getattr(model, generator).set_prior(*carried)
+            print(f"{stage} prior: kept from init_from ({len(carried[0])} codes; it did not train)")
+        elif untrained:
+            print(f"{stage} prior: none (it did not train and its encoder is untrained): the standard normal")
+        else:
+            fit = model.fit_background_prior if stage == "background" else model.fit_foreground_prior
+            print(f"{stage} prior: the encoder's posteriors of {fit(train_set, size)} training {what}")
 
 
 def keep_metrics(logger, ckpt_path: str, steps_per_batch: int) -> None:

@@ -262,19 +262,23 @@ class SceneGAN(L.LightningModule):
         min_visible: float = 0.003,
         stage_steps: dict | None = None,
         background_prior: int = 0,
+        foreground_prior: int = 0,
         bg_adv_posterior: float = 0.0,
+        fg_adv_posterior: float = 0.0,
         bg_texture_weight: float = 0.0,
         fg_scene_weight: float = 0.0,
     ):
         super().__init__()
-        if not isinstance(background_prior, int) or isinstance(background_prior, bool) or background_prior < 0:
-            raise ValueError(f"background_prior: a number of real images >= 0, got {background_prior!r}")
+        for name, size in (("background_prior", background_prior), ("foreground_prior", foreground_prior)):
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                raise ValueError(f"{name}: a number of real images >= 0, got {size!r}")
         if not bg_texture_weight >= 0:
             raise ValueError(f"bg_texture_weight: a weight >= 0, got {bg_texture_weight!r}")
         if not fg_scene_weight >= 0:
             raise ValueError(f"fg_scene_weight: a weight >= 0, got {fg_scene_weight!r}")
-        if not 0.0 <= bg_adv_posterior <= 1.0:
-            raise ValueError(f"bg_adv_posterior: a share in [0, 1], got {bg_adv_posterior!r}")
+        for name, share in (("bg_adv_posterior", bg_adv_posterior), ("fg_adv_posterior", fg_adv_posterior)):
+            if not 0.0 <= share <= 1.0:
+                raise ValueError(f"{name}: a share in [0, 1], got {share!r}")
         if background_method not in BACKGROUND_METHODS:
             raise ValueError(f"background_method must be one of {list(BACKGROUND_METHODS)}, got {background_method!r}")
         for name, value in (("bg_judged_on", bg_judged_on), ("bg_rec_on", bg_rec_on)):
@@ -315,6 +319,7 @@ class SceneGAN(L.LightningModule):
             self.g_fg = ForegroundGenerator(z_dim=z_dim, **common, **(foreground or {}))
             self.d_obj = ObjectDiscriminator(num_categories=C, crop_size=resolution // 2, **(object_disc or {}))
             self.e_fg = AppearanceEncoder(4, resolution // 2, z_dim, **(encoder or {}))
+            self.e_fg_ema = copy.deepcopy(self.e_fg).eval().requires_grad_(False)  # fits the foreground prior
             if fg_scene_weight > 0:
                 # judges the whole scene at full resolution, the repainted object's layout beside it: a crop
                 # scaled to 32 px hides a large object's smeared texture and halos that the scene shows
@@ -336,8 +341,9 @@ class SceneGAN(L.LightningModule):
     # EMA copies that a warm start filled with trained weights (``train.warm_start``): they keep their full decay from
     # the first batch, since a warm-up would replace a long average with the last few batches' noisy weights
     trained_emas: frozenset[str] = frozenset()
-    # the style prior of the bundle that started G_bg ([M,z], [M,z]; ``train.warm_start``), or None
-    carried_prior: tuple[torch.Tensor, torch.Tensor] | None = None
+    # the priors of the bundle that started a generator, by stage (``train.warm_start``): G_bg's ([M,z], [M,z]),
+    # G_fg's ([M,z], [M,z], [M] categories)
+    carried_priors: dict[str, tuple[torch.Tensor, ...]] = {}
 
     def update_ema(self, name: str) -> None:
         """Move the EMA copy ``name`` (e.g. ``g_fg_ema``) towards its network (``g_fg``)."""
@@ -373,8 +379,11 @@ class SceneGAN(L.LightningModule):
         starting as its encoder."""
         self.trained_emas = frozenset(checkpoint.get("trained_emas", ()))
         state = checkpoint["state_dict"]
-        if hasattr(self, "e_bg_ema") and not any(k.startswith("e_bg_ema.") for k in state):
-            state.update({f"e_bg_ema.{k[len('e_bg.') :]}": v for k, v in list(state.items()) if k.startswith("e_bg.")})
+        for enc in ("e_bg", "e_fg"):
+            if hasattr(self, f"{enc}_ema") and not any(k.startswith(f"{enc}_ema.") for k in state):
+                state.update(
+                    {f"{enc}_ema.{k[len(enc) + 1 :]}": v for k, v in list(state.items()) if k.startswith(f"{enc}.")}
+                )
 
     @property
     def optimizer_steps_per_batch(self) -> int:
@@ -533,6 +542,35 @@ class SceneGAN(L.LightningModule):
         self.g_bg_ema.set_prior(torch.cat(mus), torch.cat(logvars))
         return self.g_bg_ema.prior_size
 
+    def fit_foreground_prior(self, dataset, size: int = 2048, batch_size: int = 64) -> int:
+        """Give the EMA G_fg its foreground prior (`ForegroundGenerator.set_prior`): the EMA encoder's
+        posteriors of the objects of the first ``size`` images of ``dataset`` (those training repaints:
+        visible share >= ``min_visible``; in order, so the same data give the same prior), each under its
+        category. The standard normal reaches between the codes of real objects, where G_fg paints blends of
+        their colours (patchy multicoloured walls: docs/RESULTS.md). Returns the number of objects used."""
+        mus, logvars, cats = [], [], []
+        device, stop = self.g_fg_ema.prior_mu.device, min(size, len(dataset))
+        S, native = self.d_obj.crop_size, self.d_obj.native
+        for start in range(0, stop, batch_size):
+            batch = default_collate([dataset[i] for i in range(start, min(start + batch_size, stop))])
+            x = batch["image"].to(device)
+            vis = visible_masks(batch["masks"].to(device) * batch["valid"].to(device)[:, :, None, None, None])
+            rows, cols = (batch["valid"].to(device) & (vis.flatten(2).mean(2) >= self.hparams.min_visible)).nonzero(
+                as_tuple=True
+            )
+            if len(rows):
+                m = vis[rows, cols]
+                mu, logvar = self.e_fg_ema(crop_objects(torch.cat([x[rows], m], 1), m, S, native=native))
+                (
+                    mus.append(mu.float()),
+                    logvars.append(logvar.float()),
+                    cats.append(batch["categories"][rows.cpu(), cols.cpu()]),
+                )
+        if not mus:
+            return 0
+        self.g_fg_ema.set_prior(torch.cat(mus), torch.cat(logvars), torch.cat(cats))
+        return self.g_fg_ema.prior_size
+
     def _plates_background_stage(self, g_opt, d_opt, x, union):
         """Background from clean plates, with no background-only data.
 
@@ -632,6 +670,11 @@ class SceneGAN(L.LightningModule):
             return crop_objects(torch.cat([img, m], 1), m, S, native=self.d_obj.native), c
 
         real = crops(x)  # the real objects' crops serve both discriminator steps and the encoder
+        k = round(hp.fg_adv_posterior * n)
+        if k:  # these judged objects paint the encoder's codes of this batch's real objects: the region the
+            # bundle's foreground prior draws from (`fit_foreground_prior`) is taught by D_obj too, not by L1 alone
+            with torch.no_grad():
+                z[:k] = posterior_sample(*self.e_fg(real[0][:k])).to(z.dtype)
         # the scene discriminator sees the rows painted into their real canvas: there the real image and the
         # composite differ only inside the object
         scene = hasattr(self, "d_scene") and bool(on_real.any())
@@ -671,6 +714,7 @@ class SceneGAN(L.LightningModule):
 
         logs = self._step(g_opt, d_opt, d_loss, g_loss)
         self.update_ema("g_fg_ema")
+        self.update_ema("e_fg_ema")
         return logs
 
     def training_step(self, batch, batch_idx):

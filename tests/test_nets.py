@@ -291,6 +291,41 @@ def test_a_style_prior_draws_each_style_from_one_of_its_gaussians():
         g.latent(torch.randn(2, 68))
 
 
+def test_a_foreground_prior_draws_each_objects_z_from_the_components_of_its_category():
+    torch.manual_seed(0)
+    g = ForegroundGenerator(z_dim=4, num_categories=3, resolution=16, channels=4, max_channels=8, embed_dim=2)
+    noise, cats = torch.randn(6, g.noise_dim), torch.tensor([0, 1, 2, 0, 1, 2])
+    assert g.noise_dim == 4 and torch.equal(g.latent(noise, cats), noise)
+    assert "prior_size" not in g.init_kwargs and "prior_mu" not in g.state_dict()  # old bundles load strictly
+    # category 2 has components 10, 30; category 0 has 20; category 1 none (given out of order: grouped on set)
+    category = torch.tensor([2, 0, 2])
+    g.set_prior(torch.tensor([10.0, 20.0, 30.0])[:, None].expand(3, 4), torch.full((3, 4), -30.0), category)
+    assert g.init_kwargs["prior_size"] == 3 and g.noise_dim == 5 and g.prior_count.tolist() == [1, 0, 2]
+    noise = torch.randn(3000, g.noise_dim)
+    z = g.latent(noise, torch.arange(3000) % 3)
+    assert torch.allclose(z[0::3], torch.full((1000, 4), 20.0), atol=1e-4)
+    assert torch.equal(z[1::3], noise[1::3, :4])  # a category without components: the standard normal
+    picked = z[2::3, 0].round()
+    assert set(picked.tolist()) == {10.0, 30.0} and 400 < (picked == 10).sum() < 600
+    assert torch.allclose(z[2::3], picked[:, None].expand(-1, 4), atol=1e-4)
+    with torch.no_grad():
+        assert g(z[:2], torch.tensor([0, 1]), torch.ones(2, 1, 16, 16), torch.zeros(2, 3, 16, 16)).shape == (
+            2,
+            3,
+            16,
+            16,
+        )
+    rebuilt = ForegroundGenerator(**g.init_kwargs)  # as a bundle rebuilds it: the kwargs size the buffers
+    rebuilt.load_state_dict(g.state_dict())
+    assert torch.equal(rebuilt.latent(noise, torch.arange(3000) % 3), z)
+    with pytest.raises(ValueError, match=r"\[M\] categories"):
+        g.set_prior(torch.zeros(3, 4), torch.zeros(3, 4), torch.zeros(2, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"categories must lie in \[0, 3\)"):
+        g.set_prior(torch.zeros(1, 4), torch.zeros(1, 4), torch.tensor([3]))
+    with pytest.raises(ValueError, match=r"noise must be \[B,5\]"):
+        g.latent(torch.randn(2, 4), torch.zeros(2, dtype=torch.long))
+
+
 def test_pixel_synthesis_paints_each_pixel_from_what_lies_there():
     torch.manual_seed(0)
     kw = dict(z_dim=8, num_categories=2, resolution=16, pixel_noise=True, synthesis="pixels", mlp_width=16, mlp_depth=2)

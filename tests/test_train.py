@@ -22,6 +22,7 @@ from conftest import compose_config
 from scenecomp import training
 from scenecomp.compose import Composer, build_network, load_bundle
 from scenecomp.data import DataError
+from scenecomp.layout import Layout, LayoutObject
 from scenecomp.train import CONF, ConfigError, build, grown_inputs, run, warm_start
 from scenecomp.training import SceneGAN
 
@@ -661,10 +662,44 @@ def test_a_stage_given_no_batches_stays_as_warm_started_while_the_other_trains(t
     assert not all(torch.equal(v, model.g_fg.state_dict()[k]) for k, v in before["g_fg"].items())
 
 
-def test_a_run_that_kept_its_bundles_g_bg_keeps_its_style_prior_and_one_that_trained_it_fits_its_own(
+def test_a_run_gives_its_bundle_the_encoders_posteriors_of_training_objects_as_foreground_prior(tiny_config, tmp_path):
+    # half of D_obj's samples painted from the encoder's codes of the batch's real objects
+    cfg = tiny_config("steps=2", "model.fg_adv_posterior=0.5", "model.foreground_prior=100")
+    (bundle,) = run(cfg)
+    foreground = load_bundle(bundle)["networks"]["foreground"]
+    saved, count = foreground["state_dict"], foreground["state_dict"]["prior_count"]
+    assert foreground["kwargs"]["prior_size"] == int(count.sum()) == len(saved["prior_mu"]) > 64  # objects, not images
+    assert len(count) == 5 and (count > 0).all()  # every category of the tiny set has its codes
+    state = torch.load(Path(cfg.out) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    weights = state["state_dict"]
+    assert not torch.equal(weights["e_fg_ema.head.weight"], weights["e_fg.head.weight"])  # its own average
+    # the prior is the checkpoint's encoder EMA on the objects of the first images, in order: refitting gives it
+    model = SceneGAN(**state["hyper_parameters"])
+    model.load_state_dict(weights)
+    datamodule, _, _ = build(cfg)
+    datamodule.setup("fit")
+    assert model.fit_foreground_prior(datamodule.train_set, 64) == int(count.sum())
+    assert torch.allclose(model.g_fg_ema.prior_mu, saved["prior_mu"], atol=1e-5)
+    assert torch.equal(model.g_fg_ema.prior_count, count)
+    composer = Composer.from_checkpoint(bundle)
+    assert composer.foreground_net.noise_dim == composer.foreground_net.z_dim + 1
+    house = Layout((32, 32), [LayoutObject("house", {"bbox": [4, 8, 20, 20]}, 3)], background_seed=1)
+    tree = Layout((32, 32), [LayoutObject("tree", {"bbox": [2, 2, 12, 20]}, 4)], background_seed=2)
+    # an object's seed picks its component and its eps, whatever else is in the batch
+    assert torch.equal(
+        composer.render([house, house], batch_size=2)[0], composer.render([house, tree], batch_size=2)[0]
+    )
+    # the codes feed D_obj: a run with every judged object painted from them trains G_fg to other weights
+    (other,) = run(tiny_config("steps=2", "model.fg_adv_posterior=0", f"out={tmp_path / 'other'}"))
+    assert not torch.equal(
+        load_bundle(other)["networks"]["foreground"]["state_dict"]["to_rgb.weight"], saved["to_rgb.weight"]
+    )
+
+
+def test_a_run_that_kept_its_bundles_generator_keeps_its_prior_and_one_that_trained_it_fits_its_own(
     tiny_config, tmp_path
 ):
-    (bundle,) = run(tiny_config("steps=1", f"out={tmp_path / 'first'}"))
+    (bundle,) = run(tiny_config("steps=1", "model.foreground_prior=100", f"out={tmp_path / 'first'}"))
     frozen = ("steps=1", f"init_from={bundle}", "+model.stage_steps.background=0")
     (kept,) = run(tiny_config(*frozen, f"out={tmp_path / 'kept'}"))
     (trained,) = run(tiny_config("steps=1", f"init_from={bundle}", f"out={tmp_path / 'trained'}"))
@@ -677,6 +712,12 @@ def test_a_run_that_kept_its_bundles_g_bg_keeps_its_style_prior_and_one_that_tra
     assert all(torch.equal(first[k], kept[k]) for k in first)  # the weights and the prior, bit for bit
     assert not torch.equal(first["prior_mu"], trained["prior_mu"])  # refitted by the encoder that trained
     assert "prior_mu" not in fresh
+    # the same for G_fg: kept as it was, it keeps its foreground prior (its categories too)
+    keep_fg = ("steps=1", f"init_from={bundle}", "+model.stage_steps.foreground=0", "model.foreground_prior=100")
+    (fg_kept,) = run(tiny_config(*keep_fg, f"out={tmp_path / 'fg_kept'}"))
+    first, fg_kept = (load_bundle(p)["networks"]["foreground"]["state_dict"] for p in (bundle, fg_kept))
+    assert first["prior_count"].sum() > 0 and first.keys() == fg_kept.keys()
+    assert all(torch.equal(first[k], fg_kept[k]) for k in first)
 
 
 def test_the_scene_discriminator_judges_objects_painted_into_real_canvases_and_teaches_g_fg(tiny_config):

@@ -11,9 +11,10 @@
     python tools/export_bundle.py scenecomp/assets/composer.safetensors --foreground-from runs/fg/checkpoints/last.ckpt \
         --out runs/combined/composer.safetensors      # another run's G_fg with this bundle's G_bg (and its prior)
 
-``--prior-data`` (with a ``.ckpt`` source or ``--background-from``) fits the checkpoint's G_bg its
-style prior as ``scenecomp-train`` does at the end of a run (``model.background_prior`` images of
-that training set, 2048 for a checkpoint that does not say).
+``--prior-data`` (with a ``.ckpt`` source, ``--background-from`` or ``--foreground-from``) fits the
+checkpoint's G_bg its style prior and G_fg its foreground prior (those it takes from the checkpoint) as
+``scenecomp-train`` does at the end of a run (``model.background_prior`` / ``model.foreground_prior`` images
+of that training set, 2048 for a checkpoint that does not say).
 
 A ``.ckpt`` (Lightning checkpoint of ``scenecomp-train``) gives the EMA
 generators of every stage it trained: ``OUT/composer.safetensors`` and/or
@@ -35,10 +36,12 @@ import torch
 from scenecomp.compose import bundle_dict, load_bundle, save_bundle
 
 
-def load_run(path: Path, prior_data: Path | None = None):
+def load_run(path: Path, prior_data: Path | None = None, priors: tuple[str, ...] = ("background", "foreground")):
     """The SceneGAN of a ``scenecomp-train`` checkpoint (plain data: loads with ``weights_only=True``),
-    its EMA G_bg given its style prior from ``prior_data`` (a training set) if given."""
+    the EMA generators of the stages ``priors`` (those it has) given their priors from ``prior_data`` (a
+    training set) if given: G_bg's style prior, G_fg's foreground prior."""
     from scenecomp.data import SceneDataset
+    from scenecomp.train import PRIORS
     from scenecomp.training import SceneGAN
 
     state = torch.load(path, map_location="cpu", weights_only=True)
@@ -47,8 +50,15 @@ def load_run(path: Path, prior_data: Path | None = None):
     model.load_state_dict(state["state_dict"])
     if prior_data is not None:
         dataset = SceneDataset(prior_data, categories=model.categories, resolution=model.resolution)
-        used = model.fit_background_prior(dataset, model.hparams.background_prior or 2048)
-        print(f"background prior: the encoder's posteriors of {used} plates of {prior_data}")
+        for stage in priors:
+            encoder, _, what = PRIORS[stage]
+            if not hasattr(model, encoder):
+                continue
+            if stage == "background":
+                used = model.fit_background_prior(dataset, model.hparams.background_prior or 2048)
+            else:
+                used = model.fit_foreground_prior(dataset, model.hparams.get("foreground_prior") or 2048)
+            print(f"{stage} prior: the encoder's posteriors of {used} {what} of {prior_data}")
     return model
 
 
@@ -76,8 +86,8 @@ def main() -> None:
     ap.add_argument("--foreground-from", type=Path, help="a .ckpt whose EMA G_fg replaces the bundle's")
     ap.add_argument("--prior-data", type=Path, help="a training set: fit the checkpoint's G_bg its style prior on it")
     args = ap.parse_args()
-    if args.prior_data and not (args.source.suffix == ".ckpt" or args.background_from):
-        ap.error("--prior-data needs a checkpoint: a .ckpt source or --background-from")
+    if args.prior_data and not (args.source.suffix == ".ckpt" or args.background_from or args.foreground_from):
+        ap.error("--prior-data needs a checkpoint: a .ckpt source, --background-from or --foreground-from")
     if args.source.suffix == ".ckpt":
         from scenecomp.train import write_bundles
 
@@ -89,9 +99,9 @@ def main() -> None:
         data = load_bundle_or_pickle(args.source)
         nets = {name: build_network(data, name, args.source) for name in data["networks"] if name in NETWORKS}
         if args.background_from:
-            nets["background"] = load_run(args.background_from, args.prior_data).g_bg_ema
+            nets["background"] = load_run(args.background_from, args.prior_data, ("background",)).g_bg_ema
         if args.foreground_from:
-            nets["foreground"] = load_run(args.foreground_from).g_fg_ema
+            nets["foreground"] = load_run(args.foreground_from, args.prior_data, ("foreground",)).g_fg_ema
         save_bundle(args.out, bundle_dict(data["categories"], half=args.half, **nets))
         written = [args.out]
     for path in written:
