@@ -121,14 +121,12 @@ def draw_from_prior(
     entry picks row b's component uniformly among ``first[b] .. first[b]+count[b]-1`` (picked before any cast,
     so a seed picks the same component in every precision), the others are its ``eps``:
     ``mu[k] + exp(logvar[k]/2) * eps`` ``[B,z]``. A row with ``count`` 0 keeps its ``eps`` (the standard normal)."""
-    device = mu.device
-    pick = torch.special.ndtr(noise[:, -1].double())  # uniform in (0, 1)
-    count = count.to(device)
-    k = first.to(device) + (pick.to(device) * count).long().clamp(max=(count - 1).clamp(min=0))
-    eps = noise[:, :-1].to(device, torch.float32)
-    k = k.clamp(max=max(len(mu) - 1, 0))
+    eps = noise[:, :-1].to(mu.device, torch.float32)
     if not len(mu):
         return eps
+    pick = torch.special.ndtr(noise[:, -1].double()).to(mu.device)  # uniform in (0, 1)
+    count = count.to(mu.device)
+    k = (first.to(mu.device) + (pick * count).long().clamp(max=count - 1)).clamp(0, len(mu) - 1)
     style = mu.float()[k] + (0.5 * logvar.float()[k]).exp() * eps
     return torch.where((count > 0)[:, None], style, eps)
 

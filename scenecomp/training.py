@@ -561,11 +561,9 @@ class SceneGAN(L.LightningModule):
             if len(rows):
                 m = vis[rows, cols]
                 mu, logvar = self.e_fg_ema(crop_objects(torch.cat([x[rows], m], 1), m, S, native=native))
-                (
-                    mus.append(mu.float()),
-                    logvars.append(logvar.float()),
-                    cats.append(batch["categories"][rows.cpu(), cols.cpu()]),
-                )
+                mus.append(mu.float())
+                logvars.append(logvar.float())
+                cats.append(batch["categories"][rows.cpu(), cols.cpu()])
         if not mus:
             return 0
         self.g_fg_ema.set_prior(torch.cat(mus), torch.cat(logvars), torch.cat(cats))
