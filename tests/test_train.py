@@ -544,6 +544,17 @@ def test_export_bundle_pairs_one_runs_g_fg_with_another_bundles_g_bg(tiny_config
     assert all(
         torch.equal(v, before["background"]["state_dict"][k]) for k, v in paired["background"]["state_dict"].items()
     )
+    assert "prior_count" not in paired["foreground"]["state_dict"]
+    # --prior-data: that G_fg with its foreground prior, fitted by the checkpoint's encoder EMA on the training set
+    subprocess.run(
+        [sys.executable, *cmd, "--prior-data", str(Path(cfg.data.train).parent)],
+        cwd=Path(__file__).resolve().parent.parent,
+        check=True,
+        timeout=300,
+    )
+    prior = load_bundle(out)["networks"]
+    assert prior["foreground"]["state_dict"]["prior_count"].sum() == prior["foreground"]["kwargs"]["prior_size"] > 0
+    assert prior["background"]["state_dict"].keys() == paired["background"]["state_dict"].keys()  # G_bg's as it was
 
 
 def test_a_warm_started_ema_keeps_its_full_decay_and_a_fresh_one_warms_up(tiny_config, tmp_path):
