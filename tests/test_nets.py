@@ -309,12 +309,8 @@ def test_a_foreground_prior_draws_each_objects_z_from_the_components_of_its_cate
     assert set(picked.tolist()) == {10.0, 30.0} and 400 < (picked == 10).sum() < 600
     assert torch.allclose(z[2::3], picked[:, None].expand(-1, 4), atol=1e-4)
     with torch.no_grad():
-        assert g(z[:2], torch.tensor([0, 1]), torch.ones(2, 1, 16, 16), torch.zeros(2, 3, 16, 16)).shape == (
-            2,
-            3,
-            16,
-            16,
-        )
+        painted = g(z[:2], torch.tensor([0, 1]), torch.ones(2, 1, 16, 16), torch.zeros(2, 3, 16, 16))
+    assert painted.shape == (2, 3, 16, 16)
     rebuilt = ForegroundGenerator(**g.init_kwargs)  # as a bundle rebuilds it: the kwargs size the buffers
     rebuilt.load_state_dict(g.state_dict())
     assert torch.equal(rebuilt.latent(noise, torch.arange(3000) % 3), z)

@@ -700,7 +700,7 @@ def test_a_run_gives_its_bundle_the_encoders_posteriors_of_training_objects_as_f
     assert torch.equal(
         composer.render([house, house], batch_size=2)[0], composer.render([house, tree], batch_size=2)[0]
     )
-    # the codes feed D_obj: a run with every judged object painted from them trains G_fg to other weights
+    # the codes feed D_obj: the same run without them (fg_adv_posterior=0) trains G_fg to other weights
     (other,) = run(tiny_config("steps=2", "model.fg_adv_posterior=0", f"out={tmp_path / 'other'}"))
     assert not torch.equal(
         load_bundle(other)["networks"]["foreground"]["state_dict"]["to_rgb.weight"], saved["to_rgb.weight"]
