@@ -643,11 +643,9 @@ class ForegroundGenerator(nn.Module):
             raise ValueError(f"noise must be [B,{self.noise_dim}], got {list(noise.shape)}")
         if not self.prior_size:
             return noise.to(self.prior_mu.device, torch.float32)
-        category = category.long().cpu()
-        first = torch.cumsum(self.prior_count.cpu(), 0) - self.prior_count.cpu()
-        return draw_from_prior(
-            noise, self.prior_mu, self.prior_logvar, first[category], self.prior_count.cpu()[category]
-        )
+        category, count = category.long().cpu(), self.prior_count.cpu()
+        first = count.cumsum(0) - count  # components are grouped by category (`set_prior`)
+        return draw_from_prior(noise, self.prior_mu, self.prior_logvar, first[category], count[category])
 
     def forward(self, z: torch.Tensor, category: torch.Tensor, mask: torch.Tensor, hole: torch.Tensor) -> torch.Tensor:
         e = self.embed(category)

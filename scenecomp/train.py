@@ -267,7 +267,8 @@ def run(cfg: DictConfig) -> list[Path]:
     return written
 
 
-# the stages whose EMA generator draws from its encoder's posteriors: (encoder EMA, generator EMA, what it encodes)
+# the stages whose EMA generator draws from its encoder's posteriors: (encoder EMA, generator EMA, what it encodes);
+# stage S's prior is sized by the hyperparameter ``S_prior`` and fitted by ``SceneGAN.fit_S_prior``
 PRIORS = {"background": ("e_bg_ema", "g_bg_ema", "plates"), "foreground": ("e_fg_ema", "g_fg_ema", "objects")}
 
 
@@ -278,7 +279,7 @@ def give_priors(model: SceneGAN, train_set) -> None:
     codes would be noise; that generator keeps the prior it came with (or none)."""
     hp = model.hparams
     for stage, (encoder, generator, what) in PRIORS.items():
-        size = hp.background_prior if stage == "background" else hp.foreground_prior
+        size = hp[f"{stage}_prior"]
         if not size or not hasattr(model, encoder):
             continue
         untrained = (hp.stage_steps or {}).get(stage) == 0 and encoder not in model.trained_emas
@@ -289,8 +290,8 @@ def give_priors(model: SceneGAN, train_set) -> None:
         elif untrained:
             print(f"{stage} prior: none (it did not train and its encoder is untrained): the standard normal")
         else:
-            fit = model.fit_background_prior if stage == "background" else model.fit_foreground_prior
-            print(f"{stage} prior: the encoder's posteriors of {fit(train_set, size)} training {what}")
+            used = getattr(model, f"fit_{stage}_prior")(train_set, size)
+            print(f"{stage} prior: the encoder's posteriors of {used} training {what}")
 
 
 def keep_metrics(logger, ckpt_path: str, steps_per_batch: int) -> None:

@@ -54,10 +54,7 @@ def load_run(path: Path, prior_data: Path | None = None, priors: tuple[str, ...]
             encoder, _, what = PRIORS[stage]
             if not hasattr(model, encoder):
                 continue
-            if stage == "background":
-                used = model.fit_background_prior(dataset, model.hparams.background_prior or 2048)
-            else:
-                used = model.fit_foreground_prior(dataset, model.hparams.get("foreground_prior") or 2048)
+            used = getattr(model, f"fit_{stage}_prior")(dataset, model.hparams.get(f"{stage}_prior") or 2048)
             print(f"{stage} prior: the encoder's posteriors of {used} {what} of {prior_data}")
     return model
 
