@@ -102,6 +102,27 @@ def crop_objects(
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
+def fill_outside(crops: torch.Tensor) -> torch.Tensor:
+    """Extend each crop's pixels beyond its mask by repeated neighbour averaging, so that
+    another silhouette can be cut from them: ``[B,4,S,S]`` -> RGB ``[B,3,S,S]``."""
+    value, known = crops[:, :3] * (crops[:, 3:] > 0.5), (crops[:, 3:] > 0.5).float()
+    for _ in range(2 * crops.shape[-1]):
+        if bool(known.min() > 0):
+            break
+        num = F.avg_pool2d(value, 3, 1, 1, count_include_pad=False)
+        den = F.avg_pool2d(known, 3, 1, 1, count_include_pad=False)
+        new = (den > 0) & (known < 0.5)
+        value = torch.where(new, num / den.clamp(min=1e-6), value)
+        known = torch.maximum(known, new.float())
+    return value
+
+
+def swap_silhouettes(filled: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """One object's appearance in another's silhouette: filled RGB ``[B,3,S,S]`` (`fill_outside`)
+    and crop masks ``[B,1,S,S]`` -> crops ``[B,4,S,S]`` as `scenecomp.eval.features.object_crops` makes them."""
+    return torch.cat([filled * masks, masks], dim=1)
+
+
 # ----------------------------------------------------------------------------- generators
 
 
@@ -793,6 +814,27 @@ class GlobalDiscriminator(nn.Module):
         x = minibatch_stddev(feats[-1]) if self.mbstd else feats[-1]
         x = self.head(x)
         return self.fc(x.flatten(1)).squeeze(1), feats
+
+
+class ObjectClassifier(nn.Module):
+    """Names an object's category from its look inside its outline (G_fg's auxiliary teacher, AC-GAN style).
+
+    ``forward(crop [B,4,S,S] (image × mask ⊕ mask, as `scenecomp.eval.features.object_crops`)) -> logits [B,C]``.
+    Taught on real crops and on real looks cut into other objects' silhouettes (`swap_silhouettes`), so it
+    reads colour and texture rather than the outline: a sun painted into a rock's mask must still read as a sun.
+    """
+
+    def __init__(self, num_categories: int = 5, crop_size: int = 32, channels: int = 16, max_channels: int = 128):
+        super().__init__()
+        self.init_kwargs = dict(
+            num_categories=num_categories, crop_size=crop_size, channels=channels, max_channels=max_channels
+        )
+        self.crop_size = crop_size
+        self.trunk = DownStack(4, crop_size, channels, max_channels, spectral=False)
+        self.fc = nn.Linear(self.trunk.out_channels, num_categories)
+
+    def forward(self, crop: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.trunk(crop)[-1].mean(dim=(2, 3)))
 
 
 class ObjectDiscriminator(nn.Module):

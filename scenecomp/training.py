@@ -40,10 +40,13 @@ from scenecomp.nets import (
     ForegroundGenerator,
     GlobalDiscriminator,
     LayoutGenerator,
+    ObjectClassifier,
     ObjectDiscriminator,
     composite,
     crop_objects,
+    fill_outside,
     layout_map,
+    swap_silhouettes,
     visible_masks,
 )
 
@@ -267,6 +270,8 @@ class SceneGAN(L.LightningModule):
         fg_adv_posterior: float = 0.0,
         bg_texture_weight: float = 0.0,
         fg_scene_weight: float = 0.0,
+        fg_swap: float = 0.0,
+        fg_class_weight: float = 0.0,
     ):
         super().__init__()
         for name, size in (("background_prior", background_prior), ("foreground_prior", foreground_prior)):
@@ -276,7 +281,17 @@ class SceneGAN(L.LightningModule):
             raise ValueError(f"bg_texture_weight: a weight >= 0, got {bg_texture_weight!r}")
         if not fg_scene_weight >= 0:
             raise ValueError(f"fg_scene_weight: a weight >= 0, got {fg_scene_weight!r}")
-        for name, share in (("bg_adv_posterior", bg_adv_posterior), ("fg_adv_posterior", fg_adv_posterior)):
+        if not fg_class_weight >= 0:
+            raise ValueError(f"fg_class_weight: a weight >= 0, got {fg_class_weight!r}")
+        if fg_swap > 0 and not fg_class_weight > 0:
+            raise ValueError(
+                "fg_swap: rows painted as another category are judged by the classifier alone; set fg_class_weight > 0"
+            )
+        for name, share in (
+            ("bg_adv_posterior", bg_adv_posterior),
+            ("fg_adv_posterior", fg_adv_posterior),
+            ("fg_swap", fg_swap),
+        ):
             if not 0.0 <= share <= 1.0:
                 raise ValueError(f"{name}: a share in [0, 1], got {share!r}")
         if background_method not in BACKGROUND_METHODS:
@@ -324,6 +339,8 @@ class SceneGAN(L.LightningModule):
                 # judges the whole scene at full resolution, the repainted object's layout beside it: a crop
                 # scaled to 32 px hides a large object's smeared texture and halos that the scene shows
                 self.d_scene = GlobalDiscriminator(num_categories=C, resolution=resolution, **(global_disc or {}))
+            if fg_class_weight > 0:
+                self.c_obj = ObjectClassifier(num_categories=C, crop_size=resolution // 2)
             self.g_fg_ema = copy.deepcopy(self.g_fg).eval().requires_grad_(False)
         if "baseline" in self.stages:
             self.g_base = LayoutGenerator(z_dim=z_dim, **common, **(background or {}))
@@ -408,10 +425,10 @@ class SceneGAN(L.LightningModule):
                     adam(self.d_bg.parameters(), self.hparams.lr_d),
                 ]
             elif stage == "foreground":
-                scene = [*self.d_scene.parameters()] if hasattr(self, "d_scene") else []
+                judges = [getattr(self, name) for name in ("d_obj", "d_scene", "c_obj") if hasattr(self, name)]
                 opts += [
                     adam([*self.g_fg.parameters(), *self.e_fg.parameters()], self.hparams.lr_g),
-                    adam([*self.d_obj.parameters(), *scene], self.hparams.lr_d),
+                    adam([p for judge in judges for p in judge.parameters()], self.hparams.lr_d),
                 ]
             else:
                 opts += [
@@ -641,7 +658,10 @@ class SceneGAN(L.LightningModule):
         With z from the encoder of the real object's crop, G_fg reconstructs it (L1 inside the mask
         + KL): the fast teacher of texture and light. With z from the prior it paints into either
         the real canvas or, for a share ``generated_canvas`` of the rows, a background from the EMA
-        G_bg (what it sees when composing), judged by the object discriminator on crops.
+        G_bg (what it sees when composing), judged by the object discriminator on crops. With
+        ``fg_class_weight`` a classifier of the look inside the outline (`ObjectClassifier`) names each
+        painted object's category too, and a share ``fg_swap`` of the rows paints another category into
+        the real object's mask (a user's category edit), judged by that classifier alone.
         """
         hp = self.hparams
         vis = visible_masks(masks)
@@ -663,11 +683,29 @@ class SceneGAN(L.LightningModule):
                 generated = self.g_bg_ema(torch.randn(n, self.g_bg_ema.latent_dim, device=x.device)).to(x.dtype)
             canvas = torch.where(on_real[:, None, None, None], x, generated)
         S = self.d_obj.crop_size
+        # the last rows paint another category into the real object's mask; D_obj and D_scene judge the rest (they
+        # would tell a swapped object by its outline alone, which G_fg cannot change); one row is always judged
+        swaps = min(round(hp.fg_swap * n), n - 1)
+        paint, judged = c, torch.arange(n, device=x.device) < n - swaps
+        if swaps:
+            C = len(self.categories)
+            paint = torch.where(judged, c, (c + torch.randint(1, C, (n,), device=x.device)) % C)
 
-        def crops(img):
-            return crop_objects(torch.cat([img, m], 1), m, S, native=self.d_obj.native), c
+        def crops(img, rows=None):
+            rows = torch.ones_like(judged) if rows is None else rows
+            return crop_objects(torch.cat([img[rows], m[rows]], 1), m[rows], S, native=self.d_obj.native), c[rows]
+
+        def looks(img):  # the classifier's crops: the look inside the outline, scaled to S as the evaluation's
+            return crop_objects(torch.cat([img * m, m], 1), m, S)
 
         real = crops(x)  # the real objects' crops serve both discriminator steps and the encoder
+        classify = hasattr(self, "c_obj")
+        if classify:  # the real looks, and each cut into its neighbour's silhouette: the look names the category
+            with torch.no_grad():
+                real_looks = looks(x)
+                real_looks = torch.cat(
+                    [real_looks, swap_silhouettes(fill_outside(real_looks), real_looks[:, 3:].roll(1, 0))]
+                )
         k = round(hp.fg_adv_posterior * n)
         if k:  # these judged objects paint the encoder's codes of this batch's real objects: the region the
             # bundle's foreground prior draws from (`fit_foreground_prior`) is taught by D_obj too, not by L1 alone
@@ -675,28 +713,38 @@ class SceneGAN(L.LightningModule):
                 z[:k] = posterior_sample(*self.e_fg(real[0][:k])).to(z.dtype)
         # the scene discriminator sees the rows painted into their real canvas: there the real image and the
         # composite differ only inside the object
-        scene = hasattr(self, "d_scene") and bool(on_real.any())
+        on_scene = on_real & judged
+        scene = hasattr(self, "d_scene") and bool(on_scene.any())
         if scene:
-            layout = layout_map(m[on_real, None], c[on_real, None], len(self.categories))  # the one object's
-            real_scene = (x[on_real], layout)
+            layout = layout_map(m[on_scene, None], c[on_scene, None], len(self.categories))  # the one object's
+            real_scene = (x[on_scene], layout)
 
         def d_loss():
             with torch.no_grad():
-                fake = composite(canvas, self.g_fg(z, c, m, canvas * (1 - m)), m)
-            loss, logs = self._d_loss(self.d_obj, real, crops(fake), "fg_object")
+                fake = composite(canvas, self.g_fg(z, paint, m, canvas * (1 - m)), m)
+            loss, logs = self._d_loss(self.d_obj, real, crops(fake, judged), "fg_object")
             if scene:
-                loss_s, logs_s = self._d_loss(self.d_scene, real_scene, (fake[on_real], layout), "fg_scene")
+                loss_s, logs_s = self._d_loss(self.d_scene, real_scene, (fake[on_scene], layout), "fg_scene")
                 loss, logs = loss + loss_s, logs | logs_s
+            if classify:
+                ce = F.cross_entropy(self.c_obj(real_looks), c.repeat(2))
+                loss, logs = loss + ce, logs | {"fg_class/d": ce.detach()}
             return loss, logs
 
         def g_loss():
-            painted = self.g_fg(z, c, m, canvas * (1 - m))
+            painted = self.g_fg(z, paint, m, canvas * (1 - m))
             fake = composite(canvas, painted, m)
-            lo = self._g_loss(self.d_obj, real, crops(fake))
+            lo = self._g_loss(self.d_obj, real, crops(fake, judged))
             loss, logs = hp.object_weight * lo, {"fg_object/g": lo.detach()}
             if scene:
-                ls = self._g_loss(self.d_scene, real_scene, (fake[on_real], layout))
+                ls = self._g_loss(self.d_scene, real_scene, (fake[on_scene], layout))
                 loss, logs["fg_scene/g"] = loss + hp.fg_scene_weight * ls, ls.detach()
+            if classify:
+                logits = self.c_obj(looks(fake))
+                lc = F.cross_entropy(logits, paint)
+                loss, logs = loss + hp.fg_class_weight * lc, logs | {"fg_class/g": lc.detach()}
+                if swaps:  # how often the classifier names the category a swapped object was painted as
+                    logs["fg_class/swapped_acc"] = (logits.argmax(1) == paint)[~judged].float().mean().detach()
             if hp.rec_weight > 0:
                 mu, logvar = self.e_fg(real[0])
                 rec = self.g_fg(posterior_sample(mu, logvar), c, m, x * (1 - m))
@@ -705,7 +753,7 @@ class SceneGAN(L.LightningModule):
                 logs |= {"fg/rec_l1": rec_l1.detach(), "fg/kl": kl.detach()}
             if hp.ms_weight > 0:
                 z2 = torch.randn_like(z)
-                ms = mode_seeking(painted, self.g_fg(z2, c, m, canvas * (1 - m)), z, z2, m)
+                ms = mode_seeking(painted, self.g_fg(z2, paint, m, canvas * (1 - m)), z, z2, m)
                 loss = loss + hp.ms_weight * ms
                 logs["fg/mode_seeking"] = ms.detach()
             return loss, logs

@@ -753,6 +753,47 @@ def test_the_scene_discriminator_judges_objects_painted_into_real_canvases_and_t
         SceneGAN(categories=CATEGORIES, resolution=32, fg_scene_weight=-1.0)
 
 
+def test_the_appearance_classifier_teaches_g_fg_and_swapped_rows_paint_another_category_unjudged(tiny_config):
+    # D_obj and the reconstruction silenced: whatever moves G_fg comes from the classifier
+    cfg = tiny_config(
+        "steps=2",
+        "model.stages=[foreground]",
+        "model.fg_class_weight=1",
+        "model.fg_swap=0.5",
+        "model.object_weight=0",
+        "model.rec_weight=0",
+    )
+    datamodule, model, trainer = build(cfg)
+    painted, judged, classified = [], [], []
+    model.g_fg.register_forward_hook(lambda module, args, out: painted.append(args[1].clone()))
+    model.d_obj.register_forward_hook(lambda module, args, out: judged.append(args[1].clone()))
+    model.c_obj.register_forward_hook(lambda module, args, out: classified.append(len(args[0])))
+    g0 = {k: v.clone() for k, v in model.g_fg.state_dict().items()}
+    c0 = {k: v.clone() for k, v in model.c_obj.state_dict().items()}
+    trainer.fit(model, datamodule=datamodule)
+    assert not all(torch.equal(v, model.c_obj.state_dict()[k]) for k, v in c0.items())
+    assert not all(torch.equal(v, model.g_fg.state_dict()[k]) for k, v in g0.items())
+    assert len(painted) == 4 and len(judged) == 6  # per batch: G_fg in D's and G's step; D_obj real, fake, fake
+    for batch in range(2):
+        real, fake_d, fake_g = judged[3 * batch : 3 * batch + 3]
+        n = len(real)
+        swaps = min(round(0.5 * n), n - 1)
+        assert swaps >= 1 and len(fake_d) == len(fake_g) == n - swaps  # D_obj never sees a swapped row
+        for paint in painted[2 * batch : 2 * batch + 2]:
+            assert torch.equal(paint[: n - swaps], real[: n - swaps]) and torch.equal(fake_d, real[: n - swaps])
+            assert (paint[n - swaps :] != real[n - swaps :]).all()  # another category, in the real object's mask
+        # the classifier learns from the real looks and from them cut into other silhouettes; it names the painted
+        assert classified[2 * batch : 2 * batch + 2] == [2 * n, n]
+    rows = list(csv.DictReader(open(Path(cfg.out) / "metrics.csv")))
+    assert any(r.get("fg_class/swapped_acc") for r in rows)
+    assert not hasattr(build(tiny_config("steps=2", "model.stages=[foreground]"))[1], "c_obj")  # off by default
+    for bad, match in ((dict(fg_swap=0.5), "fg_class_weight > 0"), (dict(fg_class_weight=-1.0), "fg_class_weight")):
+        with pytest.raises(ValueError, match=match):
+            SceneGAN(categories=CATEGORIES, resolution=32, **bad)
+    with pytest.raises(ValueError, match="fg_swap"):
+        SceneGAN(categories=CATEGORIES, resolution=32, fg_class_weight=1.0, fg_swap=1.5)
+
+
 def test_the_object_discriminator_can_judge_crops_at_their_own_resolution(tiny_config, monkeypatch):
     cfg = tiny_config("steps=1", "model.stages=[foreground]", "model.object_disc.native=true")
     datamodule, model, trainer = build(cfg)

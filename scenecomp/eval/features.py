@@ -16,7 +16,6 @@ import math
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from scenecomp.bundle import BundleError, PickledFileError, load_tensors, save_tensors
@@ -173,27 +172,6 @@ def object_crops(images: torch.Tensor, masks: torch.Tensor, size: int, native: b
     cropped around the mask (``native``: small objects at their own resolution, `crop_objects`).
     images ``[B,3,H,W]`` in [-1,1], masks ``[B,1,H,W]`` -> ``[B,4,S,S]``."""
     return crop_objects(torch.cat([images * masks, masks], dim=1), masks, size, native=native)
-
-
-def fill_outside(crops: torch.Tensor) -> torch.Tensor:
-    """Extend each crop's pixels beyond its mask by repeated neighbour averaging, so that
-    another silhouette can be cut from them: ``[B,4,S,S]`` -> RGB ``[B,3,S,S]``."""
-    value, known = crops[:, :3] * (crops[:, 3:] > 0.5), (crops[:, 3:] > 0.5).float()
-    for _ in range(2 * crops.shape[-1]):
-        if bool(known.min() > 0):
-            break
-        num = F.avg_pool2d(value, 3, 1, 1, count_include_pad=False)
-        den = F.avg_pool2d(known, 3, 1, 1, count_include_pad=False)
-        new = (den > 0) & (known < 0.5)
-        value = torch.where(new, num / den.clamp(min=1e-6), value)
-        known = torch.maximum(known, new.float())
-    return value
-
-
-def swap_silhouettes(filled: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """One object's appearance in another's silhouette: filled RGB ``[B,3,S,S]`` (`fill_outside`)
-    and crop masks ``[B,1,S,S]`` -> crops ``[B,4,S,S]`` as `object_crops` makes them."""
-    return torch.cat([filled * masks, masks], dim=1)
 
 
 # ----------------------------------------------------------------------------- Inception-v3 (optional)
