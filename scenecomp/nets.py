@@ -102,6 +102,13 @@ def crop_objects(
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
+def object_crops(images: torch.Tensor, masks: torch.Tensor, size: int, native: bool = False) -> torch.Tensor:
+    """Classifier input: the image inside the mask (0 = mid grey outside) ⊕ the mask,
+    cropped around the mask (``native``: small objects at their own resolution, `crop_objects`).
+    images ``[B,3,H,W]`` in [-1,1], masks ``[B,1,H,W]`` -> ``[B,4,S,S]``."""
+    return crop_objects(torch.cat([images * masks, masks], dim=1), masks, size, native=native)
+
+
 def fill_outside(crops: torch.Tensor) -> torch.Tensor:
     """Extend each crop's pixels beyond its mask by repeated neighbour averaging, so that
     another silhouette can be cut from them: ``[B,4,S,S]`` -> RGB ``[B,3,S,S]``."""
@@ -119,7 +126,7 @@ def fill_outside(crops: torch.Tensor) -> torch.Tensor:
 
 def swap_silhouettes(filled: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """One object's appearance in another's silhouette: filled RGB ``[B,3,S,S]`` (`fill_outside`)
-    and crop masks ``[B,1,S,S]`` -> crops ``[B,4,S,S]`` as `scenecomp.eval.features.object_crops` makes them."""
+    and crop masks ``[B,1,S,S]`` -> crops ``[B,4,S,S]`` as `object_crops` makes them."""
     return torch.cat([filled * masks, masks], dim=1)
 
 
@@ -819,7 +826,7 @@ class GlobalDiscriminator(nn.Module):
 class ObjectClassifier(nn.Module):
     """Names an object's category from its look inside its outline (G_fg's auxiliary teacher, AC-GAN style).
 
-    ``forward(crop [B,4,S,S] (image × mask ⊕ mask, as `scenecomp.eval.features.object_crops`)) -> logits [B,C]``.
+    ``forward(crop [B,4,S,S] (image × mask ⊕ mask, as `object_crops` cuts it)) -> logits [B,C]``.
     Taught on real crops and on real looks cut into other objects' silhouettes (`swap_silhouettes`), so it
     reads colour and texture rather than the outline: a sun painted into a rock's mask must still read as a sun.
     """

@@ -46,6 +46,7 @@ from scenecomp.nets import (
     crop_objects,
     fill_outside,
     layout_map,
+    object_crops,
     swap_silhouettes,
     visible_masks,
 )
@@ -691,12 +692,11 @@ class SceneGAN(L.LightningModule):
             C = len(self.categories)
             paint = torch.where(judged, c, (c + torch.randint(1, C, (n,), device=x.device)) % C)
 
-        def crops(img, rows=None):
-            rows = torch.ones_like(judged) if rows is None else rows
+        def crops(img, rows=slice(None)):
             return crop_objects(torch.cat([img[rows], m[rows]], 1), m[rows], S, native=self.d_obj.native), c[rows]
 
         def looks(img):  # the classifier's crops: the look inside the outline, scaled to S as the evaluation's
-            return crop_objects(torch.cat([img * m, m], 1), m, S)
+            return object_crops(img, m, S)
 
         real = crops(x)  # the real objects' crops serve both discriminator steps and the encoder
         classify = hasattr(self, "c_obj")

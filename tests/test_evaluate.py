@@ -24,7 +24,6 @@ from scenecomp.eval.features import (
     FEATURES_FORMAT,
     FeatureNet,
     load_features,
-    object_crops,
     save_features,
 )
 from scenecomp.eval.metrics import (
@@ -43,7 +42,7 @@ from scenecomp.eval.protocol import EDIT_OFFSET, SEED_STRIDE, Model, SingleShot,
 from scenecomp.eval.report import format_table
 from scenecomp.eval.two_sample import two_sample_accuracy
 from scenecomp.images import to_uint8
-from scenecomp.nets import fill_outside, layout_map, swap_silhouettes, visible_masks
+from scenecomp.nets import fill_outside, layout_map, object_crops, swap_silhouettes, visible_masks
 
 ROOT = Path(__file__).resolve().parents[1]
 CATEGORIES = ["tree", "house", "sun", "cloud", "rock"]

@@ -31,9 +31,10 @@ from torch import nn
 
 from scenecomp.compose import DEFAULT_MODEL
 from scenecomp.data import SceneDataset
-from scenecomp.eval.features import DEFAULT_FEATURES, load_features, object_crops
+from scenecomp.eval.features import DEFAULT_FEATURES, load_features
 from scenecomp.eval.protocol import MIN_VISIBLE
 from scenecomp.images import from_array
+from scenecomp.nets import object_crops
 from scenecomp.render import file_sha256
 from scenecomp.synth import synthesize
 

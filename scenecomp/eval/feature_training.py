@@ -15,11 +15,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from scenecomp.eval.features import FeatureNet, object_crops
+from scenecomp.eval.features import FeatureNet
 from scenecomp.eval.metrics import accuracy, background_purity
 from scenecomp.eval.protocol import read_background
 from scenecomp.images import to_float
-from scenecomp.nets import fill_outside, swap_silhouettes, visible_masks
+from scenecomp.nets import fill_outside, object_crops, swap_silhouettes, visible_masks
 
 
 def _read_pool(dataset, indices, S: int, backgrounds: Path | None):

@@ -21,7 +21,6 @@ from torch import nn
 from scenecomp.bundle import BundleError, PickledFileError, load_tensors, save_tensors
 from scenecomp.eval import EvaluationError
 from scenecomp.images import to_float
-from scenecomp.nets import crop_objects
 
 FEATURES_FORMAT = "scenecomp-features"
 FEATURES_VERSION = 2  # 2: safetensors (1 was a torch pickle)
@@ -162,16 +161,6 @@ def load_features(path) -> FeatureNet:
     net.meta = dict(data.get("meta") or {})
     net.path = str(path)
     return net.eval().requires_grad_(False)
-
-
-# ----------------------------------------------------------------------------- crops
-
-
-def object_crops(images: torch.Tensor, masks: torch.Tensor, size: int, native: bool = False) -> torch.Tensor:
-    """Classifier input: the image inside the mask (0 = mid grey outside) ⊕ the mask,
-    cropped around the mask (``native``: small objects at their own resolution, `crop_objects`).
-    images ``[B,3,H,W]`` in [-1,1], masks ``[B,1,H,W]`` -> ``[B,4,S,S]``."""
-    return crop_objects(torch.cat([images * masks, masks], dim=1), masks, size, native=native)
 
 
 # ----------------------------------------------------------------------------- Inception-v3 (optional)

@@ -51,7 +51,7 @@ from torch import nn
 
 from scenecomp.compose import BundleError, Composer, CompositionError, build_network, load_bundle, noise
 from scenecomp.eval import EvaluationError
-from scenecomp.eval.features import FeatureNet, object_crops
+from scenecomp.eval.features import FeatureNet
 from scenecomp.eval.metrics import (
     ClassifierScores,
     Diversity,
@@ -64,7 +64,7 @@ from scenecomp.eval.metrics import (
 from scenecomp.eval.two_sample import REPEATS, two_sample_figures
 from scenecomp.images import to_float, to_uint8
 from scenecomp.layout import SEED_LIMIT, Layout, LayoutObject
-from scenecomp.nets import crop_objects, fill_outside, layout_map, swap_silhouettes, visible_masks
+from scenecomp.nets import crop_objects, fill_outside, layout_map, object_crops, swap_silhouettes, visible_masks
 
 MIN_VISIBLE = 0.003  # smallest visible share of the image for an object to count (as in training)
 SEED_STRIDE = 1_000_000  # background seed of sample j of layout i = SEED_STRIDE * j + i
