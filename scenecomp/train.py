@@ -25,7 +25,7 @@ from scenecomp.bundle import BundleError
 from scenecomp.compose import BUNDLE_NAME, bundle_dict, load_bundle, save_bundle
 from scenecomp.data import DataError
 from scenecomp.datamodule import SceneDataModule
-from scenecomp.precision import training_precision
+from scenecomp.precision import keep_freed_memory, training_precision
 from scenecomp.training import FinalCheckpoint, PreviewGrid, RankChecksums, SceneGAN
 
 
@@ -318,6 +318,7 @@ CONF = str(Path(__file__).resolve().parent / "conf")  # shipped inside the packa
 
 @hydra.main(version_base="1.3", config_path=CONF, config_name="train")
 def main(cfg: DictConfig) -> None:
+    keep_freed_memory()
     try:
         run(cfg)
     except (ConfigError, DataError) as e:

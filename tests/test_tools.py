@@ -14,7 +14,8 @@ TOOLS = Path(__file__).resolve().parent.parent / "tools"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 SMOKE = {  # tiny settings: each runs in seconds on an idle 2-core machine
-    "bench_train.py": ["--experiment", "tiny", "--batches", "1", "--warmup", "1", "--variants", "bf16-mixed:cl"],
+    "bench_train.py": ["--experiment", "tiny", "--batches", "1", "--warmup", "1", "--variants", "bf16-mixed:cl"]
+    + ["--keep-freed-memory"],
     "bench_render.py": [
         "--images",
         "8",
@@ -74,6 +75,8 @@ def test_benchmark_runs_and_reports_both_matmul_fractions(name, tmp_path):
     )
     assert res.returncode == 0, res.stderr[-3000:]
     assert "of bf16 matmul" in res.stdout and "of fp32 matmul" in res.stdout, res.stdout
+    if name == "bench_train.py":  # the same variant again after keep_freed_memory(), as a ratio to itself
+        assert "bf16-mixed:cl+kept" in res.stdout and res.stdout.count("x bf16-mixed:cl\n") == 2, res.stdout
 
 
 def test_background_stats_compares_a_model_with_real_backgrounds(bundle, tmp_path):

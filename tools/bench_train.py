@@ -4,6 +4,7 @@
     python tools/bench_train.py --batches 50 --variants bf16-mixed:cl 32-true:nchw
     python tools/bench_train.py --experiment tiny --batches 2 --warmup 1     # smoke test
     python tools/bench_train.py --profile                     # also: the ops that take the time (default variant)
+    python tools/bench_train.py --experiment shapes64_background --variants 32-true:cl --keep-freed-memory
 
 Generates a small Shapes set in a temporary folder and, for each variant
 (``PRECISION:cl`` or ``PRECISION:nchw``), runs the real ``scenecomp-train`` code
@@ -11,7 +12,10 @@ path (Hydra compose + ``build`` + Lightning ``Trainer.fit``), times the batches
 after a warm-up and counts one batch's FLOPs (all stages, forward and backward)
 with ``torch.utils.flop_counter``'s formulas. Rates are printed as fractions of the bf16
 and fp32 2048² matmul rates measured in the same process, and every variant
-as a ratio to the first ``32-true`` one.
+as a ratio to the first ``32-true`` one. ``--keep-freed-memory`` then calls
+`scenecomp.precision.keep_freed_memory` (what ``scenecomp-train`` does first)
+and times every variant again (``+kept``), each as a ratio to itself before:
+the allocator's share, measured in one run.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from peak import Peak
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
+from scenecomp.precision import keep_freed_memory
 from scenecomp.train import CONF, build
 
 DEFAULT_VARIANTS = ["32-true:nchw", "32-true:cl", "bf16-mixed:nchw", "bf16-mixed:cl"]
@@ -81,13 +86,13 @@ class Timer(L.Callback):
             self.profiler.__exit__(None, None, None)
 
 
-def run_variant(args, tmp: str, precision: str, layout: str) -> tuple[dict, Timer]:
+def run_variant(args, tmp: str, precision: str, layout: str, suffix: str = "") -> tuple[dict, Timer]:
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         cfg = compose(
             "train",
             overrides=[
                 f"experiment={args.experiment}",
-                f"out={tmp}/run-{precision}-{layout}",
+                f"out={tmp}/run-{precision}-{layout}{suffix}",
                 f"data.train={tmp}/data/annotations.json",
                 "data.val=null",
                 "data.generate.train_count=256",
@@ -132,29 +137,42 @@ def main(argv=None) -> None:
     ap.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, metavar="PRECISION:{cl,nchw}")
     ap.add_argument("--override", nargs="*", default=[], help="more Hydra overrides, e.g. model.foreground.channels=24")
     ap.add_argument("--profile", action="store_true", help="print the top ops of the first variant's timed batches")
+    ap.add_argument(
+        "--keep-freed-memory",
+        action="store_true",
+        help="then time every variant again after keep_freed_memory() (as scenecomp-train runs): +kept",
+    )
     args = ap.parse_args(argv)
+    for variant in args.variants:
+        if variant.partition(":")[2] not in ("cl", "nchw"):
+            ap.error(f"--variants: {variant!r} is not PRECISION:cl or PRECISION:nchw")
     peak = Peak.measure()
     print(peak)
     results = []
+    rounds = [""] + (["+kept"] if args.keep_freed_memory else [])
     with tempfile.TemporaryDirectory() as tmp:
-        for variant in args.variants:
-            precision, _, layout = variant.partition(":")
-            if layout not in ("cl", "nchw"):
-                ap.error(f"--variants: {variant!r} is not PRECISION:cl or PRECISION:nchw")
-            info, timer = run_variant(args, tmp, precision, layout)
-            results.append((variant, info, timer))
-            if args.profile and len(results) == 1:
-                print(timer.profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+        for suffix in rounds:
+            if suffix and not keep_freed_memory():
+                ap.error("--keep-freed-memory: this system's C library is not glibc (nothing to change)")
+            for variant in args.variants:
+                precision, _, layout = variant.partition(":")
+                info, timer = run_variant(args, tmp, precision, layout, suffix)
+                results.append((variant + suffix, info, timer))
+                if args.profile and len(results) == 1:
+                    print(timer.profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
     variant, info, _ = results[0]
     print(f"experiment={args.experiment} stages={info['stages']} batch={info['batch']} resolution={info['resolution']}")
     print("parameters (M): " + ", ".join(f"{k} {v:.2f}" for k, v in info["params"].items()))
     reference = next((r for r in results if r[0].startswith("32")), results[0])
+    rates = {variant: info["rate"] for variant, info, _ in results}
     for variant, info, timer in results:
         gflops = timer.flops * info["rate"] / 1e9
+        before = variant.removesuffix("+kept")
+        kept = f"; {info['rate'] / rates[before]:.2f}x {before}" if before not in (variant, reference[0]) else ""
         print(
-            f"{variant:16s} (ran as {info['precision']}): {info['rate']:.2f} batches/s, "
+            f"{variant:21s} (ran as {info['precision']}): {info['rate']:.2f} batches/s, "
             f"{info['rate'] * info['batch']:.1f} samples/s, {timer.flops / 1e9:.1f} GFLOP/batch, "
-            f"{peak.describe(gflops)}; {info['rate'] / reference[1]['rate']:.2f}x {reference[0]}"
+            f"{peak.describe(gflops)}; {info['rate'] / reference[1]['rate']:.2f}x {reference[0]}{kept}"
         )
 
 

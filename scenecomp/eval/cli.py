@@ -14,6 +14,7 @@ from scenecomp.eval.features import DEFAULT_FEATURES, inception_features, load_f
 from scenecomp.eval.protocol import evaluate, load_models
 from scenecomp.eval.report import format_table, result_json, write_json
 from scenecomp.eval.two_sample import REPEATS
+from scenecomp.precision import keep_freed_memory
 
 _EPILOG = """examples:
   scenecomp-eval --checkpoint runs/shapes64/composer.safetensors --baseline runs/shapes64-baseline/baseline.safetensors \\
@@ -154,6 +155,7 @@ def run(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> int:
     """``scenecomp-eval``: prints the table (and writes JSON); errors print one line and exit 2."""
     args = _parser().parse_args(argv)
+    keep_freed_memory()
     try:
         result = run(args)
         print(format_table(result))

@@ -15,7 +15,7 @@ from filelock import FileLock, Timeout
 
 from scenecomp.compose import DEFAULT_MODEL, BundleError, Composer, bundle_file
 from scenecomp.layout import LayoutError
-from scenecomp.precision import auto_dtype
+from scenecomp.precision import auto_dtype, keep_freed_memory
 from scenecomp.render.batching import render_jobs
 from scenecomp.render.manifest import (
     MANIFEST,
@@ -110,6 +110,7 @@ def render_single(
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    keep_freed_memory()
     console = Console(args.quiet)
     try:
         return _run(args, console)
