@@ -235,6 +235,20 @@ def _to_norm(kernels: torch.Tensor, norm: float) -> torch.Tensor:
     return kernels * (norm / kernels.flatten(1).norm(dim=1).clamp(min=1e-8))[:, None, None, None]
 
 
+def grid_cells(grid, resolution: int) -> int:
+    """The noise entries of a texture grid ``[rows, cols]`` (0 for None); anything else is refused."""
+    if grid is None:
+        return 0
+    problem = ValueError(f"texture grid must be [rows, cols], each an integer in 1..{resolution}, got {grid!r}")
+    try:
+        rows, cols = grid
+    except (TypeError, ValueError):
+        raise problem from None
+    if not all(isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= resolution for n in (rows, cols)):
+        raise problem
+    return rows * cols
+
+
 class PixelSynthesis(nn.Module):
     """Paints every pixel on its own from its position, the noise there and a style (CIPS, Anokhin et
     al. 2021; FiLM-conditioned as in pi-GAN): a per-pixel MLP (1x1 convolutions), no upsampling.
@@ -272,11 +286,14 @@ class PixelSynthesis(nn.Module):
         rgb_grain: float = 0.03,
         axes: str = "yx",
         textures: int = 2,
+        grid: tuple[int, int] | None = None,
     ):
         super().__init__()
         if axes not in ("y", "yx"):
             raise ValueError(f"axes must be 'y' or 'yx', got {axes!r}")
+        self.grid_cells = grid_cells(grid, resolution)
         self.cond, self.frequencies, self.axes = cond, frequencies, axes
+        self.grid = tuple(grid) if grid is not None else None
         position = len(axes) * (1 + 2 * frequencies)
         self.inp = nn.Conv2d(position + 1 + cond, width, 1)  # the fine grain only: see the class docstring
         self.layers = nn.ModuleList(nn.Conv2d(width, width, 1) for _ in range(depth))
@@ -297,7 +314,7 @@ class PixelSynthesis(nn.Module):
         d2 = r[:, None] + r[None, :]
         starts = torch.stack([(d2 == 0).float()] + [(-d2 / (2 * 16.0**k)).exp() for k in range(1, textures)])[:, None]
         self.kernels = nn.Parameter(_to_norm(starts, KERNEL_NORM))  # [K,1,kernel,kernel]
-        self.to_grain = nn.Conv2d(width, textures, 1)
+        self.to_grain = nn.Conv2d(width, textures + (1 if grid is not None else 0), 1)
         nn.init.zeros_(self.to_grain.weight)
         nn.init.constant_(self.to_grain.bias, rgb_grain)
         # points of light (stars): added where the grain lies beyond GLOW_SIGMA, in a colour per pixel from
@@ -323,17 +340,34 @@ class PixelSynthesis(nn.Module):
             state_dict[key] = _to_norm(state_dict[key].float(), KERNEL_NORM).to(state_dict[key].dtype)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def texture_maps(self, grain: torch.Tensor) -> torch.Tensor:
+    def texture_maps(self, grain: torch.Tensor, cells: torch.Tensor | None = None) -> torch.Tensor:
         """``[B,1,H,W]`` unit Gaussian -> ``[B,K,H,W]``: filtered by the kernels made unit-norm (so each texture
         is unit variance too; edges reflected). The kernels are stored at norm ``KERNEL_NORM``: Adam moves a
         weight by about lr a step whatever its scale, and stored near unit norm (a sigma-4 Gaussian: norm 5.7)
         the blotch filter was still its isotropic start after 1400 batches at lr 5e-5, while Shapes' blotches
-        are 2.5x wider than tall (docs/RESULTS.md, "Texture filters that learn")."""
+        are 2.5x wider than tall (docs/RESULTS.md, "Texture filters that learn"). With a ``grid``, one more
+        texture: ``cells`` ``[B,rows*cols]`` unit Gaussian upsampled bilinearly (value noise), unit RMS."""
         k = _to_norm(self.kernels, 1.0)
         pad = self.kernels.shape[-1] // 2
-        return F.conv2d(F.pad(grain, [pad] * 4, mode="reflect"), k.to(grain.dtype))
+        maps = F.conv2d(F.pad(grain, [pad] * 4, mode="reflect"), k.to(grain.dtype))
+        if self.grid is None:
+            return maps
+        return torch.cat([maps, self.grid_texture(cells.reshape(-1, 1, *self.grid), grain.shape[-2:])], 1)
 
-    def forward(self, w: torch.Tensor, grain: torch.Tensor, layout: torch.Tensor | None) -> torch.Tensor:
+    def grid_texture(self, cells: torch.Tensor, size) -> torch.Tensor:
+        """``[B,1,rows,cols]`` -> ``[B,1,H,W]``: upsampled bilinearly (cell centres at fixed pixels, as an
+        image resized), divided by its RMS over the image for unit-variance cells. Why a grid and not a
+        filter: value noise has creases at fixed places and more variance at the cell centres, and a
+        stationary texture (white noise filtered) is told from it by a two-sample classifier (0.92 on
+        synthetic Shapes ground strips, docs/RESULTS.md "The ground's texture")."""
+        up = F.interpolate(cells, size=tuple(size), mode="bilinear", align_corners=False)
+        basis = torch.eye(self.grid_cells, dtype=torch.float32).view(-1, 1, *self.grid)
+        rms = F.interpolate(basis, size=tuple(size), mode="bilinear", align_corners=False).pow(2).sum(0).mean().sqrt()
+        return up / rms.to(up.dtype)
+
+    def forward(
+        self, w: torch.Tensor, grain: torch.Tensor, layout: torch.Tensor | None, cells: torch.Tensor | None = None
+    ) -> torch.Tensor:
         B, _, H, W = grain.shape
         if layout is None:
             layout = grain.new_zeros(B, self.cond, H, W)
@@ -344,7 +378,7 @@ class PixelSynthesis(nn.Module):
         for layer, film in zip(self.layers, self.films, strict=True):
             h = F.leaky_relu(film(pixel_norm(layer(h)), w), 0.2)
         colour = torch.tanh(self.to_rgb(h)) * 0.5 + 0.5  # [B,3,H,W] in [0,1]
-        brightness = 1 + (self.to_grain(h) * self.texture_maps(grain)).sum(1, keepdim=True)  # [B,1,H,W]
+        brightness = 1 + (self.to_grain(h) * self.texture_maps(grain, cells)).sum(1, keepdim=True)  # [B,1,H,W]
         glow = self.to_glow(h).clamp(min=0) * (grain > GLOW_SIGMA).to(h.dtype) * GLOW_GAIN  # [B,3,H,W], light only adds
         return (colour * brightness + glow).clamp(0, 1) * 2 - 1
 
@@ -408,7 +442,9 @@ class LayoutGenerator(nn.Module):
     ``synthesis="pixels"`` replaces the convolutional trunk (and with it ``channels``,
     ``max_channels``, ``upsample``, ``padding_mode``) by a per-pixel MLP, `PixelSynthesis`
     (``mlp_width``, ``mlp_depth``, ``mlp_axes``; needs ``pixel_noise``, ``rgb_grain`` is its output
-    grain's start); measured, not shipped.
+    grain's start; the shipped G_bg's). ``texture_grid`` ``[rows, cols]`` (pixels only) draws its
+    blotches as value noise on that grid (``rows*cols`` more noise entries, after the grain) instead of
+    grain filtered by a learned kernel.
     ``const_input`` starts from a learned ``[C,4,4]`` constant instead of a linear map of the noise
     (StyleGAN): the noise then acts through the styles (per channel, everywhere alike) and the
     per-pixel noise only, so a sample gets no independent 4x4 grid of its own, which paints soft
@@ -446,6 +482,7 @@ class LayoutGenerator(nn.Module):
         mlp_width: int = 128,
         mlp_depth: int = 6,
         mlp_axes: str = "yx",
+        texture_grid: tuple[int, int] | None = None,
     ):
         super().__init__()
         if synthesis not in ("conv", "pixels"):
@@ -454,6 +491,9 @@ class LayoutGenerator(nn.Module):
             raise ValueError(
                 "synthesis='pixels' needs pixel_noise=True (its grain and texture come from the noise map)"
             )
+        if texture_grid is not None and synthesis != "pixels":
+            raise ValueError("texture_grid is a texture of synthesis='pixels'; the convolutional trunk has none")
+        cells = grid_cells(texture_grid, resolution)
         if synthesis == "pixels" and (const_input or row_coord):
             raise ValueError("const_input and row_coord shape the convolutional trunk; synthesis='pixels' has none")
         if rgb_grain and not pixel_noise:
@@ -481,6 +521,9 @@ class LayoutGenerator(nn.Module):
             self.init_kwargs["row_coord"] = True
         if synthesis != "conv":
             self.init_kwargs |= dict(synthesis=synthesis, mlp_width=mlp_width, mlp_depth=mlp_depth, mlp_axes=mlp_axes)
+        if texture_grid is not None:  # absent from older bundles' kwargs, which then build unchanged
+            texture_grid = list(texture_grid)  # plain ints for the bundle's JSON (Hydra passes a ListConfig)
+            self.init_kwargs["texture_grid"] = texture_grid
         self.z_dim, self.num_categories, self.resolution, self.const_input, self.row_coord = (
             z_dim,
             num_categories,
@@ -488,13 +531,21 @@ class LayoutGenerator(nn.Module):
             const_input,
             row_coord,
         )
-        self.latent_dim = z_dim + (resolution**2 if pixel_noise else 0)
+        self.latent_dim = z_dim + (resolution**2 if pixel_noise else 0) + cells
         self.set_prior(torch.zeros(prior_size, z_dim), torch.zeros(prior_size, z_dim))
         self.pixels = None
         if synthesis == "pixels":  # the per-pixel MLP replaces the convolutional trunk
             self.mapping = _mapping(z_dim, style_dim)
             self.pixels = PixelSynthesis(
-                num_categories, style_dim, resolution, mlp_width, mlp_depth, rgb_grain=rgb_grain, axes=mlp_axes
+                num_categories,
+                style_dim,
+                resolution,
+                mlp_width,
+                mlp_depth,
+                rgb_grain=rgb_grain,
+                axes=mlp_axes,
+                textures=1 if texture_grid is not None else 2,  # the grid takes the blotch filter's place
+                grid=texture_grid,
             )
             return
         n = _levels(resolution, 4)
@@ -562,10 +613,10 @@ class LayoutGenerator(nn.Module):
         B, R = z.shape[0], self.resolution
         if z.shape[1] != self.latent_dim:
             raise ValueError(f"latent must be [B,{self.latent_dim}], got {list(z.shape)}")
-        grain = z[:, self.z_dim :].reshape(B, 1, R, R) if self.latent_dim > self.z_dim else None
-        z = z[:, : self.z_dim]
+        grain = z[:, self.z_dim : self.z_dim + R * R].reshape(B, 1, R, R) if self.latent_dim > self.z_dim else None
         if self.pixels is not None:
-            return self.pixels(self.mapping(z), grain, layout)
+            return self.pixels(self.mapping(z[:, : self.z_dim]), grain, layout, z[:, self.z_dim + R * R :])
+        z = z[:, : self.z_dim]
         if layout is None:  # head B: an empty map (at full resolution when the height joins it)
             side = R if self.row_coord else 4
             layout = z.new_zeros(B, self.num_categories, side, side)

@@ -392,6 +392,43 @@ def test_texture_filters_are_stored_small_so_that_adam_reshapes_them():
     assert turned[1] > 1e-3
 
 
+def test_a_texture_grid_paints_blotches_as_value_noise_on_fixed_cells():
+    """``texture_grid`` draws the blotch texture from rows x cols more noise entries, upsampled bilinearly as an
+    image is resized (cell centres at fixed pixels), at unit RMS; a cell's noise reaches only its neighbours."""
+    torch.manual_seed(0)
+    kw = dict(z_dim=8, num_categories=2, resolution=16, pixel_noise=True, synthesis="pixels", mlp_width=16)
+    g = LayoutGenerator(**kw, mlp_axes="y", rgb_grain=0.05, texture_grid=[4, 2]).eval()
+    plain = LayoutGenerator(**kw, mlp_axes="y")
+    assert g.latent_dim == plain.latent_dim + 8 and g.noise_dim == g.latent_dim
+    # the grid takes the blotch filter's place: one filter (the fine grain) and two texture strengths, as before
+    assert g.pixels.kernels.shape[0] == 1 and g.pixels.to_grain.out_channels == plain.pixels.to_grain.out_channels
+    rebuilt = LayoutGenerator(**g.init_kwargs).eval()  # a bundle's JSON kwargs rebuild it
+    rebuilt.load_state_dict(g.state_dict())
+    assert g.init_kwargs["texture_grid"] == [4, 2]
+    cells = torch.randn(512, 1, 4, 2)
+    texture = g.pixels.grid_texture(cells, (16, 16))
+    up = F.interpolate(cells, size=(16, 16), mode="bilinear")
+    assert torch.allclose(texture, up * (texture[0, 0, 0, 0] / up[0, 0, 0, 0]), atol=1e-5)
+    assert abs(float(texture.pow(2).mean()) - 1) < 0.1
+    # cells 4 px tall and 8 wide: the corner pixels carry their cell's value alone, the pixels between two
+    # cells' centres a blend, so their variance is lower (the texture is not stationary: its cells stay put)
+    var = texture.var(0)[0]
+    assert var[0, 0] > 1.5 * var[4, 0] and var[0, 0] > 1.5 * var[0, 8]
+    z = torch.randn(2, g.noise_dim)
+    with torch.no_grad():
+        image = g(z)
+        assert torch.equal(rebuilt(z), image)
+        moved = z.clone()
+        moved[:, -8] += 3  # the top-left cell
+        changed = (g(moved) - image).abs().amax((0, 1)) > 0
+    assert changed[:6, :12].any() and not changed[6:].any() and not changed[:, 12:].any()
+    for bad in ([0, 2], [4, 17], [4.5, 2], [True, 2], [4], 4, "42"):
+        with pytest.raises(ValueError, match="grid"):
+            LayoutGenerator(**kw, texture_grid=bad)
+    with pytest.raises(ValueError, match="texture_grid"):
+        LayoutGenerator(z_dim=8, resolution=16, pixel_noise=True, texture_grid=[4, 2])
+
+
 def test_pixel_synthesis_can_paint_a_sky_the_same_along_every_row():
     torch.manual_seed(0)
     g = LayoutGenerator(z_dim=8, num_categories=2, resolution=16, pixel_noise=True, synthesis="pixels", mlp_width=16)
