@@ -359,7 +359,7 @@ class PixelSynthesis(nn.Module):
         image resized), divided by its RMS over the image for unit-variance cells. Why a grid and not a
         filter: value noise has creases at fixed places and more variance at the cell centres, and a
         stationary texture (white noise filtered) is told from it by a two-sample classifier (0.92 on
-        synthetic Shapes ground strips, docs/RESULTS.md "The ground's texture")."""
+        synthetic Shapes ground strips, docs/RESULTS.md "What tells G_bg's backgrounds from real ones")."""
         up = F.interpolate(cells, size=tuple(size), mode="bilinear", align_corners=False)
         basis = torch.eye(self.grid_cells, dtype=torch.float32).view(-1, 1, *self.grid)
         rms = F.interpolate(basis, size=tuple(size), mode="bilinear", align_corners=False).pow(2).sum(0).mean().sqrt()
