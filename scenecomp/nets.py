@@ -292,8 +292,12 @@ class PixelSynthesis(nn.Module):
         if axes not in ("y", "yx"):
             raise ValueError(f"axes must be 'y' or 'yx', got {axes!r}")
         self.grid_cells = grid_cells(grid, resolution)
-        self.cond, self.frequencies, self.axes = cond, frequencies, axes
+        self.cond, self.frequencies, self.axes, self.resolution = cond, frequencies, axes, resolution
         self.grid = tuple(grid) if grid is not None else None
+        if self.grid is not None:  # the grid texture's RMS over the image, a constant of the grid and resolution
+            basis = torch.eye(self.grid_cells).view(-1, 1, *self.grid)
+            up = F.interpolate(basis, size=(resolution, resolution), mode="bilinear", align_corners=False)
+            self.grid_rms = float(up.pow(2).sum(0).mean().sqrt())
         position = len(axes) * (1 + 2 * frequencies)
         self.inp = nn.Conv2d(position + 1 + cond, width, 1)  # the fine grain only: see the class docstring
         self.layers = nn.ModuleList(nn.Conv2d(width, width, 1) for _ in range(depth))
@@ -352,18 +356,16 @@ class PixelSynthesis(nn.Module):
         maps = F.conv2d(F.pad(grain, [pad] * 4, mode="reflect"), k.to(grain.dtype))
         if self.grid is None:
             return maps
-        return torch.cat([maps, self.grid_texture(cells.reshape(-1, 1, *self.grid), grain.shape[-2:])], 1)
+        return torch.cat([maps, self.grid_texture(cells.reshape(-1, 1, *self.grid))], 1)
 
-    def grid_texture(self, cells: torch.Tensor, size) -> torch.Tensor:
-        """``[B,1,rows,cols]`` -> ``[B,1,H,W]``: upsampled bilinearly (cell centres at fixed pixels, as an
+    def grid_texture(self, cells: torch.Tensor) -> torch.Tensor:
+        """``[B,1,rows,cols]`` -> ``[B,1,R,R]``: upsampled bilinearly (cell centres at fixed pixels, as an
         image resized), divided by its RMS over the image for unit-variance cells. Why a grid and not a
         filter: value noise has creases at fixed places and more variance at the cell centres, and a
         stationary texture (white noise filtered) is told from it by a two-sample classifier (0.92 on
         synthetic Shapes ground strips, docs/RESULTS.md "What tells G_bg's backgrounds from real ones")."""
-        up = F.interpolate(cells, size=tuple(size), mode="bilinear", align_corners=False)
-        basis = torch.eye(self.grid_cells, dtype=torch.float32).view(-1, 1, *self.grid)
-        rms = F.interpolate(basis, size=tuple(size), mode="bilinear", align_corners=False).pow(2).sum(0).mean().sqrt()
-        return up / rms.to(up.dtype)
+        size = (self.resolution, self.resolution)
+        return F.interpolate(cells, size=size, mode="bilinear", align_corners=False) / self.grid_rms
 
     def forward(
         self, w: torch.Tensor, grain: torch.Tensor, layout: torch.Tensor | None, cells: torch.Tensor | None = None

@@ -60,8 +60,8 @@ def keep_freed_memory() -> bool:
     (one 128-channel layer of a 64x64 batch of 32 is 64 MiB), so their pages fault in again. Measured on a
     2-core EPYC: a G_bg training batch spent about 40 % of its CPU time in the kernel, and this gives the
     background stage 1.88x the batches/s, both stages 1.37x (``tools/bench_train.py --keep-freed-memory``,
-    docs/RESULTS.md "Speed"). The price: the process keeps its peak memory until it exits. Returns False where there is no glibc (macOS, Windows, musl), which then
-    keeps its own allocator's behaviour."""
+    docs/RESULTS.md "Speed"). The price: the process keeps its peak memory until it exits. Returns False
+    where there is no glibc (macOS, Windows, musl), which then keeps its own allocator's behaviour."""
     try:
         mallopt = ctypes.CDLL("libc.so.6").mallopt
     except (OSError, AttributeError):

@@ -406,7 +406,7 @@ def test_a_texture_grid_paints_blotches_as_value_noise_on_fixed_cells():
     rebuilt.load_state_dict(g.state_dict())
     assert g.init_kwargs["texture_grid"] == [4, 2]
     cells = torch.randn(512, 1, 4, 2)
-    texture = g.pixels.grid_texture(cells, (16, 16))
+    texture = g.pixels.grid_texture(cells)
     up = F.interpolate(cells, size=(16, 16), mode="bilinear")
     assert torch.allclose(texture, up * (texture[0, 0, 0, 0] / up[0, 0, 0, 0]), atol=1e-5)
     assert abs(float(texture.pow(2).mean()) - 1) < 0.1
