@@ -577,6 +577,15 @@ class LayoutGenerator(nn.Module):
             nn.init.zeros_(self.rgb_grain.weight)
             nn.init.constant_(self.rgb_grain.bias, rgb_grain)
 
+    # weights that only scale noise (a texture's strength and shape, points of light): training them changes a
+    # style's texture, not the colour it paints
+    TEXTURE = ("pixels.to_grain.", "pixels.kernels", "pixels.to_glow.", "rgb_grain.")
+
+    def colour_weights(self) -> dict[str, torch.Tensor]:
+        """The weights that decide the colour a style paints (all but `TEXTURE`'s): while they are unchanged, a
+        style prior fitted for them (an encoder's codes of real plates) still draws the styles it drew."""
+        return {name: p for name, p in self.named_parameters() if not name.startswith(self.TEXTURE)}
+
     def set_prior(self, mu: torch.Tensor, logvar: torch.Tensor) -> None:
         """Draw styles from the mixture of the Gaussians ``mu``, ``logvar`` ``[M,z_dim]`` (equal weights)
         from now on; ``M = 0``: the standard normal. The noise vector grows by one entry (the pick)."""

@@ -160,29 +160,38 @@ def texture_stats(x: torch.Tensor, cell: int | tuple[int, int] = 8, weight: torc
     return (F.avg_pool2d(energy * weight, cell) / F.avg_pool2d(weight, cell).clamp(min=1e-8)).add(1e-8).sqrt()
 
 
-def texture_l1(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, cell: int = 8) -> torch.Tensor:
-    """L1 of the texture of ``[B,3,H,W]`` images, band by band of ``cell`` rows across the image: the mean and
-    the spread (standard deviation) of its ``cell`` x ``cell`` cells' `texture_stats`, each over the pixels
-    whose 25x25 surroundings lie wholly inside ``mask [B,1,H,W]`` (cells with under a quarter of such pixels,
-    and bands with fewer than two such cells, do not count). The texture's teacher, as `pooled_l1` is the
-    mean's: grain is random, so an L1 of pixels pulls it towards none, while its amount (and where it is
-    absent: a smooth sky) can be matched sample by sample. Why a band's mean and spread, not each cell: an L1
-    pulls towards the median, and where fewer than half the cells hold a sparse texture its median cell holds
-    none: 30 % of Shapes' night-sky 8x8 cells hold a star, and per-cell stats pulled G_bg's stars to none (a
-    band of 8 rows holds about two and a half). The spread tells such points, or one dark blotch among smooth
-    ground (read as a rock), from the same amount of texture spread evenly."""
+def band_texture(x: torch.Tensor, mask: torch.Tensor, cell: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """The texture of ``[B,3,H,W]`` images band by band of ``cell`` rows: ``[B,40,H/cell,1]``, the mean and the
+    spread (standard deviation) of its ``cell`` x ``cell`` cells' `texture_stats`, each over the pixels whose
+    25x25 surroundings lie wholly inside ``mask [B,1,H,W]`` (cells with under a quarter of such pixels do not
+    count); and ``[B,1,H/cell,1]``, 1 where a band holds two such cells or more (the others do not count). Why a
+    band's mean and spread, not each cell: 30 % of Shapes' night-sky 8x8 cells hold a star (a band of 8 rows
+    about two and a half), and the spread tells such points, or one dark blotch among smooth ground (read as
+    a rock), from the same amount of texture spread evenly."""
     inside = 1 - dilate(1 - mask.float(), 12)
     use = (F.avg_pool2d(inside, cell) >= 0.25).float()  # [B,1,H/cell,W/cell]
     n = use.sum(-1, keepdim=True)
-    gaps = []
-    for x in (a, b):
-        stats = texture_stats(x.float(), cell, inside)
-        mean = (stats * use).sum(-1, keepdim=True) / n.clamp(min=1)
-        spread = ((stats - mean).pow(2) * use).sum(-1, keepdim=True).div(n.clamp(min=1)).add(1e-8).sqrt()
-        gaps.append(torch.cat([mean, spread], 1))
-    counts = (n >= 2).float()
-    gap = (gaps[0] - gaps[1]).abs() * counts
-    return gap.sum() / (counts.sum() * gap.shape[1]).clamp(min=1)
+    stats = texture_stats(x.float(), cell, inside)
+    mean = (stats * use).sum(-1, keepdim=True) / n.clamp(min=1)
+    spread = ((stats - mean).pow(2) * use).sum(-1, keepdim=True).div(n.clamp(min=1)).add(1e-8).sqrt()
+    return torch.cat([mean, spread], 1), (n >= 2).float()
+
+
+def texture_energy(
+    a: torch.Tensor, a2: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, cell: int = 8
+) -> torch.Tensor:
+    """The energy score (Gneiting and Raftery 2007) of the `band_texture` of two ``[B,3,H,W]`` images ``a``,
+    ``a2`` (one style, each with its own grain) against the real ``b``'s, per statistic:
+    ``(|a - b| + |a2 - b|) / 2 - |a - a2| / 2``, averaged over the bands that count. The texture's
+    teacher, as `pooled_l1` is the mean's: grain is random, so an L1 of pixels pulls it towards none, while its
+    amount (and where it is absent: a smooth sky) can be matched sample by sample. Why a score of two draws
+    and not the L1 of one: where a band's statistic is itself random (a few blotches of random height in it:
+    Shapes' ground holds four 16-px cells a band), an L1 of two independent draws is least when the painted one
+    does not vary, so it shrank the blotches (measured, docs/RESULTS.md "The texture loss's pull"); the energy
+    score is least in expectation when the painted statistics are distributed as the real ones."""
+    (sa, _), (sa2, _), (sb, counts) = (band_texture(x, mask, cell) for x in (a, a2, b))  # one mask: one count
+    score = ((sa - sb).abs() + (sa2 - sb).abs() - (sa - sa2).abs()) / 2 * counts
+    return score.sum() / (counts.sum() * score.shape[1]).clamp(min=1)
 
 
 def masked_l1(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -273,6 +282,7 @@ class SceneGAN(L.LightningModule):
         fg_scene_weight: float = 0.0,
         fg_swap: float = 0.0,
         fg_class_weight: float = 0.0,
+        frozen: list[str] = (),
     ):
         super().__init__()
         for name, size in (("background_prior", background_prior), ("foreground_prior", foreground_prior)):
@@ -348,6 +358,7 @@ class SceneGAN(L.LightningModule):
             self.d_base = GlobalDiscriminator(**common, **(global_disc or {}))
             self.g_base_ema = copy.deepcopy(self.g_base).eval().requires_grad_(False)
         self.preview: dict | None = None
+        self.freeze_parts(frozen)
 
     # ``build`` switches to channels_last where that layout makes the CPU's (or GPU's) convolutions faster
     memory_format = torch.contiguous_format
@@ -403,6 +414,22 @@ class SceneGAN(L.LightningModule):
                     {f"{enc}_ema.{k[len(enc) + 1 :]}": v for k, v in list(state.items()) if k.startswith(f"{enc}.")}
                 )
 
+    def freeze_parts(self, names) -> None:
+        """Keep the weights of the networks or their parts named in ``names`` (as in a checkpoint:
+        ``g_bg.pixels.layers``) as they start: no optimiser holds them. Why: a warm start whose colour is
+        finished can train one part (its texture strengths, ``g_bg.pixels.to_grain``) against a fresh
+        discriminator without that discriminator's first, uninformed gradients reaching the rest."""
+        if isinstance(names, str) or not all(isinstance(n, str) and n for n in names):
+            raise ValueError(f"frozen: a list of network or part names (g_bg.pixels.layers), got {names!r}")
+        params = dict(self.named_parameters())
+        for name in names:
+            hits = [p for key, p in params.items() if key == name or key.startswith(name + ".")]
+            if not hits:
+                networks = sorted({k.split(".")[0] for k in params})
+                raise ValueError(f"frozen: {name!r} names no weights of this model (its networks: {networks})")
+            for p in hits:
+                p.requires_grad_(False)
+
     @property
     def optimizer_steps_per_batch(self) -> int:
         return 2 * len(self.stages)
@@ -414,6 +441,9 @@ class SceneGAN(L.LightningModule):
 
     def configure_optimizers(self):
         def adam(params, lr):
+            params = [p for p in params if p.requires_grad]  # `frozen` parts train in no optimiser
+            if not params:
+                raise ValueError(f"frozen: {list(self.hparams.frozen)} leaves a network of this run nothing to train")
             return torch.optim.Adam(params, lr=lr, betas=tuple(self.hparams.betas))
 
         opts = []
@@ -641,9 +671,9 @@ class SceneGAN(L.LightningModule):
                 "bg/rec_l1": rec_l1.detach(),
                 "bg/kl": kl.detach(),
             }
-            if hp.bg_texture_weight > 0:  # the same reconstruction with grain: its local texture against the real one
-                grained = self.g_bg(with_grain(z_rec, self.g_bg.latent_dim))
-                texture = texture_l1(grained, x, 1 - taken)
+            if hp.bg_texture_weight > 0:  # the same reconstruction twice with grain: its local texture's score
+                grained = [self.g_bg(with_grain(z_rec, self.g_bg.latent_dim)) for _ in range(2)]
+                texture = texture_energy(*grained, x, 1 - taken)
                 loss = loss + hp.bg_texture_weight * texture
                 logs["bg/texture"] = texture.detach()
             return loss, logs

@@ -23,7 +23,7 @@ from scenecomp import training
 from scenecomp.compose import Composer, build_network, load_bundle
 from scenecomp.data import DataError
 from scenecomp.layout import Layout, LayoutObject
-from scenecomp.train import CONF, ConfigError, build, grown_inputs, run, warm_start
+from scenecomp.train import CONF, ConfigError, build, give_priors, grown_inputs, run, warm_start
 from scenecomp.training import SceneGAN
 
 CATEGORIES = ["tree", "house", "sun", "cloud", "rock"]
@@ -326,41 +326,74 @@ def test_the_background_reconstruction_sees_neither_grain_nor_the_filled_holes()
 
 
 def test_the_texture_loss_matches_the_local_amount_of_grain_not_the_grain_itself():
-    from scenecomp.training import texture_l1
+    from scenecomp.training import texture_energy
 
     torch.manual_seed(0)
     smooth = torch.linspace(-0.5, 0.5, 64).view(1, 1, 64, 1).expand(2, 3, 64, 64)  # a sky gradient
-    grain = torch.randn(2, 1, 64, 64).expand(2, 3, 64, 64)
-    real = smooth + 0.05 * grain
-    seen = torch.ones(2, 1, 64, 64)
-    other = smooth + 0.05 * torch.randn(2, 1, 64, 64).expand(2, 3, 64, 64)  # the same texture, other grain
-    assert texture_l1(real, real, seen).item() == 0
-    assert texture_l1(other, real, seen).item() < 0.25 * texture_l1(smooth, real, seen).item()
-    coloured = smooth + 0.05 * torch.randn(2, 3, 64, 64)  # as strong, but each channel its own
-    assert texture_l1(coloured, real, seen).item() > 1.5 * texture_l1(other, real, seen).item()
+
+    def grained(strength=0.05, channels=1):  # one more draw of the real texture (or one of its own colours)
+        return smooth + strength * torch.randn(2, channels, 64, 64).expand(2, 3, 64, 64)
+
+    real, seen = grained(), torch.ones(2, 1, 64, 64)
+
+    def score(paint, target=real, mask=seen):  # two draws of the painted texture against the real one
+        return texture_energy(paint(), paint(), target, mask).item()
+
+    assert texture_energy(real, real, real, seen).item() == 0
+    assert score(grained) < 0.25 * score(lambda: smooth)  # the same texture with other grain is close
+    assert score(lambda: grained(channels=3)) > 1.5 * score(grained)  # as strong, but each channel its own
     # an object where the mask is 0 does not count, nor do the cells within 12 pixels of it
     covered = seen.clone()
     covered[..., 4:12, 4:12] = 0
     with_object = real.clone()
     with_object[..., 4:12, 4:12] = 1.0
-    assert texture_l1(real, with_object, covered).item() == 0 < texture_l1(real, with_object, seen).item()
+    assert score(lambda: real, with_object, covered) == 0 < score(lambda: real, with_object)
     far = real.clone()
     far[..., 40:48, 40:48] += 0.3 * torch.randn(2, 3, 8, 8)  # speckle far from it still counts
-    assert texture_l1(far, real, covered).item() > 0
-    # and its gradient grows a grain that is too faint
-    strength = torch.tensor(0.01, requires_grad=True)
-    texture_l1(smooth + strength * grain, real, seen).backward()
-    assert strength.grad < 0
-    # and stars too faint: points in 30 % of the 8x8 cells (as Shapes' night skies), elsewhere than the real ones
-    stars = [(torch.rand(2, 1, 64, 64) < 0.0055).float().expand(2, 3, 64, 64) for _ in range(2)]
-    assert 0.2 < F.max_pool2d(stars[0], 8).mean() < 0.4
-    strength = torch.tensor(0.2, requires_grad=True)
-    texture_l1(smooth + strength * stars[1], smooth + 0.8 * stars[0], seen).backward()
-    assert strength.grad < 0
+    assert score(lambda: far, real, covered) > 0
     # the same amount of grain gathered in one column of cells is another texture (one blotch among smooth ground)
     column = torch.zeros(1, 1, 1, 64)
     column[..., :8] = 8**0.5
-    assert texture_l1(smooth + 0.05 * grain * column, real, seen).item() > 5 * texture_l1(other, real, seen).item()
+    assert score(lambda: smooth + (grained() - smooth) * column) > 5 * score(grained)
+    # and its gradient grows a grain that is too faint
+    strength = torch.tensor(0.01, requires_grad=True)
+    texture_energy(grained(strength), grained(strength), real, seen).backward()
+    assert strength.grad < 0
+    # and stars too faint: points in 30 % of the 8x8 cells (as Shapes' night skies), elsewhere than the real ones
+    stars = [(torch.rand(2, 1, 64, 64) < 0.0055).float().expand(2, 3, 64, 64) for _ in range(3)]
+    assert 0.2 < F.max_pool2d(stars[0], 8).mean() < 0.4
+    strength = torch.tensor(0.2, requires_grad=True)
+    texture_energy(smooth + strength * stars[1], smooth + strength * stars[2], smooth + 0.8 * stars[0], seen).backward()
+    assert strength.grad < 0
+
+
+def test_the_texture_loss_grows_random_blotches_to_the_real_strength_where_one_draws_l1_shrank_them():
+    # Shapes' ground: a 10 x 4 grid of noise stretched to 64x64, each image its own; four cells across a band
+    # of 8 rows, so a band's amount of blotch is itself random
+    from scenecomp.training import band_texture, texture_energy
+
+    torch.manual_seed(0)
+    smooth = torch.linspace(-0.5, 0.5, 64).view(1, 1, 64, 1).expand(64, 3, 64, 64)
+    seen = torch.ones(64, 1, 64, 64)
+
+    def ground(strength):
+        blotch = F.interpolate(torch.randn(64, 1, 10, 4), size=(64, 64), mode="bilinear", align_corners=False)
+        return smooth * (1 + strength * blotch)
+
+    real = ground(0.07)
+
+    def pull(strength: float, energy: bool) -> float:  # d loss / d strength
+        s = torch.tensor(strength, requires_grad=True)
+        if energy:
+            loss = texture_energy(ground(s), ground(s), real, seen)
+        else:  # the L1 of one draw's band statistics, the texture loss before the energy score
+            (a, _), (b, counts) = band_texture(ground(s), seen), band_texture(real, seen)
+            loss = ((a - b).abs() * counts).sum() / (counts.sum() * a.shape[1])
+        (grad,) = torch.autograd.grad(loss, s)
+        return grad.item()
+
+    assert pull(0.035, True) < 0 < pull(0.14, True)  # too faint grows, too strong shrinks
+    assert pull(0.07, False) > 0 and abs(pull(0.07, True)) < 0.5 * pull(0.07, False)  # L1: less than real
 
 
 def test_the_texture_loss_tells_blotches_wider_than_tall_from_the_same_blotches_turned():
@@ -395,6 +428,40 @@ def test_a_background_run_trains_the_pixel_generator_with_its_texture_loss(tiny_
     assert g.pixels is not None and g.prior_size > 0  # the style prior is fitted as for the other trunk
     image = g(g.latent(torch.randn(2, g.noise_dim)))
     assert image.shape == (2, 3, 32, 32) and torch.isfinite(image).all()
+
+
+def test_frozen_parts_keep_their_start_and_a_generator_whose_colour_was_frozen_keeps_its_style_prior(tiny_config):
+    # a warm start's colour kept while its texture strengths learn (experiment=shapes64_texture): G_bg's MLP
+    # frozen, its to_grain not; its style prior (the first run's encoder's codes) still draws the styles it drew
+    colour = ["g_bg.mapping", "g_bg.pixels.inp", "g_bg.pixels.layers", "g_bg.pixels.films", "g_bg.pixels.to_rgb"]
+    pixels = ("model.background.synthesis=pixels", "model.background.pixel_noise=true")
+    frozen = (*pixels, "model.stages=[background]", "steps=2", "model.background.texture_grid=[4,2]")
+    frozen += (f"model.frozen=[{','.join(colour)},g_bg.pixels.kernels]",)
+    with pytest.raises(ConfigError, match="model.frozen: given without init_from"):
+        build(tiny_config(*frozen))
+    first = tiny_config(*pixels, "steps=1", "model.background_prior=32")
+    (start,) = run(first)
+    cfg = tiny_config(*frozen, f"init_from={start}", f"out={first.out}-texture")
+    datamodule, model, trainer = build(cfg)
+    trainer.fit(model, datamodule=datamodule)
+    give_priors(model, datamodule.train_set)  # as `run` does before writing the bundle
+    before, ckpt = load_bundle(start)["networks"]["background"], Path(cfg.out) / "checkpoints" / "last.ckpt"
+    after = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    kept = [k for k in before["state_dict"] if any(k.startswith(part[5:] + ".") for part in colour)]
+    for net in ("g_bg", "g_bg_ema"):  # the EMA's copy too (a bundle holds the EMA)
+        assert len(kept) > 10 and all(torch.equal(before["state_dict"][k], after[f"{net}.{k}"]) for k in kept)
+        assert not torch.equal(before["state_dict"]["pixels.to_grain.bias"], after[f"{net}.pixels.to_grain.bias"])
+    assert torch.equal(model.g_bg_ema.prior_mu, before["state_dict"]["prior_mu"])  # kept, not refitted
+    # and so does tools/export_bundle.py pair the checkpoint's G_bg with the bundle's prior, not a refitted one
+    out = Path(cfg.out) / "paired.safetensors"
+    cmd = ["tools/export_bundle.py", str(start), "--background-from", str(ckpt), "--out", str(out)]
+    data = ["--prior-data", str(Path(cfg.data.train).parent)]
+    subprocess.run([sys.executable, *cmd, *data], cwd=Path(__file__).resolve().parent.parent, check=True, timeout=300)
+    assert torch.equal(load_bundle(out)["networks"]["background"]["state_dict"]["prior_mu"], model.g_bg_ema.prior_mu)
+    with pytest.raises(ValueError, match=r"frozen: 'g_bg.pixel' names no weights of this model \(its networks: \["):
+        SceneGAN(categories=CATEGORIES, resolution=32, stages=["background"], frozen=["g_bg.pixel"])
+    with pytest.raises(ValueError, match="leaves a network of this run nothing to train"):
+        SceneGAN(categories=CATEGORIES, resolution=32, stages=["background"], frozen=["d_bg"]).configure_optimizers()
 
 
 def test_plates_keep_every_pixel_outside_the_dilated_objects(tiny_config):

@@ -14,7 +14,9 @@
 ``--prior-data`` (with a ``.ckpt`` source, ``--background-from`` or ``--foreground-from``) fits the
 checkpoint's G_bg its style prior and G_fg its foreground prior (those it takes from the checkpoint) as
 ``scenecomp-train`` does at the end of a run (``model.background_prior`` / ``model.foreground_prior`` images
-of that training set, 2048 for a checkpoint that does not say).
+of that training set, 2048 for a checkpoint that does not say). A ``--background-from`` G_bg whose colour
+weights are the bundle's own (a run warm-started from it with them frozen, ``model.frozen``, its texture alone
+trained) keeps the bundle's style prior instead, as ``scenecomp-train`` keeps it.
 
 A ``.ckpt`` (Lightning checkpoint of ``scenecomp-train``) gives the EMA
 generators of every stage it trained: ``OUT/composer.safetensors`` and/or
@@ -40,8 +42,6 @@ def load_run(path: Path, prior_data: Path | None = None, priors: tuple[str, ...]
     """The SceneGAN of a ``scenecomp-train`` checkpoint (plain data: loads with ``weights_only=True``),
     the EMA generators of the stages ``priors`` (those it has) given their priors from ``prior_data`` (a
     training set) if given: G_bg's style prior, G_fg's foreground prior."""
-    from scenecomp.data import SceneDataset
-    from scenecomp.train import PRIORS
     from scenecomp.training import SceneGAN
 
     state = torch.load(path, map_location="cpu", weights_only=True)
@@ -49,14 +49,30 @@ def load_run(path: Path, prior_data: Path | None = None, priors: tuple[str, ...]
     model.on_load_checkpoint(state)  # as Lightning does on resume: fills what older checkpoints lack
     model.load_state_dict(state["state_dict"])
     if prior_data is not None:
-        dataset = SceneDataset(prior_data, categories=model.categories, resolution=model.resolution)
-        for stage in priors:
-            encoder, _, what = PRIORS[stage]
-            if not hasattr(model, encoder):
-                continue
-            used = getattr(model, f"fit_{stage}_prior")(dataset, model.hparams.get(f"{stage}_prior") or 2048)
-            print(f"{stage} prior: the encoder's posteriors of {used} {what} of {prior_data}")
+        fit_priors(model, prior_data, priors)
     return model
+
+
+def fit_priors(model, prior_data: Path, priors: tuple[str, ...]) -> None:
+    """Fit the EMA generators of the stages ``priors`` their priors on the training set ``prior_data``, as
+    ``scenecomp-train`` does at the end of a run."""
+    from scenecomp.data import SceneDataset
+    from scenecomp.train import PRIORS
+
+    dataset = SceneDataset(prior_data, categories=model.categories, resolution=model.resolution)
+    for stage in priors:
+        encoder, _, what = PRIORS[stage]
+        if not hasattr(model, encoder):
+            continue
+        used = getattr(model, f"fit_{stage}_prior")(dataset, model.hparams.get(f"{stage}_prior") or 2048)
+        print(f"{stage} prior: the encoder's posteriors of {used} {what} of {prior_data}")
+
+
+def same_colour(a, b) -> bool:
+    """Whether two G_bg paint a style in the same colour (`LayoutGenerator.colour_weights` equal): a checkpoint
+    warm-started from a bundle with those weights frozen, whose texture alone trained."""
+    ours, theirs = a.colour_weights(), b.colour_weights()
+    return ours.keys() == theirs.keys() and all(torch.equal(ours[k].float(), theirs[k].float()) for k in ours)
 
 
 def load_bundle_or_pickle(path: Path) -> dict:
@@ -96,7 +112,13 @@ def main() -> None:
         data = load_bundle_or_pickle(args.source)
         nets = {name: build_network(data, name, args.source) for name in data["networks"] if name in NETWORKS}
         if args.background_from:
-            nets["background"] = load_run(args.background_from, args.prior_data, ("background",)).g_bg_ema
+            run, ours = load_run(args.background_from), nets.get("background")
+            if ours is not None and ours.prior_size and same_colour(ours, run.g_bg_ema):  # its texture alone trained
+                run.g_bg_ema.set_prior(ours.prior_mu, ours.prior_logvar)
+                print(f"background prior: this bundle's ({ours.prior_size} codes; the checkpoint's colour is its own)")
+            elif args.prior_data:
+                fit_priors(run, args.prior_data, ("background",))
+            nets["background"] = run.g_bg_ema
         if args.foreground_from:
             nets["foreground"] = load_run(args.foreground_from, args.prior_data, ("foreground",)).g_fg_ema
         save_bundle(args.out, bundle_dict(data["categories"], half=args.half, **nets))
