@@ -273,6 +273,12 @@ class PixelSynthesis(nn.Module):
     Points of light (a night's stars, emissive in Shapes) are added, not multiplied: ``to_glow``'s
     per-pixel colour (never negative: unclamped, it painted dark dots read as rocks) where the grain lies
     beyond ``GLOW_SIGMA`` (measured: without it the MLP imitated stars by grain over the whole night sky).
+    ``grain_gate``: every gain times a per-pixel gate ``max(0, to_gate(h))`` that starts open (1 everywhere,
+    so a warm start paints what it did). Why: a gain is a linear read-out of the features, and one that must
+    be the real strength on the ground cannot also be exactly zero in a Shapes sky (measured: the texture's RMS
+    in the top rows was 0.015-0.019 against 0.03-0.04 on the ground, docs/RESULTS.md); a gate at or below zero
+    is zero.
+    A gate and not the gains clamped: a texture's sign is arbitrary, and a warm start's gains may be negative.
     """
 
     def __init__(
@@ -287,6 +293,7 @@ class PixelSynthesis(nn.Module):
         axes: str = "yx",
         textures: int = 2,
         grid: tuple[int, int] | None = None,
+        grain_gate: bool = False,
     ):
         super().__init__()
         if axes not in ("y", "yx"):
@@ -321,6 +328,11 @@ class PixelSynthesis(nn.Module):
         self.to_grain = nn.Conv2d(width, textures + (1 if grid is not None else 0), 1)
         nn.init.zeros_(self.to_grain.weight)
         nn.init.constant_(self.to_grain.bias, rgb_grain)
+        self.to_gate = None
+        if grain_gate:
+            self.to_gate = nn.Conv2d(width, 1, 1)
+            nn.init.zeros_(self.to_gate.weight)
+            nn.init.ones_(self.to_gate.bias)
         # points of light (stars): added where the grain lies beyond GLOW_SIGMA, in a colour per pixel from
         # the last features; starts off, and still gets a gradient (the map is >= 0)
         self.to_glow = nn.Conv2d(width, 3, 1)
@@ -380,7 +392,10 @@ class PixelSynthesis(nn.Module):
         for layer, film in zip(self.layers, self.films, strict=True):
             h = F.leaky_relu(film(pixel_norm(layer(h)), w), 0.2)
         colour = torch.tanh(self.to_rgb(h)) * 0.5 + 0.5  # [B,3,H,W] in [0,1]
-        brightness = 1 + (self.to_grain(h) * self.texture_maps(grain, cells)).sum(1, keepdim=True)  # [B,1,H,W]
+        gains = self.to_grain(h)  # [B,K,H,W]
+        if self.to_gate is not None:
+            gains = gains * self.to_gate(h).clamp(min=0)
+        brightness = 1 + (gains * self.texture_maps(grain, cells)).sum(1, keepdim=True)  # [B,1,H,W]
         glow = self.to_glow(h).clamp(min=0) * (grain > GLOW_SIGMA).to(h.dtype) * GLOW_GAIN  # [B,3,H,W], light only adds
         return (colour * brightness + glow).clamp(0, 1) * 2 - 1
 
@@ -446,7 +461,8 @@ class LayoutGenerator(nn.Module):
     (``mlp_width``, ``mlp_depth``, ``mlp_axes``; needs ``pixel_noise``, ``rgb_grain`` is its output
     grain's start; the shipped G_bg's). ``texture_grid`` ``[rows, cols]`` (pixels only) draws its
     blotches as value noise on that grid (``rows*cols`` more noise entries, after the grain) instead of
-    grain filtered by a learned kernel.
+    grain filtered by a learned kernel. ``grain_gate`` (pixels only): `PixelSynthesis`'s gate on the texture,
+    which can be exactly zero (a clean sky).
     ``const_input`` starts from a learned ``[C,4,4]`` constant instead of a linear map of the noise
     (StyleGAN): the noise then acts through the styles (per channel, everywhere alike) and the
     per-pixel noise only, so a sample gets no independent 4x4 grid of its own, which paints soft
@@ -485,6 +501,7 @@ class LayoutGenerator(nn.Module):
         mlp_depth: int = 6,
         mlp_axes: str = "yx",
         texture_grid: tuple[int, int] | None = None,
+        grain_gate: bool = False,
     ):
         super().__init__()
         if synthesis not in ("conv", "pixels"):
@@ -495,6 +512,8 @@ class LayoutGenerator(nn.Module):
             )
         if texture_grid is not None and synthesis != "pixels":
             raise ValueError("texture_grid is a texture of synthesis='pixels'; the convolutional trunk has none")
+        if grain_gate and synthesis != "pixels":
+            raise ValueError("grain_gate gates the texture of synthesis='pixels'; the convolutional trunk has none")
         cells = grid_cells(texture_grid, resolution)
         if synthesis == "pixels" and (const_input or row_coord):
             raise ValueError("const_input and row_coord shape the convolutional trunk; synthesis='pixels' has none")
@@ -526,6 +545,8 @@ class LayoutGenerator(nn.Module):
         if texture_grid is not None:  # absent from older bundles' kwargs, which then build unchanged
             texture_grid = list(texture_grid)  # plain ints for the bundle's JSON (Hydra passes a ListConfig)
             self.init_kwargs["texture_grid"] = texture_grid
+        if grain_gate:
+            self.init_kwargs["grain_gate"] = True
         self.z_dim, self.num_categories, self.resolution, self.const_input, self.row_coord = (
             z_dim,
             num_categories,
@@ -548,6 +569,7 @@ class LayoutGenerator(nn.Module):
                 axes=mlp_axes,
                 textures=1 if texture_grid is not None else 2,  # the grid takes the blotch filter's place
                 grid=texture_grid,
+                grain_gate=grain_gate,
             )
             return
         n = _levels(resolution, 4)
@@ -579,7 +601,7 @@ class LayoutGenerator(nn.Module):
 
     # weights that only scale noise (a texture's strength and shape, points of light): training them changes a
     # style's texture, not the colour it paints
-    TEXTURE = ("pixels.to_grain.", "pixels.kernels", "pixels.to_glow.", "rgb_grain.")
+    TEXTURE = ("pixels.to_grain.", "pixels.to_gate.", "pixels.kernels", "pixels.to_glow.", "rgb_grain.")
 
     def colour_weights(self) -> dict[str, torch.Tensor]:
         """The weights that decide the colour a style paints (all but `TEXTURE`'s): while they are unchanged, a

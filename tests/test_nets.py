@@ -429,6 +429,38 @@ def test_a_texture_grid_paints_blotches_as_value_noise_on_fixed_cells():
         LayoutGenerator(z_dim=8, resolution=16, pixel_noise=True, texture_grid=[4, 2])
 
 
+def test_a_grain_gate_starts_open_and_closed_it_leaves_no_texture_at_all():
+    """``grain_gate`` multiplies every texture gain by ``max(0, to_gate(h))``: at its start (1 everywhere) the
+    generator paints what the same weights paint without it, so a warm start is unchanged; where the gate is at
+    or below zero there is no texture at all (a clean sky), whatever the gains."""
+    torch.manual_seed(0)
+    kw = dict(z_dim=8, num_categories=2, resolution=16, pixel_noise=True, synthesis="pixels", mlp_width=16)
+    plain = LayoutGenerator(**kw, mlp_axes="y", rgb_grain=0.05, texture_grid=[4, 2]).eval()
+    gated = LayoutGenerator(**kw, mlp_axes="y", rgb_grain=0.05, texture_grid=[4, 2], grain_gate=True).eval()
+    missing, unexpected = gated.load_state_dict(plain.state_dict(), strict=False)  # a warm start from it
+    assert set(missing) == {"pixels.to_gate.weight", "pixels.to_gate.bias"} and not unexpected
+    assert "to_gate" not in "".join(gated.colour_weights())  # the gate scales noise: a style's colour is kept
+    rebuilt = LayoutGenerator(**gated.init_kwargs).eval()  # a bundle's JSON kwargs rebuild it
+    assert gated.init_kwargs["grain_gate"] is True and "grain_gate" not in plain.init_kwargs
+    z = torch.randn(3, gated.noise_dim)
+    with torch.no_grad():
+        gated.pixels.to_grain.weight.normal_(0, 0.5)  # strong texture that varies with the features
+        plain.pixels.to_grain.weight.copy_(gated.pixels.to_grain.weight)
+        rebuilt.load_state_dict(gated.state_dict())
+        assert torch.equal(gated(z), plain(z)) and torch.equal(rebuilt(z), plain(z))
+        flat = plain(z).clone()
+        textured = (flat[:, :, 1:] - flat[:, :, :-1]).abs().mean()
+        torch.nn.init.constant_(gated.pixels.to_gate.bias, -0.5)  # closed everywhere
+        closed = gated(z)
+        for name in ("to_grain", "to_gate"):  # no texture: the colour alone (the grain still feeds the MLP)
+            torch.nn.init.zeros_(getattr(gated.pixels, name).weight)
+            torch.nn.init.zeros_(getattr(gated.pixels, name).bias)
+        assert torch.equal(closed, gated(z))
+        assert (closed[:, :, 1:] - closed[:, :, :-1]).abs().mean() < textured / 2
+    with pytest.raises(ValueError, match="grain_gate"):
+        LayoutGenerator(z_dim=8, resolution=16, pixel_noise=True, grain_gate=True)
+
+
 def test_pixel_synthesis_can_paint_a_sky_the_same_along_every_row():
     torch.manual_seed(0)
     g = LayoutGenerator(z_dim=8, num_categories=2, resolution=16, pixel_noise=True, synthesis="pixels", mlp_width=16)

@@ -432,10 +432,12 @@ def test_a_background_run_trains_the_pixel_generator_with_its_texture_loss(tiny_
 
 def test_frozen_parts_keep_their_start_and_a_generator_whose_colour_was_frozen_keeps_its_style_prior(tiny_config):
     # a warm start's colour kept while its texture strengths learn (experiment=shapes64_texture): G_bg's MLP
-    # frozen, its to_grain not; its style prior (the first run's encoder's codes) still draws the styles it drew
+    # frozen, its to_grain and a new grain gate not; its style prior (the first run's encoder's codes) still
+    # draws the styles it drew
     colour = ["g_bg.mapping", "g_bg.pixels.inp", "g_bg.pixels.layers", "g_bg.pixels.films", "g_bg.pixels.to_rgb"]
     pixels = ("model.background.synthesis=pixels", "model.background.pixel_noise=true")
     frozen = (*pixels, "model.stages=[background]", "steps=2", "model.background.texture_grid=[4,2]")
+    frozen += ("model.background.grain_gate=true",)
     frozen += (f"model.frozen=[{','.join(colour)},g_bg.pixels.kernels]",)
     with pytest.raises(ConfigError, match="model.frozen: given without init_from"):
         build(tiny_config(*frozen))
@@ -451,13 +453,15 @@ def test_frozen_parts_keep_their_start_and_a_generator_whose_colour_was_frozen_k
     for net in ("g_bg", "g_bg_ema"):  # the EMA's copy too (a bundle holds the EMA)
         assert len(kept) > 10 and all(torch.equal(before["state_dict"][k], after[f"{net}.{k}"]) for k in kept)
         assert not torch.equal(before["state_dict"]["pixels.to_grain.bias"], after[f"{net}.pixels.to_grain.bias"])
+        assert "pixels.to_gate.bias" not in before["state_dict"] and float(after[f"{net}.pixels.to_gate.bias"]) != 1
     assert torch.equal(model.g_bg_ema.prior_mu, before["state_dict"]["prior_mu"])  # kept, not refitted
     # and so does tools/export_bundle.py pair the checkpoint's G_bg with the bundle's prior, not a refitted one
     out = Path(cfg.out) / "paired.safetensors"
     cmd = ["tools/export_bundle.py", str(start), "--background-from", str(ckpt), "--out", str(out)]
     data = ["--prior-data", str(Path(cfg.data.train).parent)]
     subprocess.run([sys.executable, *cmd, *data], cwd=Path(__file__).resolve().parent.parent, check=True, timeout=300)
-    assert torch.equal(load_bundle(out)["networks"]["background"]["state_dict"]["prior_mu"], model.g_bg_ema.prior_mu)
+    paired = load_bundle(out)["networks"]["background"]
+    assert torch.equal(paired["state_dict"]["prior_mu"], model.g_bg_ema.prior_mu) and paired["kwargs"]["grain_gate"]
     with pytest.raises(ValueError, match=r"frozen: 'g_bg.pixel' names no weights of this model \(its networks: \["):
         SceneGAN(categories=CATEGORIES, resolution=32, stages=["background"], frozen=["g_bg.pixel"])
     with pytest.raises(ValueError, match="leaves a network of this run nothing to train"):
