@@ -257,8 +257,10 @@ def run(cfg: DictConfig) -> list[Path]:
         ckpt_path = str(last) if last.is_file() else None
         if ckpt_path and trainer.is_global_zero:
             print(f"resuming from {last} (ckpt_path=last; ckpt_path=null starts afresh)")
-    if ckpt_path and trainer.is_global_zero:
-        keep_metrics(trainer.loggers[0], ckpt_path, model.optimizer_steps_per_batch)
+    if ckpt_path:
+        done = check_resume(model, ckpt_path) // model.optimizer_steps_per_batch
+        if trainer.is_global_zero:
+            keep_metrics(trainer.loggers[0], done)
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     if not trainer.is_global_zero:
         return []
@@ -303,14 +305,46 @@ def give_priors(model: SceneGAN, train_set) -> None:
             print(f"{stage} prior: the encoder's posteriors of {used} training {what}")
 
 
-def keep_metrics(logger, ckpt_path: str, steps_per_batch: int) -> None:
+def check_resume(model: SceneGAN, ckpt_path: str) -> int:
+    """The optimiser steps of the checkpoint ``ckpt_path``, after checking that it holds this model's networks.
+    Why: Lightning would stop on another config's checkpoint (say, one trained with ``model.fg_class_weight``
+    resumed without it) with a raw state-dict error; this names the file, the networks that differ and the way
+    on (``init_from=`` starts a run from its weights wherever they match)."""
+    try:
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+        saved = {"state_dict": dict(state["state_dict"]), "trained_emas": state.get("trained_emas", ())}
+        step = int(state["global_step"])
+    except Exception as e:  # missing, truncated, refused by weights_only, not a Lightning checkpoint
+        raise ConfigError(
+            f"ckpt_path: {ckpt_path}: not a readable scenecomp-train checkpoint ({type(e).__name__}: {e})"
+        ) from None
+    model.on_load_checkpoint(saved)  # fills what older checkpoints lack, as Lightning's own load will
+    theirs, own = saved["state_dict"], model.state_dict()
+
+    def parts(keys) -> list[str]:
+        return sorted({".".join(k.split(".")[:2]) for k in keys})
+
+    differ = {
+        "only in the checkpoint": parts(k for k in theirs if k not in own),
+        "only in this config": parts(k for k in own if k not in theirs),
+        "of another shape": parts(k for k in own if k in theirs and own[k].shape != theirs[k].shape),
+    }
+    if any(differ.values()):
+        listed = "; ".join(f"{what}: {', '.join(names)}" for what, names in differ.items() if names)
+        raise ConfigError(
+            f"ckpt_path: {ckpt_path}: its networks are not this config's ({listed}). Resume with the options "
+            "it was trained with, or start a new run from its weights with init_from= (optimisers fresh)"
+        )
+    return step
+
+
+def keep_metrics(logger, done: int) -> None:
     """Keep a resumed run's metrics.csv whole. Lightning's CSVLogger deletes the file when its writer starts
-    in a folder that has one; the rows up to the checkpoint's batch (those after it are trained again) are
-    read first and logged again through the writer, so one file holds the run from its first batch."""
+    in a folder that has one; the rows up to the checkpoint's batch ``done`` (those after it are trained
+    again) are read first and logged again through the writer, so one file holds the run from its first batch."""
     path = Path(logger.log_dir) / "metrics.csv"
     if not path.is_file():
         return
-    done = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)["global_step"] // steps_per_batch
     with open(path, newline="") as f:
         rows = [r for r in csv.DictReader(f) if r.get("batches") and float(r["batches"]) <= done]
     with warnings.catch_warnings():  # its warning that the file will be deleted: not so here

@@ -143,6 +143,30 @@ def test_resume_continues_from_the_saved_step(tiny_config, tmp_path):
     assert len(trainer.optimizers[0].state) > 0  # Adam moments came back with the checkpoint
 
 
+def test_resuming_another_configs_checkpoint_is_refused_naming_the_file_and_networks(tiny_config, tmp_path):
+    """A checkpoint trained with the appearance classifier, resumed without it: a clear error that names the file,
+    the networks that differ and init_from= (Lightning's own load stops with a raw state-dict error); a truncated
+    checkpoint: the same kind of error."""
+    first = tiny_config("steps=1", f"out={tmp_path / 'first'}", "model.fg_class_weight=1")
+    run(first)
+    ckpt = Path(first.out) / "checkpoints" / "last.ckpt"
+    other = tiny_config("steps=2", f"out={tmp_path / 'other'}", f"ckpt_path={ckpt}")
+    with pytest.raises(ConfigError) as refused:
+        run(other)
+    assert str(refused.value).startswith(
+        f"ckpt_path: {ckpt}: its networks are not this config's (only in the checkpoint: c_obj.fc, c_obj.trunk)"
+    )
+    assert "init_from=" in str(refused.value)
+    assert not (tmp_path / "other" / "checkpoints").exists()  # refused before anything trained
+    cut = tmp_path / "cut.ckpt"
+    cut.write_bytes(ckpt.read_bytes()[:4096])
+    with pytest.raises(ConfigError, match=f"ckpt_path: {cut}: not a readable scenecomp-train checkpoint"):
+        run(tiny_config("steps=2", f"out={tmp_path / 'cut'}", f"ckpt_path={cut}"))
+    run(
+        tiny_config("steps=2", f"out={tmp_path / 'same'}", "model.fg_class_weight=1", f"ckpt_path={ckpt}")
+    )  # its own config resumes
+
+
 @pytest.mark.parametrize("stop", [2, 3])
 def test_an_interrupted_run_resumed_trains_to_the_weights_of_one_never_stopped(tiny_config, tmp_path, stop):
     """Noise seeded batch by batch and the data loader's place in the epoch saved: stopped at batch 2 or 3 of an
