@@ -179,12 +179,7 @@ def warm_start(model: SceneGAN, path: str, networks: list[str] | None = None) ->
             for key, value in net["state_dict"].items()
         }
     else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
-        except Exception as e:  # missing, truncated, refused by weights_only, not a Lightning checkpoint
-            raise ConfigError(
-                f"init_from: {path}: not a readable scenecomp-train checkpoint ({type(e).__name__}: {e})"
-            ) from None
+        state = read_checkpoint(path, "init_from")["state_dict"]
     if networks is not None:
         modules = {m for name in networks for m in BUNDLE_MODULES[name]}
         state = {k: v for k, v in state.items() if k.split(".")[0] in modules}
@@ -199,8 +194,27 @@ def warm_start(model: SceneGAN, path: str, networks: list[str] | None = None) ->
     model.load_state_dict(taken, strict=False)
     emas = {k.split(".")[0] for k in own if k.split(".")[0].endswith("_ema")}
     model.trained_emas = frozenset(e for e in emas if all(k in taken for k in own if k.startswith(f"{e}.")))
-    fresh = sorted({".".join(k.split(".")[:2]) for k in own if k not in taken})
+    fresh = network_parts(k for k in own if k not in taken)
     print(f"init_from {path}: {len(taken)} of {len(own)} tensors copied; initial weights kept in {fresh or 'none'}")
+
+
+def read_checkpoint(path, what: str, keys: tuple[str, ...] = ("state_dict",)) -> dict:
+    """A ``scenecomp-train`` checkpoint (plain data: ``weights_only``; memory-mapped, so a check reads only what
+    it looks at) holding ``keys``; anything else is a `ConfigError` that names the option ``what`` and the file."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        for key in keys:
+            state[key]  # a KeyError (a TypeError for no dict) names what is not there
+    except Exception as e:  # missing, truncated, refused by weights_only, not a Lightning checkpoint
+        raise ConfigError(
+            f"{what}: {path}: not a readable scenecomp-train checkpoint ({type(e).__name__}: {e})"
+        ) from None
+    return state
+
+
+def network_parts(keys) -> list[str]:
+    """State-dict keys -> the networks' parts they belong to (``g_fg.up``), sorted, each once: what a message names."""
+    return sorted({".".join(k.split(".")[:2]) for k in keys})
 
 
 def grown_inputs(weight: torch.Tensor, like: torch.Tensor) -> torch.Tensor | None:
@@ -310,24 +324,13 @@ def check_resume(model: SceneGAN, ckpt_path: str) -> int:
     Why: Lightning would stop on another config's checkpoint (say, one trained with ``model.fg_class_weight``
     resumed without it) with a raw state-dict error; this names the file, the networks that differ and the way
     on (``init_from=`` starts a run from its weights wherever they match)."""
-    try:
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
-        saved = {"state_dict": dict(state["state_dict"]), "trained_emas": state.get("trained_emas", ())}
-        step = int(state["global_step"])
-    except Exception as e:  # missing, truncated, refused by weights_only, not a Lightning checkpoint
-        raise ConfigError(
-            f"ckpt_path: {ckpt_path}: not a readable scenecomp-train checkpoint ({type(e).__name__}: {e})"
-        ) from None
-    model.on_load_checkpoint(saved)  # fills what older checkpoints lack, as Lightning's own load will
-    theirs, own = saved["state_dict"], model.state_dict()
-
-    def parts(keys) -> list[str]:
-        return sorted({".".join(k.split(".")[:2]) for k in keys})
-
+    state = read_checkpoint(ckpt_path, "ckpt_path", ("state_dict", "global_step"))
+    model.on_load_checkpoint(state)  # fills what older checkpoints lack, as Lightning's own load will
+    theirs, own = state["state_dict"], model.state_dict()
     differ = {
-        "only in the checkpoint": parts(k for k in theirs if k not in own),
-        "only in this config": parts(k for k in own if k not in theirs),
-        "of another shape": parts(k for k in own if k in theirs and own[k].shape != theirs[k].shape),
+        "only in the checkpoint": network_parts(k for k in theirs if k not in own),
+        "only in this config": network_parts(k for k in own if k not in theirs),
+        "of another shape": network_parts(k for k in own if k in theirs and own[k].shape != theirs[k].shape),
     }
     if any(differ.values()):
         listed = "; ".join(f"{what}: {', '.join(names)}" for what, names in differ.items() if names)
@@ -335,7 +338,7 @@ def check_resume(model: SceneGAN, ckpt_path: str) -> int:
             f"ckpt_path: {ckpt_path}: its networks are not this config's ({listed}). Resume with the options "
             "it was trained with, or start a new run from its weights with init_from= (optimisers fresh)"
         )
-    return step
+    return int(state["global_step"])
 
 
 def keep_metrics(logger, done: int) -> None:
