@@ -11,6 +11,7 @@ Writes, in the run folder (``hydra.run.dir``): ``checkpoints/`` (Lightning),
 from __future__ import annotations
 
 import csv
+import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -18,9 +19,10 @@ from pathlib import Path
 import hydra
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from scenecomp.atomic import build_folder_once
+from scenecomp.atomic import build_folder_once, write_atomically
 from scenecomp.bundle import BundleError
 from scenecomp.compose import BUNDLE_NAME, bundle_dict, load_bundle, save_bundle
 from scenecomp.data import DataError
@@ -179,7 +181,12 @@ def warm_start(model: SceneGAN, path: str, networks: list[str] | None = None) ->
             for key, value in net["state_dict"].items()
         }
     else:
-        state = read_checkpoint(path, "init_from")["state_dict"]
+        checkpoint = read_checkpoint(path, "init_from")
+        state = checkpoint["state_dict"]
+        carried = checkpoint.get("carried_priors", {})  # those its run came with (`SceneGAN.on_save_checkpoint`)
+        model.carried_priors = {
+            name: tuple(prior) for name, prior in carried.items() if networks is None or name in networks
+        }
     if networks is not None:
         modules = {m for name in networks for m in BUNDLE_MODULES[name]}
         state = {k: v for k, v in state.items() if k.split(".")[0] in modules}
@@ -192,6 +199,11 @@ def warm_start(model: SceneGAN, path: str, networks: list[str] | None = None) ->
     if not taken:
         raise ConfigError(f"init_from: {path}: no weight matches this model (another architecture or stages)")
     model.load_state_dict(taken, strict=False)
+    carried = model.carried_priors.get("background")
+    if carried is not None and (model.hparams.stage_steps or {}).get("background") == 0:
+        # G_bg stays as it came: G_fg's generated canvases draw its styles as composing does, from its prior
+        # (the standard normal also reaches between the styles of real plates, where G_bg paints blends)
+        model.g_bg_ema.set_prior(*carried)
     emas = {k.split(".")[0] for k in own if k.split(".")[0].endswith("_ema")}
     model.trained_emas = frozenset(e for e in emas if all(k in taken for k in own if k.startswith(f"{e}.")))
     fresh = network_parts(k for k in own if k not in taken)
@@ -276,13 +288,54 @@ def run(cfg: DictConfig) -> list[Path]:
         if trainer.is_global_zero:
             keep_metrics(trainer.loggers[0], done)
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
-    if not trainer.is_global_zero:
-        return []
-    give_priors(model, datamodule.train_set)
-    written = write_bundles(model, Path(cfg.out))
-    for path in written:
-        print(f"wrote {path}")
+    written = []
+    if trainer.is_global_zero:
+        give_priors(model, datamodule.train_set)
+        written = write_bundles(model, Path(cfg.out))
+        for path in written:
+            print(f"wrote {path}")
+    trainer.strategy.barrier("bundles")  # every rank: a recipe's next phase starts from them
     return written
+
+
+def run_recipe(cfg: DictConfig) -> list[Path]:
+    """The phases of ``cfg.phases`` (name -> the options it sets over the rest of the config, ``steps`` its
+    batches), in order, each a run of its own in ``OUT/phases/NAME``. The first starts from ``init_from`` (or
+    afresh); each later one from the phase before: its last checkpoint (every network; optimisers fresh), or with
+    ``start: bundle`` its bundle (the generators, with their style priors; ``init_networks`` may name some; every
+    other network fresh). A phase whose bundle exists is done: the same command again resumes the first that is
+    not, from its own last checkpoint. The last phase's bundle is the recipe's, ``OUT/composer.safetensors``."""
+    out, previous, written = Path(cfg.out), None, []
+    say = print if rank_zero_only.rank == 0 else lambda *_: None  # DDP: every rank runs the phases
+    phases = OmegaConf.to_container(cfg.phases)
+    for name, phase in phases.items():
+        if not isinstance(phase, dict) or not isinstance(phase.get("steps"), int) or phase["steps"] < 1:
+            raise ConfigError(f"phases.{name}: give it steps (its batches, >= 1) and the options it sets")
+        start = phase.pop("start", "checkpoint")
+        if start not in ("checkpoint", "bundle"):
+            raise ConfigError(
+                f"phases.{name}.start: {start!r}; checkpoint or bundle (how it starts from the phase before)"
+            )
+        folder = out / "phases" / name
+        phase_cfg = OmegaConf.merge(cfg, {"phases": None, "out": str(folder), "ckpt_path": "last"})
+        if previous is not None:
+            phase_cfg.init_from = str(previous / (BUNDLE_NAME if start == "bundle" else "checkpoints/last.ckpt"))
+        try:
+            phase_cfg = OmegaConf.merge(phase_cfg, phase)
+        except Exception as e:  # an option this config does not have (a typo)
+            raise ConfigError(f"phases.{name}: {e}") from None
+        previous = folder
+        if (folder / BUNDLE_NAME).is_file():
+            say(f"recipe: phase {name} done ({folder / BUNDLE_NAME})")
+            continue
+        say(f"recipe: phase {name}, {phase['steps']} batches, from {phase_cfg.init_from or 'scratch'}, in {folder}")
+        written = run(phase_cfg)
+    if rank_zero_only.rank != 0:
+        return []
+    if written or not (out / BUNDLE_NAME).is_file():
+        write_atomically(out / BUNDLE_NAME, lambda tmp: shutil.copyfile(previous / BUNDLE_NAME, tmp))
+        print(f"wrote {out / BUNDLE_NAME} (phase {name}'s)")
+    return [out / BUNDLE_NAME]
 
 
 # the stages whose EMA generator draws from its encoder's posteriors: (encoder EMA, generator EMA, what it encodes);
@@ -366,7 +419,7 @@ CONF = str(Path(__file__).resolve().parent / "conf")  # shipped inside the packa
 def main(cfg: DictConfig) -> None:
     keep_freed_memory()
     try:
-        run(cfg)
+        run_recipe(cfg) if cfg.get("phases") else run(cfg)
     except (ConfigError, DataError) as e:
         print(f"scenecomp-train: error: {e}", file=sys.stderr)
         sys.exit(2)

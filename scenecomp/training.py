@@ -314,7 +314,7 @@ class SceneGAN(L.LightningModule):
         if unknown or not stages:
             raise ValueError(f"stages must be a non-empty subset of {list(STAGES)}, got {list(stages)}")
         for stage, limit in (stage_steps or {}).items():
-            # a stage this run does not train may keep its count (experiment=shapes64 model=spade_baseline)
+            # a stage this run does not train may keep its count (model=spade_baseline beside a layered recipe's)
             # 0: the stage stays as it starts (warm-started G_bg painting G_fg's canvases while G_fg trains)
             if stage not in STAGES or not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
                 raise ValueError(f"stage_steps: {stage}: {limit!r}; give a stage of {list(STAGES)} a batch count >= 0")
@@ -402,12 +402,21 @@ class SceneGAN(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["trained_emas"] = sorted(self.trained_emas)  # a resumed run goes on with the same EMA rule
+        # the priors its generators came with (`warm_start`), for a run started from this checkpoint (init_from)
+        checkpoint["carried_priors"] = {name: list(prior) for name, prior in self.carried_priors.items()}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """A checkpoint from before the plates encoder had an EMA resumes (and exports) with the EMA
-        starting as its encoder."""
+        starting as its encoder; one whose EMA G_bg drew G_fg's canvases from a style prior (`warm_start`)
+        resumes with that prior."""
         self.trained_emas = frozenset(checkpoint.get("trained_emas", ()))
+        if "carried_priors" in checkpoint:
+            self.carried_priors = {name: tuple(prior) for name, prior in checkpoint["carried_priors"].items()}
         state = checkpoint["state_dict"]
+        if "g_bg_ema.prior_mu" in state and hasattr(self, "g_bg_ema"):
+            self.g_bg_ema.set_prior(
+                state["g_bg_ema.prior_mu"].to(self.device), state["g_bg_ema.prior_logvar"].to(self.device)
+            )
         for enc in ("e_bg", "e_fg"):
             if hasattr(self, f"{enc}_ema") and not any(k.startswith(f"{enc}_ema.") for k in state):
                 state.update(
@@ -711,7 +720,9 @@ class SceneGAN(L.LightningModule):
         if hasattr(self, "g_bg_ema") and hp.generated_canvas > 0:
             on_real = torch.rand(n, device=x.device) >= hp.generated_canvas
             with torch.no_grad():
-                generated = self.g_bg_ema(torch.randn(n, self.g_bg_ema.latent_dim, device=x.device)).to(x.dtype)
+                # drawn as composing draws them: from G_bg's style prior when it has one (`warm_start`)
+                noise = torch.randn(n, self.g_bg_ema.noise_dim, device=x.device)
+                generated = self.g_bg_ema(self.g_bg_ema.latent(noise)).to(x.dtype)
             canvas = torch.where(on_real[:, None, None, None], x, generated)
         S = self.d_obj.crop_size
         # the last rows paint another category into the real object's mask; D_obj and D_scene judge the rest (they

@@ -23,7 +23,7 @@ from scenecomp import training
 from scenecomp.compose import Composer, build_network, load_bundle
 from scenecomp.data import DataError
 from scenecomp.layout import Layout, LayoutObject
-from scenecomp.train import CONF, ConfigError, build, give_priors, grown_inputs, run, warm_start
+from scenecomp.train import CONF, ConfigError, build, give_priors, grown_inputs, run, run_recipe, warm_start
 from scenecomp.training import SceneGAN
 
 CATEGORIES = ["tree", "house", "sun", "cloud", "rock"]
@@ -202,7 +202,7 @@ def cli(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedP
     )
 
 
-def test_ddp_on_two_cpu_processes_keeps_ranks_identical(tiny_shapes, tmp_path):
+def test_ddp_on_two_cpu_processes_keeps_ranks_identical_through_a_recipes_phases(tiny_shapes, tmp_path):
     out = tmp_path / "ddp"
     res = cli(
         [
@@ -213,14 +213,18 @@ def test_ddp_on_two_cpu_processes_keeps_ranks_identical(tiny_shapes, tmp_path):
             f"data.train={tiny_shapes}",
             f"hydra.run.dir={out}",
             "rank_checksums=true",
+            # the second phase starts on every rank from the bundle rank 0 wrote at the end of the first
+            "phases={first: {steps: 3}, second: {steps: 3, start: bundle, model: {stage_steps: {background: 0}}}}",
         ],
         cwd=tmp_path,
     )
     assert res.returncode == 0, res.stderr[-3000:]
-    ranks = [json.loads((out / "rank_checksums" / f"rank{r}.json").read_text()) for r in (0, 1)]
-    assert ranks[0]["weights"] == ranks[1]["weights"] and "g_fg_ema" in ranks[0]["weights"]
-    assert ranks[0]["first_z"] != ranks[1]["first_z"]  # each rank its own noise
-    assert (out / "composer.safetensors").exists()
+    for phase in ("first", "second"):
+        ranks = [json.loads((out / "phases" / phase / "rank_checksums" / f"rank{r}.json").read_text()) for r in (0, 1)]
+        assert ranks[0]["weights"] == ranks[1]["weights"] and "g_fg_ema" in ranks[0]["weights"]
+        assert ranks[0]["first_z"] != ranks[1]["first_z"]  # each rank its own noise
+    second = out / "phases" / "second" / "composer.safetensors"
+    assert (out / "composer.safetensors").read_bytes() == second.read_bytes()
     # a fresh run folder: no warning that it "exists and is not empty", no empty train.log
     assert "exists and is not empty" not in res.stderr and not (out / "train.log").exists(), res.stderr[-3000:]
 
@@ -768,6 +772,43 @@ def test_a_stage_given_no_batches_stays_as_warm_started_while_the_other_trains(t
     for name in ("g_bg", "g_bg_ema"):  # G_bg only paints G_fg's canvases
         assert all(torch.equal(v, getattr(model, name).state_dict()[k]) for k, v in before[name].items()), name
     assert not all(torch.equal(v, model.g_fg.state_dict()[k]) for k, v in before["g_fg"].items())
+
+
+def test_a_recipe_runs_its_phases_each_from_the_one_before_and_resumes_the_first_not_done(tiny_config, capsys):
+    phases = (
+        "phases={colour: {steps: 2, model: {stage_steps: {foreground: 0}}}, objects: {steps: 2, start: bundle, "
+        "init_networks: [background], model: {stage_steps: {background: 0}}}}"
+    )
+    cfg = tiny_config(phases)
+    (final,) = run_recipe(cfg)
+    folder = Path(cfg.out) / "phases"
+    bundles = {name: folder / name / "composer.safetensors" for name in ("colour", "objects")}
+    assert final == Path(cfg.out) / "composer.safetensors" and final.read_bytes() == bundles["objects"].read_bytes()
+    colour, objects = (load_bundle(bundles[name])["networks"] for name in ("colour", "objects"))
+    first = colour["background"]["state_dict"]
+    assert first["prior_mu"].shape[0] > 0  # fitted at the end of its phase
+    # the second phase kept that G_bg and its prior, bit for bit, and trained a G_fg from scratch on its canvases,
+    # their styles drawn from that prior (set on its EMA G_bg from the start: the checkpoint holds it)
+    assert all(torch.equal(v, objects["background"]["state_dict"][k]) for k, v in first.items())
+    assert not torch.equal(
+        colour["foreground"]["state_dict"]["to_rgb.weight"], objects["foreground"]["state_dict"]["to_rgb.weight"]
+    )
+    state = torch.load(folder / "objects" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert torch.equal(state["state_dict"]["g_bg_ema.prior_mu"], first["prior_mu"].float())
+    # the same command again: a phase with its bundle is done; one without resumes from its own checkpoint
+    before = {name: path.read_bytes() for name, path in bundles.items()}
+    bundles["objects"].unlink()
+    capsys.readouterr()
+    run_recipe(cfg)
+    printed = capsys.readouterr().out
+    assert "recipe: phase colour done" in printed and "resuming from" in printed, printed
+    assert all(path.read_bytes() == before[name] for name, path in bundles.items())
+    with pytest.raises(ConfigError, match="phases.colour: .*lr_gg"):
+        run_recipe(tiny_config("phases={colour: {steps: 1, model: {lr_gg: 1}}}"))
+    with pytest.raises(ConfigError, match="phases.colour: give it steps"):
+        run_recipe(tiny_config("phases={colour: {model: {lr_g: 1}}}"))
+    with pytest.raises(ConfigError, match="phases.colour.start: 'bundel'"):
+        run_recipe(tiny_config("phases={colour: {steps: 1, start: bundel}}"))
 
 
 def test_a_run_gives_its_bundle_the_encoders_posteriors_of_training_objects_as_foreground_prior(tiny_config, tmp_path):
