@@ -346,8 +346,10 @@ PRIORS = {"background": ("e_bg_ema", "g_bg_ema", "plates"), "foreground": ("e_fg
 def give_priors(model: SceneGAN, train_set) -> None:
     """The EMA generators' priors (``model.background_prior``, ``model.foreground_prior``: how many training
     images), fitted from the EMA encoders' posteriors of ``train_set``. An encoder learns only in its stage: a
-    run that kept a bundle's generator as it was (``stage_steps: {stage: 0}``) has it as initialised, and its
-    codes would be noise; that generator keeps the prior it came with (or none). So does one whose colour
+    run that kept its generator as it came (``stage_steps: {stage: 0}``) keeps the prior it came with (from a
+    bundle, or carried by a checkpoint), since its encoder may be untrained (a bundle holds none; a checkpoint's
+    may never have trained either); with none, an encoder that came trained fits one and an untrained one gives
+    none. So does one whose colour
     weights were frozen (``frozen``; `LayoutGenerator.colour_weights`), whose encoder started afresh: measured,
     a prior refitted from such an encoder's codes after 100 batches painted backgrounds told from real ones
     0.79 of the time, against 0.61 with the prior it came with (docs/RESULTS.md, "The texture loss's pull")."""
@@ -356,14 +358,15 @@ def give_priors(model: SceneGAN, train_set) -> None:
         size = hp[f"{stage}_prior"]
         if not size or not hasattr(model, encoder):
             continue
-        untrained = (hp.stage_steps or {}).get(stage) == 0 and encoder not in model.trained_emas
+        kept = (hp.stage_steps or {}).get(stage) == 0  # its generator did not train: the prior it came with still fits
+        untrained = kept and encoder not in model.trained_emas
         # its colour frozen (`model.frozen`), only its texture trained: the codes still paint what they painted
         colour = getattr(getattr(model, generator.removesuffix("_ema")), "colour_weights", dict)()
         colour_kept = bool(colour) and not any(p.requires_grad for p in colour.values())
         carried = model.carried_priors.get(stage)
-        if carried is not None and (untrained or colour_kept):
+        if carried is not None and (kept or colour_kept):
             getattr(model, generator).set_prior(*carried)
-            why = "it did not train" if untrained else "its colour weights were frozen"
+            why = "it did not train" if kept else "its colour weights were frozen"
             print(f"{stage} prior: kept from init_from ({len(carried[0])} codes; {why})")
         elif untrained:
             print(f"{stage} prior: none (it did not train and its encoder is untrained): the standard normal")

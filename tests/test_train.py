@@ -777,19 +777,22 @@ def test_a_stage_given_no_batches_stays_as_warm_started_while_the_other_trains(t
 def test_a_recipe_runs_its_phases_each_from_the_one_before_and_resumes_the_first_not_done(tiny_config, capsys):
     phases = (
         "phases={colour: {steps: 2, model: {stage_steps: {foreground: 0}}}, objects: {steps: 2, start: bundle, "
-        "init_networks: [background], model: {stage_steps: {background: 0}}}}"
+        "init_networks: [background], model: {stage_steps: {background: 0}}}, named: {steps: 1, "
+        "model: {stage_steps: {background: 0}, fg_class_weight: 1}}}"
     )
     cfg = tiny_config(phases)
     (final,) = run_recipe(cfg)
     folder = Path(cfg.out) / "phases"
-    bundles = {name: folder / name / "composer.safetensors" for name in ("colour", "objects")}
-    assert final == Path(cfg.out) / "composer.safetensors" and final.read_bytes() == bundles["objects"].read_bytes()
-    colour, objects = (load_bundle(bundles[name])["networks"] for name in ("colour", "objects"))
+    bundles = {name: folder / name / "composer.safetensors" for name in ("colour", "objects", "named")}
+    assert final == Path(cfg.out) / "composer.safetensors" and final.read_bytes() == bundles["named"].read_bytes()
+    colour, objects, named = (load_bundle(bundles[name])["networks"] for name in ("colour", "objects", "named"))
     first = colour["background"]["state_dict"]
     assert first["prior_mu"].shape[0] > 0  # fitted at the end of its phase
-    # the second phase kept that G_bg and its prior, bit for bit, and trained a G_fg from scratch on its canvases,
-    # their styles drawn from that prior (set on its EMA G_bg from the start: the checkpoint holds it)
-    assert all(torch.equal(v, objects["background"]["state_dict"][k]) for k, v in first.items())
+    # the later phases kept that G_bg and its prior, bit for bit (the third from the second's checkpoint, whose
+    # encoder never trained), and trained a G_fg from scratch on its canvases, their styles drawn from that prior
+    # (set on its EMA G_bg from the start: the checkpoint holds it)
+    for later in (objects, named):
+        assert all(torch.equal(v, later["background"]["state_dict"][k]) for k, v in first.items())
     assert not torch.equal(
         colour["foreground"]["state_dict"]["to_rgb.weight"], objects["foreground"]["state_dict"]["to_rgb.weight"]
     )
