@@ -317,11 +317,11 @@ def run_recipe(cfg: DictConfig) -> list[Path]:
                 f"phases.{name}.start: {start!r}; checkpoint or bundle (how it starts from the phase before)"
             )
         folder = out / "phases" / name
-        phase_cfg = OmegaConf.merge(cfg, {"phases": None, "out": str(folder), "ckpt_path": "last"})
+        own = {"phases": None, "out": str(folder), "ckpt_path": "last"}
         if previous is not None:
-            phase_cfg.init_from = str(previous / (BUNDLE_NAME if start == "bundle" else "checkpoints/last.ckpt"))
+            own["init_from"] = str(previous / (BUNDLE_NAME if start == "bundle" else "checkpoints/last.ckpt"))
         try:
-            phase_cfg = OmegaConf.merge(phase_cfg, phase)
+            phase_cfg = OmegaConf.merge(cfg, own, phase)
         except Exception as e:  # an option this config does not have (a typo)
             raise ConfigError(f"phases.{name}: {e}") from None
         previous = folder
