@@ -298,17 +298,15 @@ def run(cfg: DictConfig) -> list[Path]:
     return written
 
 
-def run_recipe(cfg: DictConfig) -> list[Path]:
+def recipe_phases(cfg: DictConfig) -> list[tuple[str, Path, DictConfig]]:
     """The phases of ``cfg.phases`` (name -> the options it sets over the rest of the config, ``steps`` its
-    batches), in order, each a run of its own in ``OUT/phases/NAME``. The first starts from ``init_from`` (or
+    batches) as (name, folder ``OUT/phases/NAME``, its run's config), every one checked before any trains: a
+    typo in the last phase is an error at the start, not hours in. The first starts from ``init_from`` (or
     afresh); each later one from the phase before: its last checkpoint (every network; optimisers fresh), or with
     ``start: bundle`` its bundle (the generators, with their style priors; ``init_networks`` may name some; every
-    other network fresh). A phase whose bundle exists is done: the same command again resumes the first that is
-    not, from its own last checkpoint. The last phase's bundle is the recipe's, ``OUT/composer.safetensors``."""
-    out, previous, written = Path(cfg.out), None, []
-    say = print if rank_zero_only.rank == 0 else lambda *_: None  # DDP: every rank runs the phases
-    phases = OmegaConf.to_container(cfg.phases)
-    for name, phase in phases.items():
+    other network fresh)."""
+    out, previous, planned = Path(cfg.out), None, []
+    for name, phase in OmegaConf.to_container(cfg.phases).items():
         if not isinstance(phase, dict) or not isinstance(phase.get("steps"), int) or phase["steps"] < 1:
             raise ConfigError(f"phases.{name}: give it steps (its batches, >= 1) and the options it sets")
         start = phase.pop("start", "checkpoint")
@@ -321,19 +319,30 @@ def run_recipe(cfg: DictConfig) -> list[Path]:
         if previous is not None:
             own["init_from"] = str(previous / (BUNDLE_NAME if start == "bundle" else "checkpoints/last.ckpt"))
         try:
-            phase_cfg = OmegaConf.merge(cfg, own, phase)
+            planned.append((name, folder, OmegaConf.merge(cfg, own, phase)))
         except Exception as e:  # an option this config does not have (a typo)
             raise ConfigError(f"phases.{name}: {e}") from None
         previous = folder
+    return planned
+
+
+def run_recipe(cfg: DictConfig) -> list[Path]:
+    """Run the phases of ``cfg.phases`` (`recipe_phases`) in order, each a run of its own. A phase whose bundle
+    exists is done: the same command again resumes the first that is not, from its own last checkpoint. The last
+    phase's bundle is the recipe's, ``OUT/composer.safetensors``."""
+    say = print if rank_zero_only.rank == 0 else lambda *_: None  # DDP: every rank runs the phases
+    planned, written = recipe_phases(cfg), []
+    for name, folder, phase_cfg in planned:
         if (folder / BUNDLE_NAME).is_file():
             say(f"recipe: phase {name} done ({folder / BUNDLE_NAME})")
             continue
-        say(f"recipe: phase {name}, {phase['steps']} batches, from {phase_cfg.init_from or 'scratch'}, in {folder}")
+        say(f"recipe: phase {name}, {phase_cfg.steps} batches, from {phase_cfg.init_from or 'scratch'}, in {folder}")
         written = run(phase_cfg)
     if rank_zero_only.rank != 0:
         return []
+    out, (name, last, _) = Path(cfg.out), planned[-1]
     if written or not (out / BUNDLE_NAME).is_file():
-        write_atomically(out / BUNDLE_NAME, lambda tmp: shutil.copyfile(previous / BUNDLE_NAME, tmp))
+        write_atomically(out / BUNDLE_NAME, lambda tmp: shutil.copyfile(last / BUNDLE_NAME, tmp))
         print(f"wrote {out / BUNDLE_NAME} (phase {name}'s)")
     return [out / BUNDLE_NAME]
 

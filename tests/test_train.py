@@ -808,6 +808,11 @@ def test_a_recipe_runs_its_phases_each_from_the_one_before_and_resumes_the_first
     assert all(path.read_bytes() == before[name] for name, path in bundles.items())
     with pytest.raises(ConfigError, match="phases.colour: .*lr_gg"):
         run_recipe(tiny_config("phases={colour: {steps: 1, model: {lr_gg: 1}}}"))
+    # every phase is checked before the first trains: a typo in the last is an error at the start, not hours in
+    typo = tiny_config("phases={first: {steps: 1}, last: {steps: 1, start: bundle, model: {r1_gama: 0}}}")
+    with pytest.raises(ConfigError, match="phases.last: .*r1_gama"):
+        run_recipe(typo)
+    assert not (folder / "first").exists()
     with pytest.raises(ConfigError, match="phases.colour: give it steps"):
         run_recipe(tiny_config("phases={colour: {model: {lr_g: 1}}}"))
     with pytest.raises(ConfigError, match="phases.colour.start: 'bundel'"):
