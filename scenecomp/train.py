@@ -358,10 +358,10 @@ def give_priors(model: SceneGAN, train_set) -> None:
     run that kept its generator as it came (``stage_steps: {stage: 0}``) keeps the prior it came with (from a
     bundle, or carried by a checkpoint), since its encoder may be untrained (a bundle holds none; a checkpoint's
     may never have trained either); with none, an encoder that came trained fits one and an untrained one gives
-    none. So does one whose colour
-    weights were frozen (``frozen``; `LayoutGenerator.colour_weights`), whose encoder started afresh: measured,
-    a prior refitted from such an encoder's codes after 100 batches painted backgrounds told from real ones
-    0.79 of the time, against 0.61 with the prior it came with (docs/RESULTS.md, "The texture loss's pull")."""
+    none. So does one whose colour weights were frozen (``frozen``; `LayoutGenerator.colour_weights`), whose
+    encoder started afresh: measured, a prior refitted from such an encoder's codes after 100 batches painted
+    backgrounds told from real ones 0.79 of the time, against 0.61 with the prior it came with (docs/RESULTS.md,
+    "The texture loss's pull")."""
     hp = model.hparams
     for stage, (encoder, generator, what) in PRIORS.items():
         size = hp[f"{stage}_prior"]
